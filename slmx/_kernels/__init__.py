@@ -1,0 +1,1 @@
+"""Compiled kernels (Cython + OpenMP). Pure compute on raw buffers; see docs/architecture.md."""
