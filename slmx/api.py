@@ -1,0 +1,82 @@
+"""The user-facing API: `slmx.load(path_or_name)` -> LanguageModel (generate, logits, tokenizer)."""
+import os
+
+import numpy as np
+
+from . import registry
+from .formats import gguf
+from .infer import KVCache, Sampler, generate as _generate
+from .model.config import config_from_gguf
+from .model.transformer import Transformer
+from .tokenizer import Tokenizer
+
+
+class LanguageModel:
+    """A loaded model: config, tokenizer, weights (mmap'd) and a KV cache of n_ctx positions."""
+
+    def __init__(self, path, file, config, tokenizer, transformer, n_ctx):
+        self.path = path
+        self.file = file
+        self.config = config
+        self.tokenizer = tokenizer
+        self.transformer = transformer
+        self.n_ctx = n_ctx
+        self.cache = KVCache(config, n_ctx)
+
+    @property
+    def threads(self):
+        return self.transformer.threads
+
+    def __repr__(self):
+        c = self.config
+        return (f"LanguageModel({os.path.basename(self.path)!r}, arch={c.arch}, d_model={c.d_model}, "
+                f"n_layers={c.n_layers}, vocab={c.vocab_size}, n_ctx={self.n_ctx}, threads={self.threads})")
+
+    def _ids(self, prompt, add_bos=None):
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_bos=add_bos, parse_special=True)
+        ids = [int(i) for i in prompt]
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is out of range [0, {self.config.vocab_size})")
+        return ids
+
+    def generate(self, prompt, max_new_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=None,
+                 stop=None, on_text=None, add_bos=None):
+        """Continue `prompt` (a string, or a list of token ids used as they are).
+
+        temperature 0 is greedy. stop: a string or list of strings ending generation.
+        on_text(str) is called with text as it is produced (streaming).
+        Returns GenerationResult(.text, .token_ids (new only), .prompt_tokens_per_s, .decode_tokens_per_s).
+        """
+        ids = self._ids(prompt, add_bos)
+        sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return _generate(self.transformer, self.tokenizer, self.cache, ids, max_new_tokens=max_new_tokens,
+                         sampler=sampler, stop=stop, on_text=on_text)
+
+    def logits(self, ids, last_only=False):
+        """float32 logits (T, vocab) for token ids (T,) from position 0 (or (vocab,) with last_only)."""
+        ids = self._ids(ids)
+        self.cache.reset()
+        if last_only:
+            return np.array(self.transformer.forward(ids, 0, self.cache)[0])
+        return self.transformer.forward(ids, 0, self.cache, all_logits=True)
+
+
+def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None):
+    """Load a GGUF model by path or known name (e.g. "gemma3-270m"). Weights stay mmap'd.
+
+    threads: kernel threads (default: SLMX_NUM_THREADS, OMP_NUM_THREADS, usable cores).
+    n_ctx: KV-cache positions (default: the model's context length, at most 4096).
+    """
+    path = registry.resolve(path_or_name)
+    f = gguf.read(path)
+    cfg = config_from_gguf(f.metadata, f.tensors)
+    tok = Tokenizer.from_metadata(f.metadata)
+    if tok.vocab_size != cfg.vocab_size:
+        from .errors import FormatError
+        raise FormatError(f"{path}: tokenizer has {tok.vocab_size} tokens but token_embd.weight has "
+                          f"{cfg.vocab_size} rows")
+    n_ctx = int(n_ctx or min(cfg.context_length, 4096))
+    tr = Transformer(cfg, f.tensors, threads=threads)
+    return LanguageModel(path, f, cfg, tok, tr, n_ctx)

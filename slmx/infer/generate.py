@@ -1,0 +1,94 @@
+"""The generation loop: prefill the prompt in batches, then one token at a time over the KV cache."""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .sampling import Sampler
+
+
+@dataclass
+class GenerationResult:
+    """What generate() returns. token_ids are the new tokens only."""
+    text: str
+    token_ids: list
+    prompt_ids: list
+    finish_reason: str               # "stop" (EOS or a stop string) or "length"
+    prompt_tokens_per_s: float
+    decode_tokens_per_s: float
+    prompt_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    stop: str = None
+    extra: dict = field(default_factory=dict)
+
+    def __str__(self):
+        return self.text
+
+
+def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, sampler=None, stop=None,
+             stop_ids=None, on_text=None):
+    """Continue `prompt_ids` with up to max_new_tokens tokens.
+
+    stop: strings that end generation (not included in .text); stop_ids: token ids that end it
+    (default: the tokenizer's end-of-sequence ids). on_text(str) receives text as it is decoded.
+    """
+    from ..tokenizer import StreamDecoder
+
+    sampler = sampler or Sampler()
+    prompt_ids = [int(i) for i in prompt_ids]
+    if not prompt_ids:
+        raise ValueError("generate: the prompt is empty (no tokens)")
+    if len(prompt_ids) >= cache.n_ctx:
+        raise ValueError(f"generate: prompt of {len(prompt_ids)} tokens does not fit the context of "
+                         f"{cache.n_ctx} tokens")
+    max_new = max(0, min(int(max_new_tokens), cache.n_ctx - len(prompt_ids)))
+    stop = [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
+    stop_ids = set(tokenizer.eos_ids if stop_ids is None else stop_ids)
+    decoder = StreamDecoder(tokenizer)
+
+    cache.reset()
+    t0 = time.perf_counter()
+    logits = transformer.forward(prompt_ids, 0, cache)
+    t_prompt = time.perf_counter() - t0
+
+    out_ids, text, finish, hit = [], "", "length", None
+    pending = ""            # text held back while it could be the start of a stop string
+    hold = max((len(s) for s in stop), default=1) - 1
+    t0 = time.perf_counter()
+    pos = len(prompt_ids)
+    n_forward = 0           # decode forwards timed (the first new token comes from the prefill)
+    for step in range(max_new):
+        tok = sampler(logits[0])
+        if tok in stop_ids:
+            finish = "stop"
+            break
+        out_ids.append(tok)
+        piece = decoder.push(tok)
+        if piece:
+            pending += piece
+            for s in stop:
+                j = pending.find(s)
+                if j >= 0:
+                    hit, pending, finish = s, pending[:j], "stop"
+                    break
+            if hit is None and len(pending) > hold:
+                emit, pending = pending[:len(pending) - hold], pending[len(pending) - hold:]
+                text += emit
+                if on_text:
+                    on_text(emit)
+        if hit is not None or step == max_new - 1:
+            break
+        logits = transformer.forward([tok], pos, cache)
+        pos += 1
+        n_forward += 1
+    t_decode = time.perf_counter() - t0
+    if hit is None:
+        pending += decoder.flush()
+    text += pending
+    if on_text and pending:
+        on_text(pending)
+    return GenerationResult(
+        text=text, token_ids=out_ids, prompt_ids=prompt_ids, finish_reason=finish,
+        prompt_tokens_per_s=len(prompt_ids) / t_prompt if t_prompt > 0 else float("inf"),
+        decode_tokens_per_s=n_forward / t_decode if t_decode > 0 and n_forward else 0.0,
+        prompt_seconds=t_prompt, decode_seconds=t_decode, stop=hit)

@@ -1,0 +1,260 @@
+"""One decoder-only transformer forward, configured by ModelConfig, built from slmx's kernels.
+
+Weights are the file's tensors used in place (mmap'd block-quantized bytes, no dequantized copy).
+All activations live in a Workspace allocated once per batch size; the KV cache is allocated once
+by the caller (slmx.infer.KVCache). Decoding a token allocates no arrays.
+
+Per layer l, for the T new tokens x (T, d_model) at positions pos..pos+T-1:
+    h = rmsnorm(x, attn_norm)
+    q, k, v = h Wq^T, h Wk^T, h Wv^T                (T, H, D), (T, Hkv, D)  [+ bias: qwen2]
+    q, k = rmsnorm per head (q_norm, k_norm)         [gemma3]
+    q, k = rope(q, k, pos, base_l)                   base_l: local base on sliding layers [gemma3]
+    cache[l][pos:pos+T] = k, v
+    a = attention(q, cache[l][:pos+T], causal, window on sliding layers)
+    o = a Wo^T; o = rmsnorm(o, post_attention_norm) [gemma3]; x += o
+    h = rmsnorm(x, ffn_norm)
+    f = (act(h Wg^T) * (h Wu^T)) Wd^T; f = rmsnorm(f, post_ffw_norm) [gemma3]; x += f
+logits = rmsnorm(x, output_norm) Wout^T   (Wout = token embedding table when tied)
+"""
+import numpy as np
+
+from .. import qtypes
+from .._kernels import attention as _attention
+from .._kernels import cpu as _cpu
+from .._kernels import gemm as _gemm
+from .._kernels import ops_core as _core
+from .._kernels import quant as _quant
+from ..errors import FormatError
+
+
+class Linear:
+    """y = x W^T (+ b) for a weight W (N, K) stored as F32 or any ggml block type."""
+
+    __slots__ = ("name", "type", "data", "n", "k", "bias")
+
+    def __init__(self, name, tensor, n, k, bias=None):
+        t = qtypes.qtype(tensor.type)
+        if tuple(tensor.shape) != (n, k):
+            raise FormatError(f"tensor {name!r}: shape {tuple(tensor.shape)}, expected {(n, k)}")
+        if t.name not in qtypes.SUPPORTED:
+            raise FormatError(f"tensor {name!r}: type {t.name} is not supported "
+                              f"(supported: {', '.join(qtypes.SUPPORTED)})")
+        self.name, self.type, self.n, self.k, self.bias = name, t.id, n, k, bias
+        if t.id == qtypes.F32:
+            self.data = np.ascontiguousarray(tensor.data, dtype=np.float32).reshape(n, k)
+        else:
+            self.data = np.asarray(tensor.data).view(np.uint8).reshape(n, qtypes.row_bytes(t.id, k))
+
+    @property
+    def nbytes(self):
+        return self.data.nbytes
+
+    def __call__(self, x, out, nthreads):
+        """out (M, N) = x (M, K) W^T (+ b)."""
+        if self.type == qtypes.F32:
+            _gemm.linear_f32(x, self.data, out, nthreads)
+        else:
+            _quant.linear(x, self.data, self.type, out, nthreads)
+        if self.bias is not None:
+            np.add(out, self.bias, out=out)
+
+
+def _vector(tensors, name, n):
+    if name not in tensors:
+        raise FormatError(f"model tensors: {name!r} is missing")
+    t = tensors[name]
+    if t.type != qtypes.F32 or tuple(t.shape) != (n,):
+        raise FormatError(f"tensor {name!r}: expected F32 of shape ({n},), got "
+                          f"{qtypes.qtype(t.type).name} {tuple(t.shape)}")
+    return np.ascontiguousarray(t.data, dtype=np.float32)
+
+
+def _linear(tensors, name, n, k, bias_name=None):
+    if name not in tensors:
+        raise FormatError(f"model tensors: {name!r} is missing")
+    bias = _vector(tensors, bias_name, n) if bias_name and bias_name in tensors else None
+    return Linear(name, tensors[name], n, k, bias)
+
+
+class Layer:
+    """The weights of one transformer block."""
+
+    def __init__(self, cfg, tensors, i):
+        p = f"blk.{i}."
+        d, qd, kvd, hd = cfg.d_model, cfg.q_dim, cfg.kv_dim, cfg.head_dim
+        self.attn_norm = _vector(tensors, p + "attn_norm.weight", d)
+        bias = cfg.qkv_bias
+        self.wq = _linear(tensors, p + "attn_q.weight", qd, d, p + "attn_q.bias" if bias else None)
+        self.wk = _linear(tensors, p + "attn_k.weight", kvd, d, p + "attn_k.bias" if bias else None)
+        self.wv = _linear(tensors, p + "attn_v.weight", kvd, d, p + "attn_v.bias" if bias else None)
+        self.wo = _linear(tensors, p + "attn_output.weight", d, qd)
+        self.q_norm = _vector(tensors, p + "attn_q_norm.weight", hd) if cfg.qk_norm else None
+        self.k_norm = _vector(tensors, p + "attn_k_norm.weight", hd) if cfg.qk_norm else None
+        self.post_attn_norm = _vector(tensors, p + "post_attention_norm.weight", d) if cfg.post_norms else None
+        self.ffn_norm = _vector(tensors, p + "ffn_norm.weight", d)
+        self.w_gate = _linear(tensors, p + "ffn_gate.weight", cfg.ffn_dim, d)
+        self.w_up = _linear(tensors, p + "ffn_up.weight", cfg.ffn_dim, d)
+        self.w_down = _linear(tensors, p + "ffn_down.weight", d, cfg.ffn_dim)
+        self.post_ffn_norm = _vector(tensors, p + "post_ffw_norm.weight", d) if cfg.post_norms else None
+        self.sliding = cfg.is_sliding(i)
+        self.window = cfg.sliding_window if self.sliding else 0
+        self.rope_base = cfg.layer_rope_base(i)
+
+
+class Workspace:
+    """Activation buffers for up to `rows` tokens at once, allocated once."""
+
+    def __init__(self, cfg, rows):
+        f = np.float32
+        self.rows = rows
+        self.x = np.zeros((rows, cfg.d_model), f)
+        self.h = np.zeros((rows, cfg.d_model), f)
+        self.o = np.zeros((rows, cfg.d_model), f)
+        self.q = np.zeros((rows, cfg.n_heads, cfg.head_dim), f)
+        self.k = np.zeros((rows, cfg.n_kv_heads, cfg.head_dim), f)
+        self.v = np.zeros((rows, cfg.n_kv_heads, cfg.head_dim), f)
+        self.att = np.zeros((rows, cfg.n_heads, cfg.head_dim), f)
+        self.gate = np.zeros((rows, cfg.ffn_dim), f)
+        self.up = np.zeros((rows, cfg.ffn_dim), f)
+        self.pos = np.zeros(rows, np.int32)
+        self.ids = np.zeros(rows, np.int32)
+        self.last = np.zeros((1, cfg.d_model), f)
+        self.logits = np.zeros((1, cfg.vocab_size), f)
+        # Views of the first t rows, made once per t (so a decode step builds no new views).
+        self._views = {}
+
+    def views(self, t):
+        v = self._views.get(t)
+        if v is None:
+            names = ("x", "h", "o", "q", "k", "v", "att", "gate", "up", "pos", "ids")
+            v = {n: getattr(self, n)[:t] for n in names}
+            v["q2"] = v["q"].reshape(t, -1)
+            v["k2"] = v["k"].reshape(t, -1)
+            v["v2"] = v["v"].reshape(t, -1)
+            v["att2"] = v["att"].reshape(t, -1)
+            v["qh"] = v["q"].reshape(-1, v["q"].shape[-1])
+            v["kh"] = v["k"].reshape(-1, v["k"].shape[-1])
+            self._views[t] = v
+        return v
+
+
+class Transformer:
+    """The forward pass of a decoder-only LM over its weights (tensors: name -> tensor).
+
+    forward(ids, pos, cache) runs T = len(ids) tokens at positions pos.. and returns the logits of
+    the last one (1, vocab) — or of every token with all_logits=True (T, vocab).
+    """
+
+    def __init__(self, cfg, tensors, threads=None, max_batch=256):
+        self.cfg = cfg
+        self.threads = _cpu.resolve_threads(threads)
+        self.max_batch = max_batch
+        self.token_embd = _linear(tensors, "token_embd.weight", cfg.vocab_size, cfg.d_model)
+        self.layers = [Layer(cfg, tensors, i) for i in range(cfg.n_layers)]
+        self.output_norm = _vector(tensors, "output_norm.weight", cfg.d_model)
+        if cfg.tied_embeddings:
+            self.output = self.token_embd
+        else:
+            self.output = _linear(tensors, "output.weight", cfg.vocab_size, cfg.d_model)
+        self._ws = {}
+
+    @property
+    def weight_bytes(self):
+        n = self.token_embd.nbytes + (0 if self.output is self.token_embd else self.output.nbytes)
+        for L in self.layers:
+            n += sum(w.nbytes for w in (L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down))
+        return n
+
+    def workspace(self, rows):
+        rows = 1 if rows == 1 else self.max_batch
+        ws = self._ws.get(rows)
+        if ws is None:
+            ws = self._ws[rows] = Workspace(self.cfg, rows)
+        return ws
+
+    def _embed(self, ids, out, nt):
+        if self.token_embd.type == qtypes.F32:
+            np.take(self.token_embd.data, ids, axis=0, out=out)
+        else:
+            _quant.get_rows(self.token_embd.data, self.token_embd.type, ids, out)
+        if self.cfg.embed_scale != 1.0:
+            np.multiply(out, np.float32(self.cfg.embed_scale), out=out)
+
+    def _block(self, L, li, v, t, pos, cache, nt):
+        cfg = self.cfg
+        eps = cfg.norm_eps
+        x, h, o = v["x"], v["h"], v["o"]
+        _core.rmsnorm(x, L.attn_norm, eps, h, nt)
+        L.wq(h, v["q2"], nt)
+        L.wk(h, v["k2"], nt)
+        L.wv(h, v["v2"], nt)
+        if L.q_norm is not None:
+            _core.rmsnorm(v["qh"], L.q_norm, eps, v["qh"], nt)
+            _core.rmsnorm(v["kh"], L.k_norm, eps, v["kh"], nt)
+        _core.rope(v["q"], v["pos"], L.rope_base, cfg.rope_neox, nt, cfg.rope_freq_scale)
+        _core.rope(v["k"], v["pos"], L.rope_base, cfg.rope_neox, nt, cfg.rope_freq_scale)
+        kc, vc = cache.k[li], cache.v[li]
+        kc[pos:pos + t] = v["k"]
+        vc[pos:pos + t] = v["v"]
+        _attention.attention(v["q"], kc, vc, v["att"], cfg.scale, True, pos, L.window, pos + t, nt)
+        L.wo(v["att2"], o, nt)
+        if L.post_attn_norm is not None:
+            _core.rmsnorm(o, L.post_attn_norm, eps, o, nt)
+        np.add(x, o, out=x)
+        _core.rmsnorm(x, L.ffn_norm, eps, h, nt)
+        L.w_gate(h, v["gate"], nt)
+        L.w_up(h, v["up"], nt)
+        if cfg.activation == "gelu_tanh":
+            _core.geglu(v["gate"], v["up"], v["gate"])
+        else:
+            _core.swiglu(v["gate"], v["up"], v["gate"])
+        L.w_down(v["gate"], o, nt)
+        if L.post_ffn_norm is not None:
+            _core.rmsnorm(o, L.post_ffn_norm, eps, o, nt)
+        np.add(x, o, out=x)
+
+    def forward(self, ids, pos, cache, all_logits=False):
+        """Run tokens `ids` (T,) at positions pos..pos+T-1, filling `cache`; returns logits.
+
+        Returns a (1, vocab) view of a reused buffer (copy it to keep it), or a new (T, vocab)
+        array with all_logits=True. Long inputs run in chunks of max_batch tokens.
+        """
+        ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+        T = ids.size
+        if T == 0:
+            raise ValueError("forward: no tokens")
+        if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
+            raise ValueError(f"forward: token ids must be in [0, {self.cfg.vocab_size})")
+        if pos < 0 or pos + T > cache.n_ctx:
+            raise ValueError(f"forward: positions {pos}..{pos + T - 1} exceed the context of {cache.n_ctx} "
+                             "tokens (load the model with a larger n_ctx)")
+        nt = self.threads
+        outs = [] if all_logits else None
+        ws = self.workspace(T)
+        for c0 in range(0, T, ws.rows):
+            t = min(ws.rows, T - c0)
+            v = ws.views(t)
+            v["ids"][:] = ids[c0:c0 + t]
+            np.add(np.arange(t, dtype=np.int32), np.int32(pos + c0), out=v["pos"])
+            self._embed(v["ids"], v["x"], nt)
+            for li, L in enumerate(self.layers):
+                self._block(L, li, v, t, pos + c0, cache, nt)
+            if all_logits:
+                h = v["h"]
+                _core.rmsnorm(v["x"], self.output_norm, self.cfg.norm_eps, h, nt)
+                lg = np.empty((t, self.cfg.vocab_size), np.float32)
+                self.output(h, lg, nt)
+                outs.append(lg)
+        cache.length = pos + T
+        if all_logits:
+            lg = outs[0] if len(outs) == 1 else np.concatenate(outs)
+            return self._softcap(lg)
+        _core.rmsnorm(v["x"][t - 1:t], self.output_norm, self.cfg.norm_eps, ws.last, nt)
+        self.output(ws.last, ws.logits, nt)
+        return self._softcap(ws.logits)
+
+    def _softcap(self, lg):
+        c = self.cfg.final_logit_softcap
+        if c:
+            np.multiply(np.tanh(lg / c, out=lg), c, out=lg)
+        return lg

@@ -1,0 +1,235 @@
+"""The public kernel API: numpy arrays in, numpy arrays out.
+
+Each function checks its arguments, allocates the result (unless ``out=`` is given) and calls
+the compiled kernel in ``slmx._kernels``; ``threads`` follows ``slmx._kernels.cpu.resolve_threads``
+(argument, SLMX_NUM_THREADS, OMP_NUM_THREADS, usable cores; threadpoolctl limits apply).
+
+Shapes: ``x`` (M, K) activations; weights ``w`` (N, K) "out x in", as model files store them.
+A quantized weight is anything with ``.type`` (ggml type id or name), ``.shape`` (N, K) and
+``.data`` (its raw block bytes, e.g. a ``slmx.gguf`` tensor): it is multiplied in place, never
+dequantized to a full copy.
+"""
+import numpy as np
+
+from . import qtypes
+from ._kernels import attention as _attention
+from ._kernels import cpu as _cpu
+from ._kernels import gemm as _gemm
+from ._kernels import ops_core as _core
+from ._kernels import quant as _quant
+
+__all__ = ["matmul", "linear", "rmsnorm", "softmax", "gelu", "silu", "geglu", "swiglu", "rope",
+           "attention", "quantize", "dequantize", "get_rows", "QuantizedTensor"]
+
+
+class QuantizedTensor:
+    """A weight in a ggml block format: ``data`` uint8 (N, row_bytes), logical ``shape`` (N, K)."""
+
+    __slots__ = ("type", "shape", "data")
+
+    def __init__(self, data, type, shape):
+        q = qtypes.qtype(type)
+        shape = tuple(int(s) for s in shape)
+        data = np.ascontiguousarray(np.asarray(data).view(np.uint8)) if q.name != "F32" else data
+        if q.name != "F32":
+            need = int(np.prod(shape[:-1], dtype=np.int64)) * qtypes.row_bytes(q.id, shape[-1])
+            if data.size != need:
+                raise ValueError(f"{q.name} tensor of shape {shape} needs {need} bytes, got {data.size}")
+            data = data.reshape(shape[:-1] + (qtypes.row_bytes(q.id, shape[-1]),))
+        self.type, self.shape, self.data = q.id, shape, data
+
+    def __repr__(self):
+        return f"QuantizedTensor({qtypes.qtype(self.type).name}, shape={self.shape})"
+
+
+def _threads(threads):
+    return _cpu.resolve_threads(threads)
+
+
+def _f32(x, name):
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise ValueError(f"{name} must be float32, got {x.dtype}")
+    return np.ascontiguousarray(x)
+
+
+def _weight(w):
+    """(type_id, bytes-or-float32 2-D array, N, K) for a weight given as an array or a tensor."""
+    if hasattr(w, "type") and hasattr(w, "data") and hasattr(w, "shape"):
+        t = qtypes.qtype(w.type)
+        shape = tuple(w.shape)
+        if len(shape) != 2:
+            raise ValueError(f"weight must be 2-D (N, K), got shape {shape}")
+        n, k = shape
+        if t.name == "F32":
+            return t.id, np.ascontiguousarray(np.asarray(w.data, dtype=np.float32).reshape(n, k)), n, k
+        data = np.ascontiguousarray(np.asarray(w.data).view(np.uint8)).reshape(n, qtypes.row_bytes(t.id, k))
+        return t.id, data, n, k
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D (N, K), got shape {w.shape}")
+    if w.dtype == np.float32:
+        return qtypes.F32, np.ascontiguousarray(w), w.shape[0], w.shape[1]
+    if w.dtype == np.float16:
+        return qtypes.F16, np.ascontiguousarray(w).view(np.uint8), w.shape[0], w.shape[1]
+    raise ValueError(f"weight array must be float32 or float16 (or a quantized tensor), got {w.dtype}")
+
+
+def matmul(a, b, out=None, threads=None):
+    """a @ b for float32 a (M, K), b (K, N) -> (M, N), by the packed, cache-blocked GEMM."""
+    a, b = _f32(a, "a"), _f32(b, "b")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not chain")
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), np.float32)
+    _gemm.matmul(a, b, out, _threads(threads))
+    return out
+
+
+def linear(x, w, out=None, threads=None):
+    """x @ w.T: x float32 (M, K) or (K,), w (N, K) float32/float16 array or quantized tensor -> (M, N)."""
+    x = _f32(x, "x")
+    squeeze = x.ndim == 1
+    x2 = x.reshape(1, -1) if squeeze else x.reshape(-1, x.shape[-1])
+    tid, wd, n, k = _weight(w)
+    if x2.shape[1] != k:
+        raise ValueError(f"linear: x has {x2.shape[1]} features, weight expects {k}")
+    res = np.empty((x2.shape[0], n), np.float32) if out is None else out
+    if res.shape != (x2.shape[0], n) or res.dtype != np.float32:
+        raise ValueError(f"linear: out must be float32 {(x2.shape[0], n)}, got {res.dtype} {res.shape}")
+    nt = _threads(threads)
+    if tid == qtypes.F32:
+        _gemm.linear_f32(x2, wd, res, nt)
+    else:
+        _quant.linear(x2, wd, tid, res, nt)
+    if out is not None:
+        return out
+    return res[0] if squeeze else res.reshape(x.shape[:-1] + (n,))
+
+
+def rmsnorm(x, weight, eps=1e-6, out=None, threads=None):
+    """x / sqrt(mean(x**2, -1) + eps) * weight over the last axis; x float32 (..., C)."""
+    x = _f32(x, "x")
+    weight = _f32(weight, "weight")
+    res = np.empty_like(x) if out is None else out
+    _core.rmsnorm(x.reshape(-1, x.shape[-1]), weight, float(eps), res.reshape(-1, x.shape[-1]), _threads(threads))
+    return res
+
+
+def softmax(x, out=None, threads=None):
+    """Softmax over the last axis of float32 x (..., C)."""
+    x = _f32(x, "x")
+    res = np.empty_like(x) if out is None else out
+    _core.softmax(x.reshape(-1, x.shape[-1]), res.reshape(-1, x.shape[-1]), _threads(threads))
+    return res
+
+
+def _unary(fn, x, out):
+    x = _f32(x, "x")
+    res = np.empty_like(x) if out is None else out
+    fn(x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1), res.reshape(-1, x.shape[-1]) if x.ndim else res.reshape(1, 1))
+    return res
+
+
+def gelu(x, out=None):
+    """tanh-approximated GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return _unary(_core.gelu_tanh, x, out)
+
+
+def silu(x, out=None):
+    """x * sigmoid(x)."""
+    return _unary(_core.silu, x, out)
+
+
+def _glu(fn, gate, up, out):
+    gate, up = _f32(gate, "gate"), _f32(up, "up")
+    if gate.shape != up.shape:
+        raise ValueError(f"gate {gate.shape} and up {up.shape} differ")
+    res = np.empty_like(gate) if out is None else out
+    c = gate.shape[-1]
+    fn(gate.reshape(-1, c), up.reshape(-1, c), res.reshape(-1, c))
+    return res
+
+
+def geglu(gate, up, out=None):
+    """gelu_tanh(gate) * up (Gemma's FFN)."""
+    return _glu(_core.geglu, gate, up, out)
+
+
+def swiglu(gate, up, out=None):
+    """silu(gate) * up (Llama's FFN)."""
+    return _glu(_core.swiglu, gate, up, out)
+
+
+def rope(x, positions, base=10000.0, neox=False, freq_scale=1.0, threads=None):
+    """Rotary embedding of x (T, H, D) at integer positions (T,); returns a rotated copy.
+
+    neox=False rotates pairs (2i, 2i+1) (GGUF Llama); neox=True rotates (i, i + D/2) (Gemma, Qwen2).
+    """
+    x = np.array(_f32(x, "x"), copy=True)
+    if x.ndim != 3:
+        raise ValueError(f"rope: x must be (T, H, D), got {x.shape}")
+    pos = np.ascontiguousarray(positions, dtype=np.int32)
+    if pos.shape != (x.shape[0],):
+        raise ValueError(f"rope: positions must have shape ({x.shape[0]},), got {pos.shape}")
+    _core.rope(x, pos, float(base), bool(neox), _threads(threads), float(freq_scale))
+    return x
+
+
+def attention(q, k, v, causal=True, window=None, scale=None, q_offset=None, out=None, threads=None):
+    """softmax(q k^T * scale + mask) v, tiled (FlashAttention-style: no T x S buffer).
+
+    q (T, H, D), k and v (S, H_kv, D) with H a multiple of H_kv (grouped/multi-query). Query i sits at
+    position q_offset + i (default S - T, i.e. the queries are the last T keys' positions); causal
+    masks later keys; window=W keeps only the last W positions (sliding window). -> (T, H, D).
+    """
+    q, k, v = _f32(q, "q"), _f32(k, "k"), _f32(v, "v")
+    if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape:
+        raise ValueError(f"attention: need q (T,H,D), k=v (S,Hkv,D); got {q.shape}, {k.shape}, {v.shape}")
+    t, h, d = q.shape
+    s, hkv, dk = k.shape
+    if dk != d or h % hkv:
+        raise ValueError(f"attention: head dims {d} vs {dk} or heads {h} not a multiple of {hkv}")
+    if scale is None:
+        scale = 1.0 / np.sqrt(d)
+    if q_offset is None:
+        q_offset = s - t
+    res = np.empty_like(q) if out is None else out
+    _attention.attention(q, k, v, res, float(scale), bool(causal), int(q_offset), int(window or 0), s,
+                         _threads(threads))
+    return res
+
+
+def quantize(x, type, threads=None):
+    """Quantize float32 x (..., K) row by row into ggml blocks of `type` -> uint8 (..., row_bytes)."""
+    q = qtypes.qtype(type)
+    x = _f32(x, "x")
+    rb = qtypes.row_bytes(q.id, x.shape[-1]) if x.ndim else None
+    data = _quant.quantize(x.reshape(-1), q.id)
+    return data.reshape(x.shape[:-1] + (rb,)) if x.ndim else data
+
+
+def dequantize(blocks, type, shape):
+    """Decode ggml blocks of `type` (uint8 buffer) into float32 of `shape`."""
+    q = qtypes.qtype(type)
+    shape = tuple(int(s) for s in np.atleast_1d(shape))
+    n = int(np.prod(shape, dtype=np.int64))
+    data = np.ascontiguousarray(np.asarray(blocks)).view(np.uint8).reshape(-1)
+    need = n // q.block_size * q.type_size
+    if n % q.block_size or data.size != need:
+        raise ValueError(f"dequantize: {n} {q.name} elements need {need} bytes, got {data.size}")
+    return _quant.dequantize(data, q.id, n).reshape(shape)
+
+
+def get_rows(table, ids, out=None):
+    """Rows `ids` of a (V, K) table (float32 array or quantized tensor), dequantized -> (len(ids), K)."""
+    tid, wd, n, k = _weight(table)
+    ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        raise ValueError(f"get_rows: ids must be in [0, {n}), got range [{ids.min()}, {ids.max()}]")
+    res = np.empty((ids.size, k), np.float32) if out is None else out
+    if tid == qtypes.F32:
+        np.take(wd, ids, axis=0, out=res)
+    else:
+        _quant.get_rows(wd, tid, ids, res)
+    return res
