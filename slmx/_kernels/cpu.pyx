@@ -2,8 +2,8 @@
 
 The thread count used by every parallel kernel is resolved by `resolve_threads` in one place:
 an explicit ``threads`` argument, else ``SLMX_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the
-cores this process may run on (affinity and cgroup quota); always capped by OpenMP's current
-max-threads ICV, so ``threadpoolctl.threadpool_limits(1)`` (which sets it) limits slmx too.
+cores this process may run on (affinity and cgroup quota); capped by OpenMP's max-threads ICV
+once that is lowered below its start-up value, so ``threadpoolctl.threadpool_limits(1)`` (which sets it) limits slmx too.
 """
 import os
 
@@ -18,6 +18,10 @@ cdef extern from "simd.h" nogil:
 
 cdef extern from "omp.h" nogil:
     int omp_get_max_threads()
+
+# OpenMP's max-threads ICV at import (OMP_NUM_THREADS or the core count): a later drop below it
+# means somebody (threadpoolctl) asked for a limit.
+_OMP_INITIAL_MAX = omp_get_max_threads()
 
 LEVEL_NAMES = ("scalar", "avx2", "avx512", "vnni", "bf16")
 
@@ -98,8 +102,8 @@ def usable_cores():
 def resolve_threads(threads=None):
     """Effective thread count: argument, SLMX_NUM_THREADS, OMP_NUM_THREADS, usable cores.
 
-    ``threads=-1`` or ``None`` means "decide". Always capped by OpenMP's max-threads ICV, which
-    threadpoolctl lowers inside ``threadpool_limits``.
+    ``threads=-1`` or ``None`` means "decide". Capped by OpenMP's max-threads ICV when that was
+    lowered after start-up, as ``threadpoolctl.threadpool_limits`` does.
     """
     n = None
     if threads is not None and int(threads) > 0:
@@ -112,7 +116,10 @@ def resolve_threads(threads=None):
                 break
     if n is None:
         n = usable_cores()
-    return max(1, min(n, omp_get_max_threads()))
+    cur = omp_get_max_threads()
+    if cur < _OMP_INITIAL_MAX:       # lowered since start-up (threadpoolctl, omp_set_num_threads)
+        n = min(n, cur)
+    return max(1, n)
 
 
 def cache_sizes():
