@@ -1,0 +1,60 @@
+"""The CLI: `slmx info`, `slmx generate`, and bad input as one line on stderr with exit code 1."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "slmx.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("content", [b"", b"GGUX" + b"\0" * 60, b"GGUF\x03\0\0\0" + b"\xff" * 16])
+def test_malformed_file_one_line_exit_1(tmp_path, content):
+    p = tmp_path / "bad.gguf"
+    p.write_bytes(content)
+    for cmd in (["info", str(p)], ["generate", "-m", str(p), "-p", "hi"]):
+        r = run(*cmd)
+        assert r.returncode == 1, r
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("slmx: error:"), r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_truncated_real_model(tmp_path, gemma3_path):
+    p = tmp_path / "cut.gguf"
+    with open(gemma3_path, "rb") as f:
+        p.write_bytes(f.read(3_000_000))   # cuts the tokenizer arrays in the metadata
+    r = run("info", str(p))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_missing_file():
+    r = run("info", "/nonexistent/model.gguf")
+    assert r.returncode == 1 and "model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_info_real_model(gemma3_path):
+    r = run("info", gemma3_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for s in ("gemma3", "Q4_K", "Q6_K", "Q8_0", "Q5_0", "262144", "memory to run"):
+        assert s in out, s
+
+
+def test_generate_greedy_streams(gemma3_path):
+    r = run("generate", "-m", gemma3_path, "-p", "The capital of France is", "-n", "8",
+            "--temperature", "0", "-t", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is")
+    assert "Paris" in r.stdout or "France" in r.stdout[len("The capital of France is"):]
+    assert "tokens/s" in r.stderr
+
+
+def test_help():
+    r = run("--help")
+    assert r.returncode == 0 and "generate" in r.stdout
+    r = run("generate", "--help")
+    assert "--top-p" in r.stdout and "--temperature" in r.stdout
