@@ -298,6 +298,8 @@ def malformed_cases():
     add("dim_product_overflow", _with_info(tensor_info("w", (2**32, 2**32), 0, 0)), "overflow")
     add("dim_product_overflow_4d", _with_info(tensor_info("w", (2**16, 2**16, 2**16, 2**16), 0, 0)), "overflow")
     add("dim_product_overflow_int64_max", _with_info(tensor_info("w", (2**62, 2), 0, 0)), "overflow")
+    # Q4_0 packs 32 elements in 18 bytes: the byte size fits int64 even though the count does not
+    add("dim_product_overflow_q4_0", _with_info(tensor_info("w", (2**62, 2), 2, 0)), "element count overflows")
     add("tensor_bytes_past_eof", _with_info(tensor_info("w", (2**20, 2**20), 0, 0)), "runs past end of file")
     add("tensor_offset_past_eof", _with_info(tensor_info("w", (32,), 0, 2**40)), "runs past end of file")
     add("tensor_offset_2**64-32", _with_info(tensor_info("w", (32,), 0, 2**64 - 32)), "runs past end of file")

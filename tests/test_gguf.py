@@ -278,15 +278,15 @@ def _expected_bytes(spec):
     return data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
 
 
-@pytest.mark.parametrize("alignment", [32, 64])
-def test_write_read_roundtrip(tmp_path, alignment):
+@pytest.mark.parametrize("alignment,version", [(32, 3), (64, 3), (32, 2)])
+def test_write_read_roundtrip(tmp_path, alignment, version):
     path = str(tmp_path / "w.gguf")
     tensors = _sample_tensors()
-    size = G.write(path, _sample_metadata(), tensors, alignment=alignment)
+    size = G.write(path, _sample_metadata(), tensors, alignment=alignment, version=version)
     assert os.path.getsize(path) == size
     assert sorted(os.listdir(tmp_path)) == ["w.gguf"]  # no temp file left behind
     with G.read(path) as f:
-        assert f.alignment == alignment
+        assert f.alignment == alignment and f.version == version
         types = dict(f.metadata_types)
         if alignment != 32:
             assert types.pop("general.alignment") == (VT.UINT32, None)
