@@ -45,20 +45,20 @@ def _print_info(path, f, d):
     print(f"file:          {path}")
     print(f"gguf version:  {f.version}, alignment {f.alignment}, {len(f.tensors)} tensors, "
           f"{len(f.metadata)} metadata keys")
-    for k in ("architecture", "name"):
+    for k in ("architecture", "name", "file_type_name"):
         if d.get(k):
-            print(f"{k + ':':<15}{d[k]}")
+            print(f"{k.replace('_name', '') + ':':<15}{d[k]}")
     hp = d.get("hyperparameters") or {}
     if hp:
         print("hyper-parameters:")
         for k, v in hp.items():
             print(f"  {k:<36}{v}")
     print("tensors by type:")
-    for t, row in (d.get("tensor_types") or {}).items():
-        if isinstance(row, dict):
-            print(f"  {t:<8}{row.get('count', ''):>6} tensors  {row.get('bytes', 0) / 2**20:10.1f} MiB")
-        else:
-            print(f"  {t:<8}{row}")
+    for t, row in d["tensors_by_type"].items():
+        print(f"  {t:<8}{row['count']:>6} tensors  {row['bytes'] / 2**20:10.1f} MiB  "
+              f"{row['elements'] / 1e6:10.2f} M elements")
+    print(f"  {'total':<8}{d['tensor_count']:>6} tensors  {d['tensor_bytes'] / 2**20:10.1f} MiB  "
+          f"{d['parameter_count'] / 1e6:10.2f} M parameters")
     tk = d.get("tokenizer") or {}
     if tk:
         print("tokenizer:     " + ", ".join(f"{k}={v}" for k, v in tk.items()))
