@@ -16,7 +16,7 @@ from slmx.formats import gguf as G
 sys.path.insert(0, os.path.dirname(__file__))
 import gguf_factory as F  # noqa: E402
 
-gguf_py = pytest.importorskip("gguf")
+import gguf as gguf_py
 
 
 def _write(tmp_path, data, name="x.gguf"):

@@ -178,28 +178,30 @@ def test_gemma_special_tokens(gemma):
         gemma.encode(b"bytes")
 
 
-def test_gemma_speed(gemma_meta, gemma):
-    t = time.perf_counter()
-    Tokenizer.from_metadata(gemma_meta)
-    build = time.perf_counter() - t
-    prompt = inspect.getsource(json)[:1000]
-    assert len(prompt) == 1000
-    t = time.perf_counter()
-    gemma.encode(prompt, parse_special=True)
-    enc = time.perf_counter() - t
-    long_text = (inspect.getsource(inspect) * 2)[:100_000]
-    t = time.perf_counter()
-    ids = gemma.encode(long_text)
-    enc_long = time.perf_counter() - t
+def test_gemma_encode_scales_linearly(gemma):
+    """Encoding 16x more text costs far less than 16^2 x the time (no quadratic merge loop).
+
+    Absolute speed is measured in bench/, not here; this only guards the algorithm's order.
+    """
+    src = inspect.getsource(inspect) * 2
+    short, long_text = src[:6_000], src[:96_000]
+
+    def best(text):
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            ids = gemma.encode(text)
+            ts.append(time.perf_counter() - t)
+        return min(ts), ids
+
+    t_short, _ = best(short)
+    t_long, ids = best(long_text)
     assert gemma.decode(ids, skip_special=True) == long_text
-    # measured ~0.13 s, ~3 ms and ~0.3 s; bounds are loose for a shared CPU but catch O(n^2)
-    assert build < 2.0, build
-    assert enc < 0.1, enc
-    assert enc_long < 5.0, enc_long
+    assert t_long < 16 * 6 * t_short, (t_short, t_long)
 
 
 def test_from_gguf(gemma3_path, gemma):
-    pytest.importorskip("slmx.formats.gguf")
+
     tok = Tokenizer.from_gguf(gemma3_path)
     assert isinstance(tok, SPMTokenizer)
     s = "Café déjà vu — 123 😊 <start_of_turn>"
@@ -319,7 +321,7 @@ def _training_text():
 
 @pytest.fixture(scope="module")
 def hf_bpe():
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
     hf = tokenizers.Tokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
