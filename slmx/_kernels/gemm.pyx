@@ -1,0 +1,384 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""fp32 GEMM: C = A B and C = X W^T (a linear layer), packed and cache-blocked.
+
+Loop nest (per outer block of at most MC_OUTER rows of A):
+    for jc in N by NC:            B block of NC columns
+      for pc in K by KC:          B block packed into 32-column panels (kc x 32, L1 sized),
+                                  A rows packed into tiles of <= MR rows (kc x mr)
+        tasks = (groups of A tiles, kept in L2) x (groups of B panels), split over threads;
+        each task: for panel: for tile: micro-kernel mr x 32 (+)= A_tile B_panel
+The micro-kernel keeps mr x 32 accumulators in registers (AVX-512: 14 x 2 zmm; AVX2: 6 x 2 ymm
+per 16-column half; scalar: portable C). Tiles of A are balanced (M = 16 gives two 8-row tiles,
+not 14 + 2). Small M (< 8) skips packing: C = A B streams the rows of B once; C = X W^T runs
+dot products along the rows of W.
+
+B can be packed once (``pack_b``, ``pack_weight``) and reused by ``matmul_packed``: the packed
+layout is the same for every SIMD level.
+"""
+import threading
+
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
+from libc.stdint cimport uintptr_t
+from openmp cimport omp_get_thread_num
+
+include "simd.pxi"
+
+cnp.import_array()
+
+ctypedef void (*slmx_ukr_t)(long kc, const float *A, const float *B, float *C, long ldc, int nv, int acc) noexcept nogil
+
+cdef extern from "gemm_simd.h" nogil:
+    int SLMX_NR
+    void slmx_omp_barrier()
+    void slmx_pack_a(const float *A, long lda, int mr, long kc, float *Ap)
+    void slmx_pack_b_rows(const float *B, long ldb, int nv, long kc, float *Bp)
+    void slmx_pack_b_rows_multi(const float *B, long ldb, long ncols, long kc, float *Bp)
+    void slmx_pack_b_trans(int lvl, const float *W, long ldw, int nv, long kc, float *Bp)
+    int slmx_gemm_mr(int lvl)
+    slmx_ukr_t slmx_gemm_ukr(int lvl, int mr)
+    void slmx_gemv(int lvl, int M, long K, const float *A, long lda, const float *B, long ldb,
+                   float *C, long ldc, long n0, long n1)
+    void slmx_gevm(int lvl, int M, long K, const float *X, long ldx, const float *W, long ldw,
+                   float *C, long ldc, long n0, long n1)
+
+DEF NR = 32
+DEF KC = 256              # depth of a packed block: a B panel is KC x 32 floats = 32 KiB (L1)
+DEF MC_OUTER = 2048       # rows of A packed at once (MC_OUTER x KC floats = 2 MiB)
+DEF MC_ROWS = 336         # rows of A per task group: MC_ROWS x KC floats = 336 KiB (L2)
+DEF PANEL_GROUP = 8       # B panels packed together (rows of B read in runs of 8 x 32 floats)
+DEF SMALL_M = 8           # M below this skips packing
+DEF PAR_MIN_FMA = 1048576 # M*N*K below this runs on one thread
+
+DEF B_ROWS = 0            # B given as (K, N) row-major
+DEF B_TRANS = 1           # B = W^T, W given as (N, K) row-major
+DEF B_PACKED = 2          # B already in packed panels
+
+
+cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+# ----------------------------------------------------------------------------- workspace
+# One grown-on-demand, 64-byte aligned scratch buffer for packing, owned by whichever call
+# holds the lock; a concurrent call (another Python thread) takes a private buffer instead.
+
+cdef float *_ws = NULL
+cdef void *_ws_raw = NULL
+cdef size_t _ws_floats = 0
+_ws_lock = threading.Lock()
+
+
+cdef float *_aligned(void *raw) noexcept nogil:
+    return <float *>((<uintptr_t>raw + 63) & ~(<uintptr_t>63))
+
+
+cdef float *_ws_get(size_t nfloats) except NULL:
+    global _ws, _ws_raw, _ws_floats
+    if nfloats > _ws_floats:
+        free(_ws_raw)
+        _ws_raw = malloc(nfloats * sizeof(float) + 64)
+        if _ws_raw == NULL:
+            _ws_floats = 0
+            _ws = NULL
+            raise MemoryError("gemm workspace")
+        _ws_floats = nfloats
+        _ws = _aligned(_ws_raw)
+    return _ws
+
+
+# ----------------------------------------------------------------------------- packed driver
+
+cdef void gemm_blocked(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                       const float *A, Py_ssize_t lda, const float *B, Py_ssize_t ldb, int bkind,
+                       Py_ssize_t kcb, Py_ssize_t npad, float *C, Py_ssize_t ldc,
+                       float *wsA, float *wsB, int nthreads) noexcept nogil:
+    """C (M, N) = A (M, K) B (K, N); B per bkind (rows / W^T / packed with depth kcb, npad cols)
+
+    wsA: MC_OUTER x kcb floats (the packed tiles of A, shared); wsB: one kcb x 32 panel per
+    thread (B is packed panel by panel right before use, so the panel is in L1 for its tiles).
+    """
+    cdef int MR = slmx_gemm_mr(lvl)
+    cdef int nt = nthreads
+    cdef Py_ssize_t i0, mb, ntiles, npan, pc, kc, n_mg, n_ng, ntasks, tpg
+    cdef Py_ssize_t t, q, mg, ng, t0, t1, p0, p1, pp, tt, r0, r1, nv, g, g2, ng2
+    cdef const float *bp
+    cdef float *bbuf
+    cdef slmx_ukr_t ukr
+    if nt < 1 or M * N * K < PAR_MIN_FMA:
+        nt = 1
+    npan = _cdiv(N, NR)
+    i0 = mb = ntiles = pc = kc = n_mg = n_ng = ntasks = 0
+    tpg = max(1, MC_ROWS // MR)
+    bbuf = NULL
+    with parallel(num_threads=nt):
+        bbuf = wsB + omp_get_thread_num() * kcb * NR * PANEL_GROUP
+        i0 = 0
+        while i0 < M:
+            mb = min(<Py_ssize_t>MC_OUTER, M - i0)
+            ntiles = _cdiv(mb, MR)
+            # task grid: groups of A tiles (L2 blocks) x groups of B panels, >= nt tasks
+            n_mg = _cdiv(ntiles, tpg)
+            n_ng = 1
+            if n_mg >= nt:
+                n_mg = min(ntiles, _cdiv(n_mg, nt) * nt)
+            else:
+                n_ng = min(npan, _cdiv(nt, n_mg))
+                if n_ng * n_mg < nt:
+                    n_mg = min(ntiles, _cdiv(nt, n_ng))
+            ntasks = n_mg * n_ng
+            pc = 0
+            while pc < K:
+                kc = min(kcb, K - pc)
+                for t in prange(ntiles, schedule="static"):
+                    r0 = (t * mb) // ntiles
+                    r1 = ((t + 1) * mb) // ntiles
+                    slmx_pack_a(A + (i0 + r0) * lda + pc, lda, r1 - r0, kc, wsA + r0 * kc)
+                slmx_omp_barrier()
+                for q in prange(ntasks, schedule="static"):
+                    mg = q // n_ng
+                    ng = q % n_ng
+                    t0 = (mg * ntiles) // n_mg
+                    t1 = ((mg + 1) * ntiles) // n_mg
+                    p0 = (ng * npan) // n_ng
+                    p1 = ((ng + 1) * npan) // n_ng
+                    for pp in range(p0, p1):
+                        nv = min(<Py_ssize_t>NR, N - pp * NR)
+                        if bkind == B_PACKED:
+                            bp = B + pc * npad + pp * kc * NR
+                        else:
+                            # pack a group of up to PANEL_GROUP panels when entering it
+                            g = (pp - p0) % PANEL_GROUP
+                            if g == 0:
+                                ng2 = min(<Py_ssize_t>PANEL_GROUP, p1 - pp)
+                                if bkind == B_ROWS:
+                                    slmx_pack_b_rows_multi(B + pc * ldb + pp * NR, ldb,
+                                                           min(ng2 * NR, N - pp * NR), kc, bbuf)
+                                else:
+                                    for g2 in range(ng2):
+                                        slmx_pack_b_trans(lvl, B + ((pp + g2) * NR) * ldb + pc, ldb,
+                                                          <int>min(<Py_ssize_t>NR, N - (pp + g2) * NR),
+                                                          kc, bbuf + g2 * kc * NR)
+                            bp = bbuf + g * kc * NR
+                        for tt in range(t0, t1):
+                            r0 = (tt * mb) // ntiles
+                            r1 = ((tt + 1) * mb) // ntiles
+                            ukr = slmx_gemm_ukr(lvl, <int>(r1 - r0))
+                            ukr(kc, wsA + r0 * kc, bp, C + (i0 + r0) * ldc + pp * NR, ldc, <int>nv, pc > 0)
+                slmx_omp_barrier()   # wsA is rewritten next
+                pc = pc + kc
+            i0 = i0 + mb
+
+
+cdef void gemm_small_m(int lvl, int M, Py_ssize_t N, Py_ssize_t K, const float *A, Py_ssize_t lda,
+                       const float *B, Py_ssize_t ldb, bint trans, float *C, Py_ssize_t ldc,
+                       int nthreads) noexcept nogil:
+    """M < 8 without packing. trans=0: C = A B, B (K, N); trans=1: C = A W^T, W (N, K)"""
+    cdef Py_ssize_t chunk, nchunks, c, n0, n1
+    cdef int nt = nthreads
+    if nt < 1 or M * N * K < PAR_MIN_FMA // 4:
+        nt = 1
+    if trans:
+        chunk = 64
+    else:
+        chunk = max(256, min(2048, (8192 // M) // 16 * 16))
+    nchunks = _cdiv(N, chunk)
+    if nt > 1 and not trans and nchunks < nt:
+        chunk = _cdiv(_cdiv(N, nt), 16) * 16
+        nchunks = _cdiv(N, chunk)
+    if nt == 1 or nchunks == 1:
+        if trans:
+            slmx_gevm(lvl, M, K, A, lda, B, ldb, C, ldc, 0, N)
+        else:
+            for c in range(nchunks):
+                slmx_gemv(lvl, M, K, A, lda, B, ldb, C, ldc, c * chunk, min(N, (c + 1) * chunk))
+        return
+    for c in prange(nchunks, num_threads=nt, schedule="static"):
+        n0 = c * chunk
+        n1 = min(N, n0 + chunk)
+        if trans:
+            slmx_gevm(lvl, M, K, A, lda, B, ldb, C, ldc, n0, n1)
+        else:
+            slmx_gemv(lvl, M, K, A, lda, B, ldb, C, ldc, n0, n1)
+
+
+cdef int gemm_forward(const float *A, Py_ssize_t lda, const float *B, Py_ssize_t ldb, int bkind,
+                      Py_ssize_t kcb, Py_ssize_t npad, float *C, Py_ssize_t ldc,
+                      Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, int nthreads) except -1:
+    """C (M, N) = A (M, K) op(B): picks the small-M or the packed path, finds scratch memory"""
+    cdef int lvl = slmx_simd_level()
+    cdef Py_ssize_t r
+    cdef float *ws
+    cdef void *raw = NULL
+    cdef size_t na, nbw
+    if M == 0 or N == 0:
+        return 0
+    if K == 0:
+        with nogil:
+            for r in range(M):
+                for nbw in range(<size_t>N):
+                    C[r * ldc + nbw] = 0.0
+        return 0
+    if M < SMALL_M and bkind != B_PACKED:
+        with nogil:
+            gemm_small_m(lvl, <int>M, N, K, A, lda, B, ldb, bkind == B_TRANS, C, ldc, nthreads)
+        return 0
+    na = <size_t>min(M, <Py_ssize_t>MC_OUTER) * <size_t>min(K, kcb) + 64
+    nbw = <size_t>(max(1, nthreads) * NR * PANEL_GROUP) * <size_t>kcb
+    locked = _ws_lock.acquire(False)
+    try:
+        if locked:
+            ws = _ws_get(na + nbw)
+        else:
+            raw = malloc((na + nbw) * sizeof(float) + 64)
+            if raw == NULL:
+                raise MemoryError("gemm workspace")
+            ws = _aligned(raw)
+        with nogil:
+            gemm_blocked(lvl, M, N, K, A, lda, B, ldb, bkind, kcb, npad, C, ldc, ws, ws + na, nthreads)
+    finally:
+        if locked:
+            _ws_lock.release()
+        else:
+            free(raw)
+    return 0
+
+
+# ----------------------------------------------------------------------------- Python API
+
+cdef object _mat(object a, str name):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise ValueError(f"{name}: expected dtype float32, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous")
+    return a
+
+
+cdef inline const float *_ptr(float[:, ::1] v):
+    return &v[0, 0] if v.shape[0] > 0 and v.shape[1] > 0 else NULL
+
+
+cdef void _check_out(object out, Py_ssize_t M, Py_ssize_t N, tuple inputs) except *:
+    _mat(out, "out")
+    if out.shape[0] != M or out.shape[1] != N:
+        raise ValueError(f"out: expected shape ({M}, {N}), got {out.shape}")
+    for a in inputs:
+        if np.may_share_memory(out, a):
+            raise ValueError("out must not overlap an input")
+
+
+def matmul(a, b, out, int nthreads=1):
+    """out = a @ b    a (M, K), b (K, N), out (M, N); float32, C-contiguous, out not an input"""
+    _mat(a, "a")
+    _mat(b, "b")
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = b.shape[1]
+    if b.shape[0] != K:
+        raise ValueError(f"b: expected {K} rows to match a {a.shape}, got {b.shape}")
+    _check_out(out, M, N, (a, b))
+    cdef float[:, ::1] av = a
+    cdef float[:, ::1] bv = b
+    cdef float[:, ::1] ov = out
+    gemm_forward(_ptr(av), K, _ptr(bv), N, B_ROWS, KC, 0, <float *>_ptr(ov), N, M, N, K, nthreads)
+    return out
+
+
+def linear_f32(x, w, out, int nthreads=1):
+    """out = x @ w.T    x (M, K), w (N, K) (a linear layer's weight), out (M, N); float32"""
+    _mat(x, "x")
+    _mat(w, "w")
+    cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[0]
+    if w.shape[1] != K:
+        raise ValueError(f"w: expected {K} columns to match x {x.shape}, got {w.shape}")
+    _check_out(out, M, N, (x, w))
+    cdef float[:, ::1] xv = x
+    cdef float[:, ::1] wv = w
+    cdef float[:, ::1] ov = out
+    gemm_forward(_ptr(xv), K, _ptr(wv), K, B_TRANS, KC, 0, <float *>_ptr(ov), N, M, N, K, nthreads)
+    return out
+
+
+cdef class PackedB:
+    """A (K, N) right-hand operand packed once into the micro-kernel's panels.
+
+    Layout: for each depth block of ``kc`` rows, ceil(N/32) panels of kc x 32 floats
+    (row k of a panel = 32 consecutive columns, zero past column N). Built by ``pack_b``
+    (from b (K, N)) or ``pack_weight`` (from w (N, K), i.e. B = w.T); level-independent.
+    """
+    cdef readonly Py_ssize_t K, N, kc, npad
+    cdef readonly object data          # 1-D float32, 64-byte aligned view
+    cdef float *ptr
+
+    def __repr__(self):
+        return f"PackedB(K={self.K}, N={self.N}, kc={self.kc})"
+
+    @property
+    def shape(self):
+        return (self.K, self.N)
+
+
+cdef PackedB _pack(object src, bint trans, int nthreads):
+    cdef Py_ssize_t K, N
+    if trans:
+        N, K = src.shape[0], src.shape[1]
+    else:
+        K, N = src.shape[0], src.shape[1]
+    cdef PackedB pk = PackedB.__new__(PackedB)
+    pk.K, pk.N, pk.kc = K, N, KC
+    pk.npad = _cdiv(N, NR) * NR
+    raw = np.empty(max(1, K * pk.npad) + 16, dtype=np.float32)
+    cdef float[::1] rv = raw
+    cdef Py_ssize_t off = ((64 - (<uintptr_t>&rv[0]) % 64) % 64) // 4
+    pk.data = raw[off:off + K * pk.npad]
+    pk.ptr = &rv[0] + off
+    if K == 0 or N == 0:
+        return pk
+    cdef float[:, ::1] sv = src
+    cdef const float *s = &sv[0, 0]
+    cdef int lvl = slmx_simd_level()
+    cdef Py_ssize_t npan = pk.npad // NR, nblk = _cdiv(K, KC), job, blk, p, pc, kc, nv
+    cdef int nt = nthreads if nthreads > 1 and K * N >= 262144 else 1
+    cdef float *dst = pk.ptr
+    with nogil:
+        for job in prange(nblk * npan, num_threads=nt, schedule="static"):
+            blk = job // npan
+            p = job % npan
+            pc = blk * KC
+            kc = min(<Py_ssize_t>KC, K - pc)
+            nv = min(<Py_ssize_t>NR, N - p * NR)
+            if trans:
+                slmx_pack_b_trans(lvl, s + (p * NR) * K + pc, K, nv, kc, dst + pc * pk.npad + p * kc * NR)
+            else:
+                slmx_pack_b_rows(s + pc * N + p * NR, N, nv, kc, dst + pc * pk.npad + p * kc * NR)
+    return pk
+
+
+def pack_b(b, int nthreads=1):
+    """PackedB of b (K, N) float32, for ``matmul_packed(a, packed, out)`` = a @ b"""
+    return _pack(_mat(b, "b"), False, nthreads)
+
+
+def pack_weight(w, int nthreads=1):
+    """PackedB of w.T for a weight w (N, K) float32: ``matmul_packed(x, packed, out)`` = x @ w.T"""
+    return _pack(_mat(w, "w"), True, nthreads)
+
+
+def matmul_packed(a, PackedB packed, out, int nthreads=1):
+    """out = a @ B    a (M, K), B the (K, N) operand packed by pack_b / pack_weight, out (M, N)"""
+    _mat(a, "a")
+    if packed is None:
+        raise ValueError("packed: expected a PackedB")
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = packed.N
+    if packed.K != K:
+        raise ValueError(f"a: expected {packed.K} columns to match the packed operand, got {a.shape}")
+    _check_out(out, M, N, (a, packed.data))
+    cdef float[:, ::1] av = a
+    cdef float[:, ::1] ov = out
+    gemm_forward(_ptr(av), K, packed.ptr, 0, B_PACKED, packed.kc, packed.npad, <float *>_ptr(ov), N,
+                 M, N, K, nthreads)
+    return out

@@ -1,0 +1,167 @@
+"""fp32 GEMM (matmul, linear_f32, packed operands) against numpy float64, every SIMD level."""
+import threading
+
+import numpy as np
+import pytest
+
+from slmx._kernels import gemm
+
+RNG = np.random.default_rng(7)
+
+# small-M path (M < 8), balanced tiles (M = 16 -> 8 + 8), edges in every dimension,
+# K beyond one depth block (256), N beyond one panel group (8 x 32), M beyond MC_OUTER (2048)
+SHAPES = [
+    (1, 1, 1), (1, 5, 7), (3, 33, 70), (7, 640, 130), (1, 300, 1000),
+    (8, 100, 33), (9, 17, 31), (16, 640, 256), (29, 300, 100), (14, 513, 32),
+    (64, 257, 300), (130, 64, 17), (2100, 40, 40),
+]
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def check(out, ref, K):
+    # fp32 accumulation over K terms of unit-variance products: error ~ sqrt(K) * eps * |terms|
+    tol = 1e-5 * max(1.0, np.sqrt(K)) * 4
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=tol)
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_matmul(simd_level, M, K, N, nthreads):
+    a, b = rand(M, K), rand(K, N)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    out = np.full((M, N), np.nan, np.float32)
+    gemm.matmul(a, b, out, nthreads)
+    check(out, ref, K)
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_linear_f32(simd_level, M, K, N, nthreads):
+    x, w = rand(M, K), rand(N, K)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    out = np.full((M, N), np.nan, np.float32)
+    gemm.linear_f32(x, w, out, nthreads)
+    check(out, ref, K)
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES[::2])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_packed(simd_level, M, K, N, nthreads):
+    a, b = rand(M, K), rand(K, N)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    pb = gemm.pack_b(b, nthreads)
+    pw = gemm.pack_weight(np.ascontiguousarray(b.T), nthreads)
+    assert pb.shape == (K, N) and pw.shape == (K, N)
+    np.testing.assert_array_equal(pb.data, pw.data)       # one layout from either source
+    out = np.full((M, N), np.nan, np.float32)
+    gemm.matmul_packed(a, pb, out, nthreads)
+    check(out, ref, K)
+    out[:] = np.nan
+    gemm.matmul_packed(a, pw, out, nthreads)
+    check(out, ref, K)
+
+
+def test_packed_layout():
+    # panel layout documented in PackedB: per depth block, panels of kc x 32, zero past N
+    K, N = 300, 40
+    b = rand(K, N)
+    pk = gemm.pack_b(b)
+    kc = pk.kc
+    d = pk.data
+    npad = 64
+    first = d[: kc * npad].reshape(2, kc, 32)          # block 0: two panels
+    np.testing.assert_array_equal(first[0], b[:kc, :32])
+    np.testing.assert_array_equal(first[1][:, :8], b[:kc, 32:])
+    assert np.all(first[1][:, 8:] == 0)
+    rest = d[kc * npad:].reshape(2, K - kc, 32)
+    np.testing.assert_array_equal(rest[0], b[kc:, :32])
+
+
+def test_packed_across_levels(simd_level):
+    # a weight packed once is usable whatever the dispatch level in force
+    from slmx._kernels import cpu
+    cpu.set_simd_level(0)
+    w = rand(70, 90)
+    pw = gemm.pack_weight(w)
+    cpu.set_simd_level(simd_level)
+    x = rand(20, 90)
+    out = np.empty((20, 70), np.float32)
+    gemm.matmul_packed(x, pw, out)
+    check(out, x.astype(np.float64) @ w.T.astype(np.float64), 90)
+
+
+def test_special_values(simd_level):
+    a, b = rand(9, 40), rand(40, 50)
+    a[2, 3] = np.inf
+    b[5, 7] = np.nan
+    out = np.empty((9, 50), np.float32)
+    with np.errstate(invalid="ignore"):
+        ref = a.astype(np.float64) @ b.astype(np.float64)
+    gemm.matmul(a, b, out)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
+
+
+def test_zero_sizes():
+    out = np.full((3, 4), np.nan, np.float32)
+    gemm.matmul(np.empty((3, 0), np.float32), np.empty((0, 4), np.float32), out)
+    assert np.all(out == 0)
+    gemm.linear_f32(np.empty((0, 5), np.float32), rand(4, 5), np.empty((0, 4), np.float32))
+    gemm.matmul(rand(2, 5), np.empty((5, 0), np.float32), np.empty((2, 0), np.float32))
+
+
+def test_concurrent_calls():
+    # two Python threads at once: one owns the shared workspace, the other gets its own
+    a, b = rand(200, 300), rand(300, 260)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    outs = [np.empty((200, 260), np.float32) for _ in range(4)]
+    errors = []
+
+    def run(o):
+        try:
+            for _ in range(5):
+                gemm.matmul(a, b, o, 1)
+                check(o, ref, 300)
+        except Exception as e:          # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=run, args=(o,)) for o in outs]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+
+
+def test_bad_inputs():
+    a, b = rand(4, 5), rand(5, 6)
+    out = np.empty((4, 6), np.float32)
+    with pytest.raises(ValueError):
+        gemm.matmul(a, rand(4, 6), out)                    # inner dims
+    with pytest.raises(ValueError):
+        gemm.matmul(a, b, np.empty((4, 7), np.float32))    # out shape
+    with pytest.raises(ValueError):
+        gemm.matmul(a.astype(np.float64), b, out)           # dtype
+    with pytest.raises(ValueError):
+        gemm.matmul(np.asfortranarray(a), b, out)           # layout
+    with pytest.raises(ValueError):
+        gemm.matmul(a[None], b, out)                        # ndim
+    with pytest.raises(ValueError):
+        gemm.matmul(a, b, out.astype(np.float64))
+    with pytest.raises(ValueError):
+        gemm.linear_f32(a, rand(6, 4), out)                 # w (N, K) with K != 5
+    sq = rand(4, 4)
+    with pytest.raises(ValueError):
+        gemm.matmul(sq, sq, sq)                             # out aliases an input
+    pk = gemm.pack_b(b)
+    with pytest.raises(ValueError):
+        gemm.matmul_packed(rand(4, 6), pk, out)             # K mismatch
+    with pytest.raises(ValueError):
+        gemm.matmul_packed(a, pk, np.empty((4, 5), np.float32))
+    with pytest.raises((ValueError, TypeError)):
+        gemm.matmul_packed(a, b, out)                       # not a PackedB
+    with pytest.raises(ValueError):
+        gemm.pack_b([[1.0]])
