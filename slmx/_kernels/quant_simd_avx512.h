@@ -1,0 +1,435 @@
+/* AVX-512 bodies of the quant kernels. Included twice by quant_simd.h:
+ *   QFN(name) -> name_avx512, QTARGET = AVX-512 F/BW/VL/DQ, QVNNI 0 (maddubs + madd)
+ *   QFN(name) -> name_vnni,   QTARGET = ... + VNNI,      QVNNI 1 (dpbusd / dpwssd)
+ * Register tile: MR (<= 4) activation rows x NR = 4 weight rows, 16 zmm float accumulators.
+ */
+
+/* ------------------------------------------------------------------ helpers */
+
+/* [sum(a), sum(b), sum(c), sum(d)] */
+SLMX_ALWAYS_INLINE QTARGET __m128 QFN(slmx_hsum4)(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
+    s = _mm512_add_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    s = _mm512_add_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    __m512 r = _mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), s);
+    return _mm512_castps512_ps128(r);
+}
+
+/* Store (or add) the NR sums of one output row; only the first nr are real. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_store4)(float *o, __m128 s, int nr, int accumulate) {
+    if (nr == 4) {
+        if (accumulate) s = _mm_add_ps(s, _mm_loadu_ps(o));
+        _mm_storeu_ps(o, s);
+    } else {
+        float tmp[4];
+        _mm_storeu_ps(tmp, s);
+        for (int r = 0; r < nr; r++) o[r] = accumulate ? o[r] + tmp[r] : tmp[r];
+    }
+}
+
+/* round half away from zero (C roundf), exact: floor(a) + floor(2 (a - floor a)) */
+SLMX_ALWAYS_INLINE QTARGET __m512i QFN(slmx_roundf_epi32)(__m512 v) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 a = _mm512_andnot_ps(sign, v);
+    __m512 f = _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 fr = _mm512_sub_ps(a, f);
+    __m512 r = _mm512_add_ps(f, _mm512_roundscale_ps(_mm512_add_ps(fr, fr), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+    r = _mm512_or_ps(r, _mm512_and_ps(sign, v));
+    return _mm512_cvttps_epi32(r);
+}
+
+/* ------------------------------------------------------------------ activation quantizers */
+
+static QTARGET void QFN(slmx_xq_b32)(const float *x, int K, int off, slmx_xb_chunk *dst) {
+    int nb = K / 32, nc = (nb + 1) / 2;
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int c = 0; c < nc; c++) {
+        slmx_xb_chunk *ch = dst + c;
+        __m512 dv = _mm512_setzero_ps();
+        int32_t cs[2] = {0, 0};
+        for (int h = 0; h < 2; h++) {
+            if (2 * c + h >= nb) { memset(ch->q + 32 * h, 0, 32); continue; }
+            const float *xb = x + 64 * c + 32 * h;
+            __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+            float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+            float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            __m512 iv = _mm512_set1_ps(id);
+            __m512i q0 = QFN(slmx_roundf_epi32)(_mm512_mul_ps(v0, iv));
+            __m512i q1 = QFN(slmx_roundf_epi32)(_mm512_mul_ps(v1, iv));
+            _mm_storeu_si128((__m128i *)(ch->q + 32 * h), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(ch->q + 32 * h + 16), _mm512_cvtepi32_epi8(q1));
+            cs[h] = -off * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            float dr = slmx_f16_to_f32(slmx_f32_to_f16(d));
+            dv = _mm512_mask_mov_ps(dv, h ? (__mmask16)0xff00 : (__mmask16)0x00ff, _mm512_set1_ps(dr));
+        }
+        _mm512_store_ps(ch->d, dv);
+        _mm512_store_si512((__m512i *)ch->c, _mm512_setzero_si512());
+        ch->c[0] = cs[0];
+        ch->c[8] = cs[1];
+    }
+}
+
+static QTARGET void QFN(slmx_xq_k)(const float *x, int K, slmx_xk_block *dst) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int b = 0; b < K / 256; b++) {
+        const float *xb = x + 256 * b;
+        slmx_xk_block *y = dst + b;
+        __m512 m = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j++) m = _mm512_max_ps(m, _mm512_andnot_ps(sign, _mm512_loadu_ps(xb + 16 * j)));
+        float amax = _mm512_reduce_max_ps(m);
+        memset(y, 0, sizeof *y);
+        if (amax == 0.0f) continue;
+        float max = 0.0f;                       /* first element of largest magnitude */
+        __m512 av = _mm512_set1_ps(amax);
+        for (int j = 0; j < 16; j++) {
+            __mmask16 k = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, _mm512_loadu_ps(xb + 16 * j)), av, _CMP_EQ_OQ);
+            if (k) { max = xb[16 * j + __builtin_ctz((unsigned)k)]; break; }
+        }
+        float iscale = -127.0f / max;
+        __m512 iv = _mm512_set1_ps(iscale);
+        const __m512i cap = _mm512_set1_epi32(127);
+        for (int j = 0; j < 16; j++) {
+            __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(iv, _mm512_loadu_ps(xb + 16 * j))), cap);
+            _mm_store_si128((__m128i *)(y->q + 16 * j), _mm512_cvtepi32_epi8(q));
+            y->bsums[j] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        y->d = 1.0f / iscale;
+    }
+}
+
+/* ------------------------------------------------------------------ weight unpacking */
+
+/* Blocks blk0 .. blk0+nblk of NR rows (Q8_0/Q4_0/Q5_0) into pb chunks. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_b32_body)(const int t, const uint8_t *const *rows, int blk0, int nblk,
+                                                          slmx_pb_chunk *p, size_t pf) {
+    const int ts = t == SLMX_T_Q8_0 ? 34 : (t == SLMX_T_Q4_0 ? 18 : 22);
+    const int nc = (nblk + 1) / 2;
+    const __m512i nib = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(16), bias = _mm512_set1_epi8((char)0x80);
+    const __m512i dup = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), shr = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+    const __m512i dsel = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (int r = 0; r < SLMX_NR; r++) {
+        for (int c = 0; c < nc; c++) {
+            const int two = 2 * c + 1 < nblk;
+            const uint8_t *bA = rows[r] + (size_t)(blk0 + 2 * c) * ts, *bB = bA + ts;
+            slmx_pb_chunk *pc = p + (size_t)c * SLMX_NR + r;
+            _mm_prefetch((const char *)bA + pf, _MM_HINT_T0);
+            uint32_t dh = (uint32_t)slmx_load_u16(bA) | (two ? (uint32_t)slmx_load_u16(bB) << 16 : 0u);
+            __m512 dv = _mm512_permutexvar_ps(dsel, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh))));
+            __m512i z;
+            if (t == SLMX_T_Q8_0) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(bA + 2));
+                __m256i b = two ? _mm256_loadu_si256((const __m256i *)(bB + 2)) : _mm256_setzero_si256();
+                z = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+                if (QVNNI) z = _mm512_xor_si512(z, bias);
+            } else {
+                const int qo = t == SLMX_T_Q4_0 ? 2 : 6;
+                __m128i a = _mm_loadu_si128((const __m128i *)(bA + qo));
+                __m128i b = two ? _mm_loadu_si128((const __m128i *)(bB + qo)) : _mm_setzero_si128();
+                __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+                z = _mm512_permutexvar_epi64(dup, _mm512_castsi256_si512(ab));
+                z = _mm512_and_si512(_mm512_srlv_epi64(z, shr), nib);
+                if (t == SLMX_T_Q5_0) {
+                    uint64_t hm = slmx_load_u32(bA + 2);
+                    if (two) hm |= (uint64_t)slmx_load_u32(bB + 2) << 32;
+                    z = _mm512_mask_add_epi8(z, (__mmask64)hm, z, sixteen);
+                }
+            }
+            _mm512_store_si512((__m512i *)pc->w, z);
+            _mm512_store_ps(pc->d, dv);
+        }
+    }
+}
+
+static const int16_t QFN(slmx_iota16)[32] __attribute__((aligned(64))) = {
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+
+/* Super-blocks sb0 .. sb0+nsb of NR rows (Q4_K/Q5_K/Q6_K) into pk blocks. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_k_body)(const int t, const uint8_t *const *rows, int sb0, int nsb,
+                                                        slmx_pk_block *p, size_t pf) {
+    const int ts = t == SLMX_T_Q4_K ? 144 : (t == SLMX_T_Q5_K ? 176 : 210);
+    const __m512i nib = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(16), hmask = _mm512_set1_epi8(0x30);
+    const __m256i nib256 = _mm256_set1_epi8(0x0f);
+    const __m512i sh_l = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i sh_r = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+    const __m512i iota8 = _mm512_srli_epi16(_mm512_load_si512((const __m512i *)QFN(slmx_iota16)), 3);
+    for (int r = 0; r < SLMX_NR; r++) {
+        for (int s = 0; s < nsb; s++) {
+            const uint8_t *b = rows[r] + (size_t)(sb0 + s) * ts;
+            slmx_pk_block *pk = p + (size_t)s * SLMX_NR + r;
+            for (int l = 0; l < ts; l += 64) _mm_prefetch((const char *)b + pf + l, _MM_HINT_T0);
+            if (t == SLMX_T_Q6_K) {
+                const uint8_t *ql = b, *qh = b + 128;
+                float d = _cvtsh_ss(slmx_load_u16(b + 208));
+                __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)));
+                for (int c = 0; c < 4; c++) {
+                    const int h = c >> 1;
+                    __m512i zl = _mm512_loadu_si512((const __m512i *)(ql + 64 * h));
+                    __m512i zh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qh + 32 * h)));
+                    __m512i lo, hb;
+                    if (c & 1) {
+                        lo = _mm512_and_si512(_mm512_srli_epi16(zl, 4), nib);
+                        hb = _mm512_and_si512(_mm512_srlv_epi16(zh, sh_r), hmask);
+                    } else {
+                        lo = _mm512_and_si512(zl, nib);
+                        hb = _mm512_and_si512(_mm512_sllv_epi16(zh, sh_l), hmask);
+                    }
+                    _mm512_store_si512((__m512i *)(pk->w + 64 * c), _mm512_or_si512(lo, hb));
+                    __m512i idx = _mm512_add_epi16(iota8, _mm512_set1_epi16((short)(4 * c)));
+                    _mm512_store_si512((__m512i *)pk->sc[c], _mm512_permutexvar_epi16(idx, _mm512_castsi256_si512(s16)));
+                }
+                _mm256_store_si256((__m256i *)pk->coef, _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(s16, 5)));
+                pk->d = d;
+                pk->cs = d;
+            } else {
+                float d = _cvtsh_ss(slmx_load_u16(b)), dmin = _cvtsh_ss(slmx_load_u16(b + 2));
+                const uint8_t *scales = b + 4;
+                const uint8_t *qs = t == SLMX_T_Q5_K ? b + 48 : b + 16;
+                int sc[8], mn[8];
+                for (int j = 0; j < 8; j++) slmx_scale_min_k4(j, scales, &sc[j], &mn[j]);
+                __m512i qhz = _mm512_setzero_si512();
+                if (t == SLMX_T_Q5_K) qhz = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)));
+                for (int c = 0; c < 4; c++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, nib256)),
+                                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), nib256), 1);
+                    if (t == SLMX_T_Q5_K) {
+                        __m512i sel = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * c))),
+                                                         _mm256_set1_epi8((char)(1 << (2 * c + 1))), 1);
+                        z = _mm512_mask_add_epi8(z, _mm512_test_epi8_mask(qhz, sel), z, sixteen);
+                    }
+                    _mm512_store_si512((__m512i *)(pk->w + 64 * c), z);
+                    _mm512_store_si512((__m512i *)pk->sc[c], _mm512_mask_blend_epi16((__mmask32)0xffff0000u,
+                                       _mm512_set1_epi16((short)sc[2 * c]), _mm512_set1_epi16((short)sc[2 * c + 1])));
+                }
+                __m128i m8 = _mm_setr_epi16((short)mn[0], (short)mn[1], (short)mn[2], (short)mn[3],
+                                            (short)mn[4], (short)mn[5], (short)mn[6], (short)mn[7]);
+                __m256i m32 = _mm256_cvtepu16_epi32(m8);
+                _mm256_store_si256((__m256i *)pk->coef, _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16)));
+                pk->d = d;
+                pk->cs = -dmin;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ micro-kernels */
+
+/* out[i, 0:nr] (+)= sum over nc chunks of panel p (NR rows) . activation rows x + i*ldx, i < MR */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_kern_b32_body)(const slmx_pb_chunk *p, int nc, const uint8_t *x, size_t ldx,
+                                                        float *out, size_t ldo, int nr, int accumulate,
+                                                        const int MR, const int SIGNED) {
+    __m512 f[4][SLMX_NR];
+    for (int i = 0; i < MR; i++)
+        for (int r = 0; r < SLMX_NR; r++) f[i][r] = _mm512_setzero_ps();
+    const __m512i ones = _mm512_set1_epi16(1);
+    for (int c = 0; c < nc; c++) {
+        const slmx_pb_chunk *pc = p + (size_t)c * SLMX_NR;
+        for (int i = 0; i < MR; i++) {
+            const slmx_xb_chunk *xc = (const slmx_xb_chunk *)(x + (size_t)i * ldx) + c;
+            __m512i xv = _mm512_load_si512((const __m512i *)xc->q);
+            __m512 xd = _mm512_load_ps(xc->d);
+            __m512i xcr = _mm512_load_si512((const __m512i *)xc->c);
+            for (int r = 0; r < SLMX_NR; r++) {
+                __m512i wv = _mm512_load_si512((const __m512i *)pc[r].w);
+                __m512i t;
+#if QVNNI
+                (void)ones;
+                t = _mm512_dpbusd_epi32(xcr, wv, xv);
+#else
+                if (SIGNED) {
+                    __m512i sx = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wv), _mm512_setzero_si512(), xv);
+                    t = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(wv), sx), ones);
+                } else {
+                    t = _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(wv, xv), ones), xcr);
+                }
+#endif
+                f[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(_mm512_load_ps(pc[r].d), xd), f[i][r]);
+            }
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        QFN(slmx_store4)(out + (size_t)i * ldo, QFN(slmx_hsum4)(f[i][0], f[i][1], f[i][2], f[i][3]), nr, accumulate);
+}
+
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_kern_k_body)(const slmx_pk_block *p, int nsb, const uint8_t *x, size_t ldx,
+                                                      float *out, size_t ldo, int nr, int accumulate, const int MR) {
+    __m512 f[4][SLMX_NR];
+    for (int i = 0; i < MR; i++)
+        for (int r = 0; r < SLMX_NR; r++) f[i][r] = _mm512_setzero_ps();
+    for (int s = 0; s < nsb; s++) {
+        const slmx_pk_block *pb = p + (size_t)s * SLMX_NR;
+        for (int i = 0; i < MR; i++) {
+            const slmx_xk_block *xb = (const slmx_xk_block *)(x + (size_t)i * ldx) + s;
+            __m512i x0 = _mm512_load_si512((const __m512i *)(xb->q));
+            __m512i x1 = _mm512_load_si512((const __m512i *)(xb->q + 64));
+            __m512i x2 = _mm512_load_si512((const __m512i *)(xb->q + 128));
+            __m512i x3 = _mm512_load_si512((const __m512i *)(xb->q + 192));
+            __m256i bs = _mm256_load_si256((const __m256i *)xb->bsums);
+            __m512 dx = _mm512_set1_ps(xb->d);
+            for (int r = 0; r < SLMX_NR; r++) {
+                const slmx_pk_block *w = pb + r;
+                __m512i p0 = _mm512_maddubs_epi16(_mm512_load_si512((const __m512i *)(w->w)), x0);
+                __m512i p1 = _mm512_maddubs_epi16(_mm512_load_si512((const __m512i *)(w->w + 64)), x1);
+                __m512i p2 = _mm512_maddubs_epi16(_mm512_load_si512((const __m512i *)(w->w + 128)), x2);
+                __m512i p3 = _mm512_maddubs_epi16(_mm512_load_si512((const __m512i *)(w->w + 192)), x3);
+#if QVNNI
+                __m512i t = _mm512_dpwssd_epi32(_mm512_setzero_si512(), p0, _mm512_load_si512((const __m512i *)w->sc[0]));
+                t = _mm512_dpwssd_epi32(t, p1, _mm512_load_si512((const __m512i *)w->sc[1]));
+                t = _mm512_dpwssd_epi32(t, p2, _mm512_load_si512((const __m512i *)w->sc[2]));
+                t = _mm512_dpwssd_epi32(t, p3, _mm512_load_si512((const __m512i *)w->sc[3]));
+#else
+                __m512i t = _mm512_add_epi32(
+                    _mm512_add_epi32(_mm512_madd_epi16(p0, _mm512_load_si512((const __m512i *)w->sc[0])),
+                                     _mm512_madd_epi16(p1, _mm512_load_si512((const __m512i *)w->sc[1]))),
+                    _mm512_add_epi32(_mm512_madd_epi16(p2, _mm512_load_si512((const __m512i *)w->sc[2])),
+                                     _mm512_madd_epi16(p3, _mm512_load_si512((const __m512i *)w->sc[3]))));
+#endif
+                __m256i mm = _mm256_madd_epi16(_mm256_load_si256((const __m256i *)w->coef), bs);
+                f[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(_mm512_set1_ps(w->d), dx), f[i][r]);
+                f[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(mm)),
+                                          _mm512_mul_ps(_mm512_set1_ps(w->cs), dx), f[i][r]);
+            }
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        QFN(slmx_store4)(out + (size_t)i * ldo, QFN(slmx_hsum4)(f[i][0], f[i][1], f[i][2], f[i][3]), nr, accumulate);
+}
+
+/* 16 weights of row type WT (F32/F16/BF16) at element k, as float; n < 16 masks the tail. */
+SLMX_ALWAYS_INLINE QTARGET __m512 QFN(slmx_load_wf)(const int WT, const uint8_t *row, int k, __mmask16 m) {
+    if (WT == SLMX_T_F32) return _mm512_maskz_loadu_ps(m, row + 4 * (size_t)k);
+    __m256i h = _mm256_maskz_loadu_epi16(m, row + 2 * (size_t)k);
+    if (WT == SLMX_T_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_kern_f_body)(const int WT, const uint8_t *const *rows, const float *x, size_t ldx,
+                                                      int K, float *out, size_t ldo, int nr, const int MR) {
+    __m512 f[4][SLMX_NR];
+    for (int i = 0; i < MR; i++)
+        for (int r = 0; r < SLMX_NR; r++) f[i][r] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) wv[r] = QFN(slmx_load_wf)(WT, rows[r], k, (__mmask16)0xffff);
+        for (int i = 0; i < MR; i++) {
+            __m512 xv = _mm512_loadu_ps(x + (size_t)i * ldx + k);
+            for (int r = 0; r < SLMX_NR; r++) f[i][r] = _mm512_fmadd_ps(xv, wv[r], f[i][r]);
+        }
+    }
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
+        __m512 wv[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) wv[r] = QFN(slmx_load_wf)(WT, rows[r], k, m);
+        for (int i = 0; i < MR; i++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + (size_t)i * ldx + k);
+            for (int r = 0; r < SLMX_NR; r++) f[i][r] = _mm512_fmadd_ps(xv, wv[r], f[i][r]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        QFN(slmx_store4)(out + (size_t)i * ldo, QFN(slmx_hsum4)(f[i][0], f[i][1], f[i][2], f[i][3]), nr, 0);
+}
+
+/* Out-of-line instances: one per (type, MR). */
+#define SLMX_Q_INST_B32(MRV)                                                                                   \
+    static QTARGET void QFN(slmx_kern_b32_u##MRV)(const slmx_pb_chunk *p, int nc, const uint8_t *x, size_t ldx, \
+                                                  float *out, size_t ldo, int nr, int acc) {                   \
+        QFN(slmx_kern_b32_body)(p, nc, x, ldx, out, ldo, nr, acc, MRV, 0);                                     \
+    }                                                                                                          \
+    static QTARGET void QFN(slmx_kern_b32_s##MRV)(const slmx_pb_chunk *p, int nc, const uint8_t *x, size_t ldx, \
+                                                  float *out, size_t ldo, int nr, int acc) {                   \
+        QFN(slmx_kern_b32_body)(p, nc, x, ldx, out, ldo, nr, acc, MRV, 1);                                     \
+    }                                                                                                          \
+    static QTARGET void QFN(slmx_kern_k_##MRV)(const slmx_pk_block *p, int nsb, const uint8_t *x, size_t ldx,    \
+                                               float *out, size_t ldo, int nr, int acc) {                      \
+        QFN(slmx_kern_k_body)(p, nsb, x, ldx, out, ldo, nr, acc, MRV);                                         \
+    }                                                                                                          \
+    static QTARGET void QFN(slmx_kern_f32_##MRV)(const uint8_t *const *rows, const float *x, size_t ldx, int K,  \
+                                                 float *out, size_t ldo, int nr) {                             \
+        QFN(slmx_kern_f_body)(SLMX_T_F32, rows, x, ldx, K, out, ldo, nr, MRV);                                 \
+    }                                                                                                          \
+    static QTARGET void QFN(slmx_kern_f16_##MRV)(const uint8_t *const *rows, const float *x, size_t ldx, int K,  \
+                                                 float *out, size_t ldo, int nr) {                             \
+        QFN(slmx_kern_f_body)(SLMX_T_F16, rows, x, ldx, K, out, ldo, nr, MRV);                                 \
+    }                                                                                                          \
+    static QTARGET void QFN(slmx_kern_bf16_##MRV)(const uint8_t *const *rows, const float *x, size_t ldx, int K, \
+                                                  float *out, size_t ldo, int nr) {                            \
+        QFN(slmx_kern_f_body)(SLMX_T_BF16, rows, x, ldx, K, out, ldo, nr, MRV);                                \
+    }
+
+SLMX_Q_INST_B32(1)
+SLMX_Q_INST_B32(2)
+SLMX_Q_INST_B32(3)
+SLMX_Q_INST_B32(4)
+#undef SLMX_Q_INST_B32
+
+static QTARGET void QFN(slmx_unpack_b32)(int t, const uint8_t *const *rows, int blk0, int nblk, slmx_pb_chunk *p, size_t pf) {
+    if (t == SLMX_T_Q8_0) QFN(slmx_unpack_b32_body)(SLMX_T_Q8_0, rows, blk0, nblk, p, pf);
+    else if (t == SLMX_T_Q4_0) QFN(slmx_unpack_b32_body)(SLMX_T_Q4_0, rows, blk0, nblk, p, pf);
+    else QFN(slmx_unpack_b32_body)(SLMX_T_Q5_0, rows, blk0, nblk, p, pf);
+}
+
+static QTARGET void QFN(slmx_unpack_k)(int t, const uint8_t *const *rows, int sb0, int nsb, slmx_pk_block *p, size_t pf) {
+    if (t == SLMX_T_Q4_K) QFN(slmx_unpack_k_body)(SLMX_T_Q4_K, rows, sb0, nsb, p, pf);
+    else if (t == SLMX_T_Q5_K) QFN(slmx_unpack_k_body)(SLMX_T_Q5_K, rows, sb0, nsb, p, pf);
+    else QFN(slmx_unpack_k_body)(SLMX_T_Q6_K, rows, sb0, nsb, p, pf);
+}
+
+typedef void (*QFN(slmx_kb32_fn))(const slmx_pb_chunk *, int, const uint8_t *, size_t, float *, size_t, int, int);
+typedef void (*QFN(slmx_kk_fn))(const slmx_pk_block *, int, const uint8_t *, size_t, float *, size_t, int, int);
+typedef void (*QFN(slmx_kf_fn))(const uint8_t *const *, const float *, size_t, int, float *, size_t, int);
+
+/* See slmx_q_linear_range. */
+static QTARGET void QFN(slmx_linear_range)(int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
+                                           const uint8_t *x, size_t ldx, int M, int K, float *out, size_t ldo,
+                                           void *scratch) {
+    const int is_signed = (t == SLMX_T_Q8_0) && !QVNNI;
+    QFN(slmx_kb32_fn) kb[5] = {0, QFN(slmx_kern_b32_u1), QFN(slmx_kern_b32_u2), QFN(slmx_kern_b32_u3), QFN(slmx_kern_b32_u4)};
+    if (is_signed) { kb[1] = QFN(slmx_kern_b32_s1); kb[2] = QFN(slmx_kern_b32_s2); kb[3] = QFN(slmx_kern_b32_s3); kb[4] = QFN(slmx_kern_b32_s4); }
+    QFN(slmx_kk_fn) kk[5] = {0, QFN(slmx_kern_k_1), QFN(slmx_kern_k_2), QFN(slmx_kern_k_3), QFN(slmx_kern_k_4)};
+    QFN(slmx_kf_fn) kf[5] = {0, QFN(slmx_kern_f32_1), QFN(slmx_kern_f32_2), QFN(slmx_kern_f32_3), QFN(slmx_kern_f32_4)};
+    if (t == SLMX_T_F16) { kf[1] = QFN(slmx_kern_f16_1); kf[2] = QFN(slmx_kern_f16_2); kf[3] = QFN(slmx_kern_f16_3); kf[4] = QFN(slmx_kern_f16_4); }
+    if (t == SLMX_T_BF16) { kf[1] = QFN(slmx_kern_bf16_1); kf[2] = QFN(slmx_kern_bf16_2); kf[3] = QFN(slmx_kern_bf16_3); kf[4] = QFN(slmx_kern_bf16_4); }
+
+    for (int64_t n = n0; n < n1; n += SLMX_NR) {
+        const int nr = (int)(n1 - n < SLMX_NR ? n1 - n : SLMX_NR);
+        const uint8_t *rows[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) rows[r] = w + (size_t)(n + (r < nr ? r : nr - 1)) * rb;
+        float *o = out + n;
+        if (slmx_is_float(t)) {
+            for (int m = 0; m < M; m += 4) {
+                int mr = M - m < 4 ? M - m : 4;
+                kf[mr](rows, (const float *)(x + (size_t)m * ldx), ldx / 4, K, o + (size_t)m * ldo, ldo, nr);
+            }
+        } else if (slmx_is_b32(t)) {
+            const int nb = K / 32, kcb = SLMX_KC / 32;
+            for (int kb0 = 0; kb0 < nb; kb0 += kcb) {
+                int nblk = nb - kb0 < kcb ? nb - kb0 : kcb;
+                slmx_pb_chunk *p = (slmx_pb_chunk *)scratch;
+                QFN(slmx_unpack_b32)(t, rows, kb0, nblk, p, SLMX_PF_ROWS * rb);
+                const uint8_t *xk = x + (size_t)(kb0 / 2) * sizeof(slmx_xb_chunk);
+                for (int m = 0; m < M; m += 4) {
+                    int mr = M - m < 4 ? M - m : 4;
+                    kb[mr](p, (nblk + 1) / 2, xk + (size_t)m * ldx, ldx, o + (size_t)m * ldo, ldo, nr, kb0 > 0);
+                }
+            }
+        } else {
+            const int nsb = K / 256, kcs = SLMX_KC / 256;
+            for (int s0 = 0; s0 < nsb; s0 += kcs) {
+                int ns = nsb - s0 < kcs ? nsb - s0 : kcs;
+                slmx_pk_block *p = (slmx_pk_block *)scratch;
+                QFN(slmx_unpack_k)(t, rows, s0, ns, p, SLMX_PF_ROWS * rb);
+                const uint8_t *xk = x + (size_t)s0 * sizeof(slmx_xk_block);
+                for (int m = 0; m < M; m += 4) {
+                    int mr = M - m < 4 ? M - m : 4;
+                    kk[mr](p, ns, xk + (size_t)m * ldx, ldx, o + (size_t)m * ldo, ldo, nr, s0 > 0);
+                }
+            }
+        }
+    }
+}
