@@ -64,11 +64,17 @@ class LanguageModel:
 
 
 def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None):
-    """Load a GGUF model by path or known name (e.g. "gemma3-270m"). Weights stay mmap'd.
+    """Load a GGUF model by path or known name (e.g. "gemma3-270m"), or a model trained by
+    `slmx train` (its output folder or a checkpoint folder). GGUF weights stay mmap'd.
 
     threads: kernel threads (default: SLMX_NUM_THREADS, OMP_NUM_THREADS, usable cores).
     n_ctx: KV-cache positions (default: the model's context length, at most 4096).
     """
+    if os.path.isdir(os.fspath(path_or_name)):
+        # a model trained by `slmx train`: its output folder or one of its ckpt-* folders
+        from .train.checkpoint import load_for_inference
+        path, cfg, tok, tr = load_for_inference(path_or_name, threads=threads)
+        return LanguageModel(path, None, cfg, tok, tr, int(n_ctx or cfg.context_length))
     path = registry.resolve(path_or_name)
     f = gguf.read(path)
     cfg = config_from_gguf(f.metadata, f.tensors)

@@ -93,6 +93,136 @@ def _cmd_bench(a):
     return 0
 
 
+# --- training: slmx train, slmx plot-loss, slmx perplexity -----------------------------------------
+
+_TRAIN_FIELDS = ("preset", "vocab_size", "batch_size", "context", "grad_accum", "max_steps", "max_minutes",
+                 "lr", "schedule", "warmup", "min_lr_ratio", "weight_decay", "clip", "optimizer", "bf16",
+                 "threads", "eval_every", "eval_tokens", "ckpt_every", "keep_checkpoints", "seed",
+                 "val_fraction")
+# what --resume may change: the rest comes from the checkpoint (so the run continues identically)
+_RESUME_OVERRIDES = ("threads", "max_minutes", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints")
+
+
+def _cmd_train(a):
+    from .train.trainer import TrainConfig, TrainingDiverged, run_training
+    given = {k: getattr(a, k) for k in _TRAIN_FIELDS if getattr(a, k) is not None}
+    if a.resume:
+        ignored = sorted(k for k in given if k not in _RESUME_OVERRIDES)
+        if ignored:
+            print("slmx train: --resume continues with the checkpoint's settings; ignoring "
+                  + ", ".join("--" + k.replace("_", "-") for k in ignored), file=sys.stderr)
+        if a.data or a.tokenizer:
+            print("slmx train: --resume uses the checkpoint's data and tokenizer; ignoring --data/--tokenizer",
+                  file=sys.stderr)
+        config = None
+        overrides = {k: v for k, v in given.items() if k in _RESUME_OVERRIDES}
+    else:
+        if not a.out:
+            raise ValueError("slmx train needs --out DIR (or --resume DIR)")
+        config = TrainConfig(**given)
+        overrides = None
+    try:
+        run_training(config, out_dir=a.out, data=a.data, tokenizer=a.tokenizer, resume=a.resume,
+                     progress=not a.no_progress, sample_prompt=a.sample_prompt, sample_tokens=a.sample_tokens,
+                     overrides=overrides)
+    except TrainingDiverged as e:
+        print("slmx: error: " + str(e), file=sys.stderr)
+        return 3
+    return 0
+
+
+def _cmd_plot_loss(a):
+    from .train.diagnostics import plot_loss
+    import os
+    log = a.log
+    if os.path.isdir(log):
+        log = os.path.join(log, "train.jsonl")
+    png = plot_loss(log, a.output)
+    print(png)
+    return 0
+
+
+def _cmd_perplexity(a):
+    from .api import load
+    from .eval import perplexity
+    from .train.data import resolve_data_files
+    files = resolve_data_files(a.data)
+    texts = []
+    for p in files:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            texts.append(f.read())
+    model = load(a.model, threads=a.threads, n_ctx=a.ctx)
+    r = perplexity(model, "\n".join(texts), ctx=a.ctx, stride=a.stride, progress=not a.no_progress)
+    print(f"model: {model.path}")
+    print(f"data: {len(files)} file(s), {r.n_text_bytes:,} bytes, {r.n_input_tokens:,} tokens")
+    print(f"method: {r.method}, ctx {r.ctx}, stride {r.stride}, {r.n_windows} windows, {r.n_tokens:,} tokens "
+          f"scored in {r.seconds:.1f} s")
+    print(f"nll: {r.nll:.4f} nats/token")
+    print(f"perplexity: {r.ppl:.4f}")
+    return 0
+
+
+def _add_training_parsers(sub):
+    t = sub.add_parser("train", help="train a small language model from scratch",
+                       description="Train a Llama-style model from scratch on text (default: the Python "
+                                   "standard library's .py files). Writes OUT/train.jsonl, OUT/tokenizer.json "
+                                   "and checkpoints OUT/ckpt-NNNNNN (OUT/latest names the newest); "
+                                   "`slmx generate -m OUT` runs the result.")
+    t.add_argument("--data", nargs="+", default=None, metavar="PATH",
+                   help="text files, folders or globs (default: the stdlib's .py files without tests)")
+    t.add_argument("--out", default=None, metavar="DIR", help="output folder (required unless --resume)")
+    t.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue a run from DIR (its output folder or a ckpt-* folder)")
+    t.add_argument("--tokenizer", default=None, metavar="JSON",
+                   help="use this tokenizer.json instead of training a byte-level BPE")
+    t.add_argument("--preset", default=None, help="model size: nano, tiny, small (tiny)")
+    t.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary to train (8192)")
+    t.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch (8)")
+    t.add_argument("--context", type=int, default=None, help="tokens per sequence (the preset's context)")
+    t.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (1)")
+    t.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: fit --max-minutes)")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock limit; without --max-steps the schedule is fitted to it (10)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-3)")
+    t.add_argument("--schedule", default=None, help="constant, cosine, linear or wsd (cosine)")
+    t.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (50)")
+    t.add_argument("--min-lr-ratio", type=float, default=None, help="final lr / peak lr (0.1)")
+    t.add_argument("--weight-decay", type=float, default=None, help="AdamW decoupled weight decay (0.1)")
+    t.add_argument("--clip", type=float, default=None, help="clip the gradient's global norm; 0 = off (1.0)")
+    t.add_argument("--optimizer", default=None, choices=["adamw", "adam", "sgd"], help="(adamw)")
+    t.add_argument("--bf16", action="store_const", const=True, default=None,
+                   help="bf16 matmuls, fp32 master weights and optimizer state")
+    t.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all usable)")
+    t.add_argument("--eval-every", type=int, default=None, help="validate every N steps (100)")
+    t.add_argument("--eval-tokens", type=int, default=None, help="validation tokens per evaluation (32768)")
+    t.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps (200)")
+    t.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept (2)")
+    t.add_argument("--val-fraction", type=float, default=None, help="share of documents held out (0.015)")
+    t.add_argument("--seed", type=int, default=None, help="seed of initialisation and sampling (0)")
+    t.add_argument("--sample-prompt", default="def ", help="prompt of the sample printed at the end ('def ')")
+    t.add_argument("--sample-tokens", type=int, default=120, help="tokens of that sample; 0 = none (120)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=_cmd_train)
+
+    pl = sub.add_parser("plot-loss", help="plot a training log to PNG",
+                        description="PNG of training and validation loss, learning rate and gradient norm "
+                                    "from a train.jsonl log (or a training output folder).")
+    pl.add_argument("log", help="train.jsonl, or the training output folder")
+    pl.add_argument("-o", "--output", default=None, help="PNG path (default: the log's name with .png)")
+    pl.set_defaults(func=_cmd_plot_loss)
+
+    pp = sub.add_parser("perplexity", help="perplexity of a model on text",
+                        description="Sliding-window perplexity of a model (GGUF file, name, or a training "
+                                    "output folder) over text files.")
+    pp.add_argument("-m", "--model", default=DEFAULT_MODEL, help="GGUF file, model name or training folder")
+    pp.add_argument("--data", nargs="+", required=True, metavar="FILE", help="text files, folders or globs")
+    pp.add_argument("--ctx", type=int, default=None, help="window length in tokens (model context, max 512)")
+    pp.add_argument("--stride", type=int, default=None, help="window step in tokens (ctx / 2)")
+    pp.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
+    pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pp.set_defaults(func=_cmd_perplexity)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="slmx", description="Small language models on the CPU, fast.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +260,8 @@ def build_parser():
     b.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (3)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=_cmd_bench)
+
+    _add_training_parsers(sub)
     return p
 
 

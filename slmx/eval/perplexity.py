@@ -1,0 +1,121 @@
+"""Perplexity over a token stream.
+
+Method "sliding" (the Hugging Face method): windows of `ctx` tokens start every `stride` tokens;
+each window scores only the tokens no earlier window scored, so every token after the first is
+scored exactly once, with up to ctx - stride tokens of context before it (all of them in the
+first window). stride == ctx gives independent chunks; a small stride gives each token more
+context and costs ctx / stride times the compute.
+
+    perplexity = exp( sum of -log p(token | its window before it) / number of scored tokens )
+
+A method is a function (model, ids, ctx, stride, progress) -> (nll_sum, n_scored, n_windows)
+registered in METHODS, so others (llama.cpp's chunked method, bits per byte) add as entries.
+"""
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class PerplexityResult:
+    method: str
+    nll_sum: float          # nats, summed over the scored tokens
+    n_tokens: int           # tokens scored
+    n_windows: int
+    ctx: int
+    stride: int
+    n_input_tokens: int = 0  # tokens of the text
+    n_text_bytes: int = 0   # UTF-8 bytes of the text (for per-byte measures)
+    seconds: float = 0.0
+
+    @property
+    def nll(self):
+        """Mean negative log-likelihood, nats per token."""
+        return self.nll_sum / self.n_tokens if self.n_tokens else float("nan")
+
+    @property
+    def ppl(self):
+        v = self.nll
+        return math.exp(v) if v == v and v < 700 else float("inf")
+
+
+def window_nll(model, ids, first):
+    """-log p(ids[j] | ids[:j]) summed over j in [max(first, 1), len(ids)), from one forward of the
+    window (model.logits(ids) -> (T, vocab)). Log-softmax in float64, a block of rows at a time."""
+    ids = np.asarray(ids, dtype=np.int64)
+    logits = model.logits([int(i) for i in ids])
+    first = max(1, int(first))
+    tot = 0.0
+    for r0 in range(first - 1, len(ids) - 1, 64):
+        r1 = min(len(ids) - 1, r0 + 64)
+        z = np.asarray(logits[r0:r1], dtype=np.float64)
+        m = z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
+        tgt = ids[r0 + 1:r1 + 1]
+        tot += float((lse - z[np.arange(r1 - r0), tgt]).sum())
+    return tot
+
+
+def sliding_window_nll(model, ids, ctx, stride, progress=False):
+    """(nll_sum, n_scored, n_windows) of the sliding-window method over token ids."""
+    n = len(ids)
+    if ctx < 2:
+        raise ValueError(f"perplexity: ctx must be at least 2, got {ctx}")
+    if not 1 <= stride <= ctx:
+        raise ValueError(f"perplexity: stride must be in [1, ctx={ctx}], got {stride}")
+    if n < 2:
+        raise ValueError(f"perplexity: the text has {n} token(s); at least 2 are needed")
+    starts = []
+    prev_end = 0
+    for begin in range(0, n, stride):
+        end = min(begin + ctx, n)
+        starts.append((begin, end, prev_end))
+        prev_end = end
+        if end == n:
+            break
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=len(starts), desc="perplexity", unit="window", file=sys.stderr, mininterval=0.5)
+        except ImportError:  # pragma: no cover
+            bar = None
+    tot, scored = 0.0, 0
+    for begin, end, prev in starts:
+        first = prev - begin            # window positions before this are context only
+        tot += window_nll(model, ids[begin:end], first)
+        scored += end - max(prev, begin + 1)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"ppl {math.exp(tot / max(1, scored)):.3f}", refresh=False)
+    if bar is not None:
+        bar.close()
+    return tot, scored, len(starts)
+
+
+METHODS = {"sliding": sliding_window_nll}
+
+
+def perplexity(model, text_or_ids, ctx=None, stride=None, method="sliding", progress=False):
+    """Perplexity of `model` (an slmx LanguageModel: .logits, .tokenizer, .n_ctx) over a text (str,
+    encoded with the tokenizer's defaults) or token ids -> PerplexityResult.
+
+    ctx: window length (default: the model's n_ctx, at most 512); stride: default ctx // 2."""
+    if method not in METHODS:
+        raise ValueError(f"perplexity: unknown method {method!r} (known: {', '.join(METHODS)})")
+    ctx = int(ctx or min(model.n_ctx, 512))
+    if ctx > model.n_ctx:
+        raise ValueError(f"perplexity: ctx {ctx} exceeds the model's context of {model.n_ctx} tokens")
+    stride = int(stride or max(1, ctx // 2))
+    n_bytes = 0
+    if isinstance(text_or_ids, str):
+        n_bytes = len(text_or_ids.encode("utf-8", "surrogatepass"))
+        ids = model.tokenizer.encode(text_or_ids)
+    else:
+        ids = [int(i) for i in text_or_ids]
+    t0 = time.perf_counter()
+    tot, n, w = METHODS[method](model, ids, ctx, stride, progress=progress)
+    return PerplexityResult(method, tot, n, w, ctx, stride, len(ids), n_bytes, time.perf_counter() - t0)

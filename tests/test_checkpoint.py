@@ -1,0 +1,137 @@
+"""Checkpoints: safetensors + state.json round trip, the `latest` pointer, pruning, and that a
+kill -9 in the middle of a checkpoint write leaves the previous checkpoint loadable."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from slmx.train import checkpoint as C
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tensors(seed, n=1000):
+    rng = np.random.default_rng(seed)
+    return {"token_embd.weight": rng.normal(size=(n // 10, 10)).astype(np.float32),
+            "output_norm.weight": rng.normal(size=(10,)).astype(np.float32)}
+
+
+def opt_state(seed, n=1010):
+    rng = np.random.default_rng(seed)
+    return {"m": rng.normal(size=n).astype(np.float32), "v": rng.random(n).astype(np.float32), "step": seed}
+
+
+def test_round_trip_and_latest(tmp_path):
+    out = str(tmp_path / "run")
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text('{"model": {}}')
+    rng_state = np.random.Generator(np.random.PCG64(7)).bit_generator.state
+    p = C.save_checkpoint(out, 5, tensors(1), opt_state(5), {"sampler": {"bit_generator": rng_state}},
+                          str(tok))
+    assert os.path.basename(p) == "ckpt-000005"
+    assert set(os.listdir(p)) == {"model.safetensors", "optimizer.safetensors", "state.json", "tokenizer.json"}
+    c = C.load_checkpoint(out)
+    assert c.step == 5 and c.path == p
+    for k, v in tensors(1).items():
+        assert np.array_equal(c.tensors[k], v) and c.tensors[k].dtype == np.float32
+    o = opt_state(5)
+    assert np.array_equal(c.optimizer_state["m"], o["m"]) and c.optimizer_state["step"] == 5
+    assert c.tokenizer_path and open(c.tokenizer_path).read() == '{"model": {}}'
+    g = np.random.Generator(np.random.PCG64(0))
+    g.bit_generator.state = c.state["sampler"]["bit_generator"]
+    assert g.integers(0, 1 << 30) == np.random.Generator(np.random.PCG64(7)).integers(0, 1 << 30)
+    # the safetensors files are plain safetensors (readable by the package, GGUF names)
+    from safetensors.numpy import load_file
+    assert set(load_file(os.path.join(p, "model.safetensors"))) == set(tensors(1))
+    # checkpoints beyond `keep` are pruned, latest follows the newest
+    for s in (10, 15, 20):
+        C.save_checkpoint(out, s, tensors(s), opt_state(s), {}, str(tok), keep=2)
+    assert [os.path.basename(x) for x in C.list_checkpoints(out)] == ["ckpt-000015", "ckpt-000020"]
+    assert C.load_checkpoint(out).step == 20
+    assert C.load_checkpoint(os.path.join(out, "ckpt-000015")).step == 15
+    # re-reaching a step never overwrites a checkpoint
+    p2 = C.save_checkpoint(out, 20, tensors(99), opt_state(20), {}, str(tok), keep=5)
+    assert os.path.basename(p2) == "ckpt-000020.1" and C.load_checkpoint(out).path == p2
+    assert np.array_equal(C.load_checkpoint(os.path.join(out, "ckpt-000020")).tensors["output_norm.weight"],
+                          tensors(20)["output_norm.weight"])
+
+
+def test_incomplete_or_missing_checkpoints_are_errors(tmp_path):
+    out = str(tmp_path / "run")
+    with pytest.raises(C.CheckpointError):
+        C.load_checkpoint(out)
+    os.makedirs(out)
+    with pytest.raises(C.CheckpointError, match="no complete checkpoint"):
+        C.load_checkpoint(out)
+    p = C.save_checkpoint(out, 1, tensors(1), opt_state(1), {})
+    with open(os.path.join(p, "optimizer.safetensors"), "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(C.CheckpointError, match="wrong size"):
+        C.load_checkpoint(out)
+    with open(os.path.join(p, "state.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(C.CheckpointError, match="JSON"):
+        C.load_checkpoint(out)
+
+
+WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    sys.path.insert(0, {repo!r})
+    from slmx.train import checkpoint as C
+    out = sys.argv[1]
+    for step in range(1, 1000):
+        t = {{"w": np.full((256, 256), step, np.float32)}}
+        o = {{"m": np.full(65536, step, np.float32), "step": step}}
+        C.save_checkpoint(out, step, t, o, {{"note": "step %d" % step}}, keep=2)
+        print(step, flush=True)
+""")
+
+
+@pytest.mark.parametrize("phase", [0.25, 0.75, 1.25, 2.2])
+def test_kill_during_write_keeps_previous_checkpoint(tmp_path, phase):
+    """The writer pauses 0.5 s after each of its 3 files; SIGKILL it at `phase` seconds into the
+    write of checkpoint 2 (inside model, optimizer, state.json, or before the rename)."""
+    out = str(tmp_path / "run")
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(repo=REPO))
+    env = dict(os.environ, **{C.DELAY_ENV: "0.5"})
+    proc = subprocess.Popen([sys.executable, str(script), out], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "1"          # checkpoint 1 complete
+        time.sleep(phase)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    c = C.load_checkpoint(out)
+    assert c.step == (1 if phase < 1.5 else 2)      # checkpoint 2 completes ~1.5 s in
+    assert np.all(c.tensors["w"] == c.step) and np.all(c.optimizer_state["m"] == c.step)
+    assert c.state["note"] == f"step {c.step}"
+    # the next write cleans the killed write's temporary folder
+    C.save_checkpoint(out, 3, {"w": np.zeros(3, np.float32)}, {}, {})
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
+    assert C.load_checkpoint(out).step == 3
+
+
+def test_kill_at_random_times(tmp_path):
+    """Kill a writer with no pauses at random moments: `latest` always names a loadable checkpoint."""
+    rng = np.random.default_rng(0)
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(repo=REPO))
+    for trial in range(6):
+        out = str(tmp_path / f"run{trial}")
+        proc = subprocess.Popen([sys.executable, str(script), out], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "1"
+        time.sleep(float(rng.uniform(0.0, 0.3)))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        c = C.load_checkpoint(out)
+        assert np.all(c.tensors["w"] == c.step) and np.all(c.optimizer_state["m"] == c.step)
+        assert len(C.list_checkpoints(out)) <= 3

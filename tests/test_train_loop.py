@@ -1,0 +1,412 @@
+"""The trainer loop: exact gradient accumulation, exact resumption, NaN handling, the log,
+schedules and warnings. Runs against a small numpy model that follows the TrainableLM interface
+(so the loop is tested on its own), and end to end on the real nano preset when it is built."""
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pytest
+
+from slmx.train import checkpoint as ckpt
+from slmx.train.data import WindowSampler, validation_batches
+from slmx.train.diagnostics import LossMonitor, memory_budget, plot_loss, read_log
+from slmx.train.schedules import make_schedule
+from slmx.train.trainer import TrainConfig, Trainer, TrainingDiverged
+
+
+# --- a model and optimizer with the training interface, in numpy -------------------------------
+
+class FakeBuf:
+    def __init__(self, shapes):
+        self.layout, off = [], 0
+        for name, shape in shapes:
+            self.layout.append((name, shape, off))
+            off += int(np.prod(shape))
+        self.n_params = off
+        self.params = np.zeros(off, np.float32)
+        self.grads = np.zeros(off, np.float32)
+        self.decay_mask = np.ones(off, np.uint8)
+
+    def _slice(self, a, name):
+        for n, shape, off in self.layout:
+            if n == name:
+                return a[off:off + int(np.prod(shape))].reshape(shape)
+        raise KeyError(name)
+
+    def views(self, name):
+        return self._slice(self.params, name)
+
+    def grad(self, name):
+        return self._slice(self.grads, name)
+
+
+@dataclass
+class FakeConfig:
+    vocab_size: int
+    d_model: int
+    context_length: int = 64
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class FakeLM:
+    """logits = tanh(E[x]) U^T, E and U (V, d): enough to learn bigrams."""
+
+    def __init__(self, vocab=32, d=8, seed=0, nan_at_call=None):
+        self.cfg = FakeConfig(vocab_size=vocab, d_model=d)
+        self.buf = FakeBuf([("token_embd.weight", (vocab, d)), ("output.weight", (vocab, d))])
+        self.buf.params[:] = np.random.default_rng(seed).normal(0, 0.5, self.buf.n_params)
+        self.calls = 0
+        self.nan_at_call = nan_at_call
+
+    def _forward(self, x, y):
+        E = self.buf.views("token_embd.weight").astype(np.float64)
+        U = self.buf.views("output.weight").astype(np.float64)
+        h = np.tanh(E[x])
+        z = h @ U.T
+        z -= z.max(-1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(-1, keepdims=True)
+        mask = y >= 0
+        yy = np.where(mask, y, 0)
+        nll = -np.log(np.take_along_axis(p, yy[..., None], -1)[..., 0])
+        return h, p, mask, yy, float(nll[mask].sum()), int(mask.sum())
+
+    def forward_backward(self, inputs, targets, loss_scale):
+        self.calls += 1
+        h, p, mask, yy, loss, n = self._forward(inputs, targets)
+        if self.nan_at_call is not None and self.calls >= self.nan_at_call:
+            return float("nan"), n
+        U = self.buf.views("output.weight").astype(np.float64)
+        d = p.copy()
+        np.put_along_axis(d, yy[..., None], np.take_along_axis(d, yy[..., None], -1) - 1, -1)
+        d *= mask[..., None] * loss_scale
+        self.buf.grad("output.weight")[:] += (d.reshape(-1, d.shape[-1]).T @ h.reshape(-1, h.shape[-1])
+                                              ).astype(np.float32)
+        dh = (d @ U) * (1 - h * h)
+        dE = np.zeros(self.buf.grad("token_embd.weight").shape)
+        np.add.at(dE, inputs.reshape(-1), dh.reshape(-1, dh.shape[-1]))
+        self.buf.grad("token_embd.weight")[:] += dE.astype(np.float32)
+        return loss, n
+
+    def loss(self, inputs, targets):
+        return self._forward(inputs, targets)[4:]
+
+    def zero_grad(self):
+        self.buf.grads[:] = 0
+
+    def state_tensors(self):
+        return {n: self.buf.views(n) for n, _, _ in self.buf.layout}
+
+    def load_state_tensors(self, d):
+        for n, _, _ in self.buf.layout:
+            self.buf.views(n)[:] = d[n]
+
+    def activation_bytes(self, batch, T):
+        return batch * T * (self.cfg.vocab_size + self.cfg.d_model) * 8
+
+
+class FakeAdamW:
+    def __init__(self, buf, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
+        self.buf, self.b1, self.b2, self.eps, self.wd = buf, betas[0], betas[1], eps, weight_decay
+        self.m = np.zeros_like(buf.params)
+        self.v = np.zeros_like(buf.params)
+        self.t = 0
+
+    def step(self, lr):
+        self.t += 1
+        g = self.buf.grads
+        self.m = self.b1 * self.m + (1 - self.b1) * g
+        self.v = self.b2 * self.v + (1 - self.b2) * g * g
+        mh = self.m / (1 - self.b1 ** self.t)
+        vh = self.v / (1 - self.b2 ** self.t)
+        self.buf.params *= np.float32(1 - lr * self.wd)
+        self.buf.params -= (lr * mh / (np.sqrt(vh) + self.eps)).astype(np.float32)
+
+    def state_dict(self):
+        return {"m": self.m, "v": self.v, "step": self.t}
+
+    def load_state_dict(self, d):
+        self.m = np.array(d["m"], np.float32)
+        self.v = np.array(d["v"], np.float32)
+        self.t = int(d["step"])
+
+
+def numpy_clip(buf, max_norm):
+    n = float(np.sqrt(np.dot(buf.grads.astype(np.float64), buf.grads.astype(np.float64))))
+    if n > max_norm:
+        buf.grads *= np.float32(max_norm / (n + 1e-6))
+    return n
+
+
+def bigram_tokens(n=20000, vocab=32, seed=1):
+    """A token stream with learnable structure: next = (3 * cur + noise) % vocab."""
+    rng = np.random.default_rng(seed)
+    t = np.zeros(n, np.uint16)
+    for i in range(1, n):
+        t[i] = (3 * int(t[i - 1]) + int(rng.integers(0, 2))) % vocab
+    return t
+
+
+def make_trainer(out_dir, max_steps=12, grad_accum=2, eval_every=4, ckpt_every=4, seed=0, model=None, **kw):
+    toks = bigram_tokens()
+    cfg = TrainConfig(preset="fake", vocab_size=32, batch_size=4, context=16, grad_accum=grad_accum,
+                      max_steps=max_steps, lr=0.05, warmup=3, eval_every=eval_every, ckpt_every=ckpt_every,
+                      keep_checkpoints=3, seed=seed, **kw)
+    model = model or FakeLM(seed=seed)
+    opt = FakeAdamW(model.buf, cfg.lr)
+    sched = make_schedule("cosine", cfg.lr, max_steps, cfg.warmup)
+    sampler = WindowSampler(toks[:16000], cfg.batch_size, cfg.context, seed=seed)
+    val = validation_batches(toks[16000:], cfg.batch_size, cfg.context, max_tokens=512)
+    return Trainer(model, opt, sched, sampler, val, cfg, out_dir, clip_grad_norm=numpy_clip, progress=False,
+                   state_extra={"data": {"fingerprint": "test"}})
+
+
+def steps_of(log_path):
+    return [r for r in read_log(log_path) if "event" not in r]
+
+
+# --- accumulation ------------------------------------------------------------------------------
+
+class MaskedSampler:
+    """Four micro-batches with different numbers of unmasked targets, then repeat."""
+
+    def __init__(self, batches):
+        self.batches, self.i, self.context = batches, 0, batches[0][0].shape[1]
+
+    def next_batch(self):
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, d):
+        self.i = d["i"]
+
+
+def test_accumulation_equals_one_big_batch():
+    rng = np.random.default_rng(0)
+    micro = []
+    for k, frac in enumerate([1.0, 0.7, 0.3, 0.1]):
+        x = rng.integers(0, 32, (3, 10)).astype(np.int32)
+        y = rng.integers(0, 32, (3, 10)).astype(np.int32)
+        y[rng.random(y.shape) > frac] = -1
+        y[0, 0] = 1                   # at least one target each
+        micro.append((x, y))
+    counts = [int((y >= 0).sum()) for _, y in micro]
+    assert len(set(counts)) == 4
+    model = FakeLM(seed=3)
+    cfg = TrainConfig(batch_size=3, context=10, grad_accum=4, max_steps=1, clip=0.0)
+    t = Trainer(model, FakeAdamW(model.buf, 0.0), make_schedule("constant", 0.0, 1), MaskedSampler(micro), (),
+                cfg, None, clip_grad_norm=numpy_clip, progress=False)
+    r = t.train_step()
+    g_acc = model.buf.grads.copy()
+
+    ref = FakeLM(seed=3)
+    X = np.concatenate([x for x, _ in micro])
+    Y = np.concatenate([y for _, y in micro])
+    ref.zero_grad()
+    ls, n = ref.forward_backward(X, Y, 1.0 / sum(counts))
+    assert n == sum(counts)
+    rel = np.linalg.norm(g_acc - ref.buf.grads) / np.linalg.norm(ref.buf.grads)
+    assert rel < 1e-6, rel
+    assert abs(r["loss"] - ls / n) < 1e-12
+    # and not what averaging the four per-micro-batch means would give
+    naive = FakeLM(seed=3)
+    for x, y in micro:
+        naive.forward_backward(x, y, 1.0 / (4 * int((y >= 0).sum())))
+    assert np.linalg.norm(naive.buf.grads - ref.buf.grads) / np.linalg.norm(ref.buf.grads) > 1e-2
+
+
+# --- the loop, log, resume ---------------------------------------------------------------------
+
+def test_trains_and_logs(tmp_path):
+    t = make_trainer(str(tmp_path), max_steps=40, eval_every=10, ckpt_every=20)
+    res = t.train()
+    assert res.step == 40 and res.stop_reason == "max_steps"
+    recs = steps_of(tmp_path / "train.jsonl")
+    assert [r["step"] for r in recs] == list(range(1, 41))
+    for r in recs:
+        for k in ("step", "loss", "lr", "grad_norm", "tokens_per_s"):
+            assert k in r and isinstance(r[k], (int, float))
+    assert [r["step"] for r in recs if "val_loss" in r] == [10, 20, 30, 40]
+    assert all(abs(r["val_ppl"] - math.exp(r["val_loss"])) < 1e-9 * r["val_ppl"] for r in recs if "val_loss" in r)
+    assert recs[-1]["loss"] < recs[0]["loss"] - 0.5          # it learns the bigram structure
+    assert recs[0]["lr"] == pytest.approx(0.05 / 3)
+    assert recs[-1]["lr"] == pytest.approx(0.005)
+    assert ckpt.resolve_checkpoint(str(tmp_path)).endswith("ckpt-000040")
+    assert os.path.isdir(tmp_path / "ckpt-000020")
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    make_trainer(a).train()
+    t1 = make_trainer(b)
+    r1 = t1.train(stop_step=6)                # stops as if interrupted, checkpoint at 6
+    assert r1.stop_reason == "stop_step" and r1.step == 6
+    assert ckpt.resolve_checkpoint(b).endswith("ckpt-000006")
+    # a log line written after the checkpoint (killed run) is cut on resume
+    with open(os.path.join(b, "train.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 7, "loss": 123.0}) + "\n" + '{"step": 8, "lo')
+    t2 = make_trainer(b, model=FakeLM(seed=99))       # different init: everything must come from the checkpoint
+    t2.sampler = WindowSampler(bigram_tokens()[:16000], 4, 16, seed=12345)
+    t2.restore(ckpt.load_checkpoint(b))
+    t2.train()
+    la, lb = steps_of(os.path.join(a, "train.jsonl")), steps_of(os.path.join(b, "train.jsonl"))
+    assert [r["step"] for r in lb] == list(range(1, 13))
+    for k in ("loss", "lr", "grad_norm", "val_loss"):
+        assert [r.get(k) for r in la] == [r.get(k) for r in lb], k
+    pa = ckpt.load_checkpoint(a).tensors
+    pb = ckpt.load_checkpoint(b).tensors
+    for n in pa:
+        assert np.array_equal(pa[n], pb[n])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # grad_accum 2: call 2k-1, 2k are step k; NaN on call 11 = step 6; checkpoints every 4
+    t = make_trainer(str(tmp_path), model=FakeLM(nan_at_call=11))
+    with pytest.raises(TrainingDiverged) as e:
+        t.train()
+    msg = str(e.value)
+    assert "step 6" in msg and "nan" in msg and "ckpt-000004" in msg
+    c = ckpt.load_checkpoint(str(tmp_path))
+    assert c.step == 4
+    ev = [r for r in read_log(tmp_path / "train.jsonl") if r.get("event") == "diverged"]
+    assert len(ev) == 1 and ev[0]["step"] == 6
+
+
+def test_time_limit_fits_max_steps(tmp_path):
+    cfg_steps = None
+    t = make_trainer(str(tmp_path), max_steps=10 ** 6)
+    t.config.max_steps = cfg_steps
+    t.max_seconds = 1.0
+    t.fit_steps_to_time = True
+    res = t.train()
+    assert res.stop_reason in ("time", "max_steps")
+    assert t.config.max_steps is not None and t.config.max_steps < 10 ** 6
+    assert t.schedule.max_steps == t.config.max_steps
+    assert res.checkpoint is not None and ckpt.load_checkpoint(str(tmp_path)).step == res.step
+
+
+# --- schedules ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "linear", "wsd"])
+def test_schedules(name):
+    s = make_schedule(name, lr=1.0, max_steps=100, warmup=10, min_lr_ratio=0.1, decay_fraction=0.2)
+    lrs = np.array([s.lr_at(i) for i in range(100)])
+    assert np.allclose(lrs[:10], np.arange(1, 11) / 10)
+    assert np.all(np.diff(lrs[9:]) <= 1e-15)                 # no increase after warmup
+    if name == "constant":
+        assert np.all(lrs[9:] == 1.0)
+    else:
+        assert lrs[-1] == pytest.approx(0.1)
+    if name == "cosine":
+        assert lrs[10 + 45] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 89)))
+    if name == "wsd":
+        assert np.all(lrs[10:80] == 1.0) and lrs[80] < 1.0
+    if name == "linear":
+        assert np.allclose(np.diff(lrs[10:]), -0.9 / 89)
+    assert s.to_dict() == type(s).from_dict(s.to_dict()).to_dict()
+
+
+def test_schedule_rejects_bad_values():
+    with pytest.raises(ValueError):
+        make_schedule("triangle", 1e-3, 10)
+    with pytest.raises(ValueError):
+        make_schedule("cosine", float("nan"), 10)
+
+
+# --- diagnostics -------------------------------------------------------------------------------
+
+def test_loss_monitor_warns_on_spike_and_explosion():
+    m = LossMonitor(window=20, spike_factor=2.0, explode_factor=10.0, min_history=5)
+    for i in range(10):
+        assert m.update(i, 3.0 + 0.01 * i, 1.0) == []
+    w = m.update(10, 7.0, 1.0)
+    assert len(w) == 1 and "loss spike" in w[0]
+    w = m.update(11, 3.0, 50.0)
+    assert len(w) == 1 and "exploding gradient norm" in w[0]
+    assert m.update(12, 3.1, 1.2) == []
+
+
+def test_memory_budget_sums():
+    b = memory_budget(1000, 8000, 500, baseline_bytes=100, data_bytes=20)
+    assert b["weights (fp32)"] == 4000 and b["gradients (fp32)"] == 4000
+    assert b["total"] == 100 + 4000 + 4000 + 8000 + 500 + 20
+
+
+def test_plot_loss(tmp_path):
+    pytest.importorskip("matplotlib")
+    t = make_trainer(str(tmp_path), max_steps=20, eval_every=5, ckpt_every=0)
+    t.train()
+    png = plot_loss(str(tmp_path / "train.jsonl"), str(tmp_path / "loss.png"))
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(png) > 10000
+
+
+# --- perplexity --------------------------------------------------------------------------------
+
+class TableLM:
+    """logits[t] = W[ids[t]] + 0.3 * t * B[ids[0]]: depends on the window's start and position,
+    so a window offset error changes the result."""
+
+    def __init__(self, vocab=20, n_ctx=64, seed=0):
+        rng = np.random.default_rng(seed)
+        self.W, self.B, self.n_ctx = rng.normal(size=(vocab, vocab)), rng.normal(size=(vocab, vocab)), n_ctx
+        self.tokenizer = None
+
+    def logits(self, ids):
+        ids = np.asarray(ids)
+        return (self.W[ids] + 0.3 * np.arange(len(ids))[:, None] * self.B[ids[0]]).astype(np.float32)
+
+
+def hf_reference_nll(model, ids, ctx, stride):
+    """The Hugging Face recipe: labels = window with the already-scored prefix set to -100."""
+    ids = np.asarray(ids)
+    tot, cnt, prev_end = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + ctx, len(ids))
+        trg_len = end - prev_end
+        window = ids[begin:end]
+        labels = window.copy()
+        labels[:-trg_len] = -100
+        z = model.logits(window).astype(np.float64)
+        logp = z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(1, keepdims=True)
+        for t in range(len(window) - 1):
+            if labels[t + 1] != -100:
+                tot -= logp[t, labels[t + 1]]
+                cnt += 1
+        prev_end = end
+        if end == len(ids):
+            break
+    return tot, cnt
+
+
+@pytest.mark.parametrize("ctx,stride", [(16, 8), (16, 16), (16, 1), (16, 5), (64, 32)])
+def test_sliding_window_perplexity_matches_reference(ctx, stride):
+    from slmx.eval import perplexity
+    model = TableLM()
+    ids = list(np.random.default_rng(1).integers(0, 20, 100))
+    r = perplexity(model, ids, ctx=ctx, stride=stride)
+    tot, cnt = hf_reference_nll(model, ids, ctx, stride)
+    assert r.n_tokens == cnt
+    assert r.nll_sum == pytest.approx(tot, rel=1e-9)
+    assert r.ppl == pytest.approx(math.exp(tot / cnt), rel=1e-9)
+    if stride < ctx:
+        assert r.n_tokens == len(ids) - 1          # every token after the first, once
+
+
+def test_perplexity_rejects_bad_windows():
+    from slmx.eval import perplexity
+    with pytest.raises(ValueError):
+        perplexity(TableLM(), [1, 2, 3], ctx=8, stride=9)
+    with pytest.raises(ValueError):
+        perplexity(TableLM(n_ctx=8), [1, 2, 3], ctx=16)
+    with pytest.raises(ValueError):
+        perplexity(TableLM(), [1], ctx=8)
