@@ -1,0 +1,356 @@
+"""The trainable Llama-style LM: one flat parameter buffer, hand-written forward and backward.
+
+Architecture (GGUF ``llama`` conventions, so a trained model exports without permutation):
+pre-norm RMSNorm, RoPE on interleaved pairs (2i, 2i+1), grouped-query causal attention, SwiGLU
+FFN, tied token embeddings, no biases. Per layer l, for the N = B*T tokens of a micro-batch:
+
+    h1 = rmsnorm(x, attn_norm)                      (N, C)     saves 1/rms
+    qkv = h1 [Wq; Wk; Wv]^T                         (N, (H + 2 Hkv) D)   one GEMM: the three
+                                                    weights are adjacent in the flat buffer
+    q, k = rope(q, k)                               in place
+    a = attention(q, k, v)                          (N, H D)   causal, saves the log-sum-exp
+    x' = x + a Wo^T                                 (N, C)     residual add fused into the GEMM
+    h2 = rmsnorm(x', ffn_norm)
+    gu = h2 [Wg; Wu]^T                              (N, 2F)    one GEMM (adjacent weights)
+    f = silu(g) * u                                 (N, F)
+    x'' = x' + f Wd^T
+logits = rmsnorm(x, output_norm) E^T (N, V); loss = fused softmax + cross-entropy, whose backward
+writes dlogits over the logits. The backward walks the same ops in reverse with the kernels of
+slmx._kernels.train_ops; every weight gradient is ADDED into ParamBuffer.grads.
+"""
+import math
+
+import numpy as np
+
+from .._kernels import cpu as _cpu
+from .._kernels import train_ops as _ops
+from ..model.config import ModelConfig
+
+PRESETS = {
+    "nano": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, context_length=64),
+    "tiny": dict(d_model=384, n_layers=6, n_heads=6, n_kv_heads=2, ffn_dim=1024, context_length=256),
+    "small": dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=1536, context_length=512),
+}
+
+
+def make_config(preset="tiny", vocab_size=8192, **overrides):
+    """ModelConfig of a named preset (PRESETS) for the training model; overrides win."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    kw = dict(PRESETS[preset])
+    kw.update(overrides)
+    d, h = kw["d_model"], kw["n_heads"]
+    if "head_dim" not in kw:
+        if d % h:
+            raise ValueError(f"d_model {d} is not a multiple of n_heads {h}; give head_dim")
+        kw["head_dim"] = d // h
+    kw.setdefault("norm_eps", 1e-5)
+    kw.setdefault("rope_base", 10000.0)
+    return ModelConfig(arch="llama", vocab_size=int(vocab_size), activation="silu", rope_neox=False,
+                       tied_embeddings=True, **kw)
+
+
+def _param_shapes(cfg):
+    """[(name, shape)] in buffer order. attn_q/k/v and ffn_gate/up are adjacent (fused GEMMs)."""
+    C, F = cfg.d_model, cfg.ffn_dim
+    out = [("token_embd.weight", (cfg.vocab_size, C))]
+    for i in range(cfg.n_layers):
+        p = f"blk.{i}."
+        out += [(p + "attn_norm.weight", (C,)),
+                (p + "attn_q.weight", (cfg.q_dim, C)),
+                (p + "attn_k.weight", (cfg.kv_dim, C)),
+                (p + "attn_v.weight", (cfg.kv_dim, C)),
+                (p + "attn_output.weight", (C, cfg.q_dim)),
+                (p + "ffn_norm.weight", (C,)),
+                (p + "ffn_gate.weight", (F, C)),
+                (p + "ffn_up.weight", (F, C)),
+                (p + "ffn_down.weight", (C, F))]
+    out.append(("output_norm.weight", (C,)))
+    return out
+
+
+class ParamBuffer:
+    """All parameters in one flat float32 buffer, their gradients in another, with named views.
+
+    layout: [(name, shape, offset)]; views(name) / grad(name): numpy views of that parameter;
+    decay_mask (uint8, same size): 1 where weight decay applies (the matrices of the blocks; not
+    norms, not the token embedding unless decay_embeddings).
+    """
+
+    def __init__(self, shapes, decay_embeddings=False):
+        self.layout = []
+        off = 0
+        for name, shape in shapes:
+            self.layout.append((name, tuple(shape), off))
+            off += int(np.prod(shape))
+        self.n_params = off
+        self.params = np.zeros(off, np.float32)
+        self.grads = np.zeros(off, np.float32)
+        self.decay_mask = np.zeros(off, np.uint8)
+        self._index = {name: (shape, o) for name, shape, o in self.layout}
+        for name, shape, o in self.layout:
+            if len(shape) == 2 and (decay_embeddings or name != "token_embd.weight"):
+                self.decay_mask[o:o + int(np.prod(shape))] = 1
+        self._pv = {n: self._view(self.params, n) for n in self._index}
+        self._gv = {n: self._view(self.grads, n) for n in self._index}
+
+    def _view(self, flat, name):
+        shape, o = self._index[name]
+        return flat[o:o + int(np.prod(shape))].reshape(shape)
+
+    @property
+    def names(self):
+        return [n for n, _, _ in self.layout]
+
+    def views(self, name):
+        """The parameter `name` as a view of .params."""
+        return self._pv[name]
+
+    def grad(self, name):
+        """The gradient of `name` as a view of .grads."""
+        return self._gv[name]
+
+    def span(self, first, last, flat=None):
+        """(rows, cols) view over the adjacent 2-D parameters first..last (same column count)."""
+        s0, o0 = self._index[first]
+        s1, o1 = self._index[last]
+        if s0[1] != s1[1]:
+            raise ValueError(f"{first} and {last} have different column counts")
+        n = o1 + int(np.prod(s1)) - o0
+        buf = self.params if flat is None else flat
+        return buf[o0:o0 + n].reshape(n // s0[1], s0[1])
+
+
+class _Tensor:
+    """A tensor as slmx.model.transformer expects it: .type (ggml id), .shape, .data."""
+    __slots__ = ("type", "shape", "data")
+
+    def __init__(self, data):
+        self.type = 0          # F32
+        self.shape = tuple(data.shape)
+        self.data = data
+
+
+class _Acts:
+    """Saved activations and backward scratch for one micro-batch shape (B, T)."""
+
+    def __init__(self, cfg, B, T, positions):
+        f = np.float32
+        L, C, F, V = cfg.n_layers, cfg.d_model, cfg.ffn_dim, cfg.vocab_size
+        N = B * T
+        W = cfg.q_dim + 2 * cfg.kv_dim
+        self.B, self.T, self.N = B, T, N
+        self.ids = np.zeros(N, np.int32)
+        self.tgt = np.zeros(N, np.int32)
+        self.pos = np.ascontiguousarray(np.tile(positions[:T], B), np.int32)
+        self.xs = np.zeros((L + 1, N, C), f)       # residual stream entering each layer; [L] final
+        self.xmid = np.zeros((L, N, C), f)         # after attention
+        self.h1 = np.zeros((L, N, C), f)
+        self.r1 = np.zeros((L, N), f)
+        self.qkv = np.zeros((L, N, W), f)          # q, k after RoPE
+        self.att = np.zeros((L, N, cfg.q_dim), f)
+        self.lse = np.zeros((L, B, cfg.n_heads, T), f)
+        self.h2 = np.zeros((L, N, C), f)
+        self.r2 = np.zeros((L, N), f)
+        self.gu = np.zeros((L, N, 2 * F), f)       # [gate | up] pre-activation; dgu in place
+        self.act = np.zeros((L, N, F), f)
+        self.hf = np.zeros((N, C), f)
+        self.rf = np.zeros(N, f)
+        self.logits = np.zeros((N, V), f)
+        # backward scratch
+        self.dx = np.zeros((N, C), f)
+        self.dh = np.zeros((N, C), f)
+        self.dact = np.zeros((N, F), f)
+        self.datt = np.zeros((N, cfg.q_dim), f)
+        self.dqkv = np.zeros((N, W), f)
+
+    @property
+    def nbytes(self):
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+    @staticmethod
+    def bytes_for(cfg, B, T):
+        L, C, F, V = cfg.n_layers, cfg.d_model, cfg.ffn_dim, cfg.vocab_size
+        N = B * T
+        W = cfg.q_dim + 2 * cfg.kv_dim
+        floats = ((L + 1) * N * C + L * N * C * 3 + 2 * L * N + L * N * W + L * N * cfg.q_dim
+                  + L * B * cfg.n_heads * T + L * N * 3 * F + N * C + N + N * V
+                  + 2 * N * C + N * F + N * cfg.q_dim + N * W)
+        return 4 * floats + 3 * 4 * N
+
+
+class TrainableLM:
+    """The training model over a ParamBuffer (see the module docstring for the forward).
+
+    forward_backward(inputs, targets, loss_scale) adds the gradient of
+    loss_scale * sum(per-token cross-entropy over targets >= 0) into buf.grads.
+    """
+
+    def __init__(self, cfg, seed=0, threads=None, bf16=False):
+        if not isinstance(cfg, ModelConfig):
+            raise ValueError("cfg must be a slmx.model.config.ModelConfig (see make_config)")
+        if cfg.rope_neox or not cfg.tied_embeddings or cfg.activation != "silu" or cfg.qkv_bias \
+                or cfg.qk_norm or cfg.post_norms or cfg.sliding_window or cfg.embed_scale != 1.0 \
+                or cfg.final_logit_softcap:
+            raise ValueError("TrainableLM trains the llama layout: interleaved RoPE, SwiGLU, tied "
+                             "embeddings, no biases, norms or soft-caps beyond pre-norm RMSNorm")
+        self.cfg = cfg
+        self.threads = _cpu.resolve_threads(threads)
+        self.bf16 = bool(bf16)
+        self.buf = ParamBuffer(_param_shapes(cfg))
+        self._init_weights(seed)
+        self._cos, self._sin = _ops.rope_tables(cfg.context_length, cfg.head_dim, cfg.rope_base)
+        self._positions = np.arange(cfg.context_length, dtype=np.int32)
+        self._acts = None
+        self._bind()
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def _init_weights(self, seed):
+        rng = np.random.default_rng(seed)
+        std_resid = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for name, shape, _ in self.buf.layout:
+            v = self.buf.views(name)
+            if len(shape) == 1:
+                v[...] = 1.0
+            else:
+                std = std_resid if name.endswith(("attn_output.weight", "ffn_down.weight")) else 0.02
+                v[...] = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+    def _bind(self):
+        """Views used by the forward/backward: fused [q; k; v] and [gate; up] weights."""
+        b = self.buf
+        self._layers = []
+        for i in range(self.cfg.n_layers):
+            p = f"blk.{i}."
+            self._layers.append(dict(
+                n1=b.views(p + "attn_norm.weight"), dn1=b.grad(p + "attn_norm.weight"),
+                wqkv=b.span(p + "attn_q.weight", p + "attn_v.weight"),
+                dwqkv=b.span(p + "attn_q.weight", p + "attn_v.weight", b.grads),
+                wo=b.views(p + "attn_output.weight"), dwo=b.grad(p + "attn_output.weight"),
+                n2=b.views(p + "ffn_norm.weight"), dn2=b.grad(p + "ffn_norm.weight"),
+                wgu=b.span(p + "ffn_gate.weight", p + "ffn_up.weight"),
+                dwgu=b.span(p + "ffn_gate.weight", p + "ffn_up.weight", b.grads),
+                wd=b.views(p + "ffn_down.weight"), dwd=b.grad(p + "ffn_down.weight")))
+        self._emb, self._demb = b.views("token_embd.weight"), b.grad("token_embd.weight")
+        self._nf, self._dnf = b.views("output_norm.weight"), b.grad("output_norm.weight")
+
+    def zero_grad(self):
+        self.buf.grads[...] = 0.0
+
+    def state_tensors(self):
+        """name -> float32 array (a copy) of every parameter, GGUF names."""
+        return {name: self.buf.views(name).copy() for name in self.buf.names}
+
+    def load_state_tensors(self, tensors):
+        """Copy tensors (name -> array of the parameter's shape) into the parameter buffer."""
+        missing = [n for n in self.buf.names if n not in tensors]
+        if missing:
+            raise ValueError(f"load_state_tensors: missing {', '.join(missing[:5])}"
+                             + (" ..." if len(missing) > 5 else ""))
+        extra = [n for n in tensors if n not in self.buf._index]
+        if extra:
+            raise ValueError(f"load_state_tensors: unknown tensors {', '.join(sorted(extra)[:5])}")
+        for name in self.buf.names:
+            a = np.asarray(tensors[name])
+            v = self.buf.views(name)
+            if a.shape != v.shape:
+                raise ValueError(f"load_state_tensors: {name} has shape {a.shape}, expected {v.shape}")
+            v[...] = a.astype(np.float32, copy=False)
+
+    def to_transformer(self, threads=None):
+        """An slmx.model.transformer.Transformer over (copies of) the current weights."""
+        from ..model.transformer import Transformer
+        tensors = {n: _Tensor(a) for n, a in self.state_tensors().items()}
+        return Transformer(self.cfg, tensors, threads=self.threads if threads is None else threads)
+
+    def activation_bytes(self, batch, T):
+        """Bytes of the activations and backward scratch one micro-batch (batch, T) keeps."""
+        return _Acts.bytes_for(self.cfg, int(batch), int(T))
+
+    # -- forward / backward -----------------------------------------------------------------
+
+    def _check(self, inputs, targets):
+        x = np.asarray(inputs)
+        y = np.asarray(targets)
+        if x.ndim != 2 or y.shape != x.shape:
+            raise ValueError(f"inputs and targets must both be (B, T), got {x.shape} and {y.shape}")
+        if not (np.issubdtype(x.dtype, np.integer) and np.issubdtype(y.dtype, np.integer)):
+            raise ValueError("inputs and targets must be integer arrays")
+        B, T = x.shape
+        if B < 1 or T < 1:
+            raise ValueError(f"empty batch {x.shape}")
+        if T > self.cfg.context_length:
+            raise ValueError(f"T = {T} exceeds the context length {self.cfg.context_length}")
+        V = self.cfg.vocab_size
+        if x.min() < 0 or x.max() >= V:
+            raise ValueError(f"inputs must be token ids in [0, {V})")
+        if y.max() >= V:
+            raise ValueError(f"targets must be < {V} (negative targets are ignored)")
+        a = self._acts
+        if a is None or a.B != B or a.T != T:
+            self._acts = None
+            a = self._acts = _Acts(self.cfg, B, T, self._positions)
+        a.ids[...] = x.reshape(-1)
+        a.tgt[...] = np.where(y.reshape(-1) < 0, -1, y.reshape(-1))
+        return a
+
+    def _forward(self, a):
+        cfg, nt, bf = self.cfg, self.threads, self.bf16
+        H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        eps = cfg.norm_eps
+        _ops.embedding_forward(a.ids, self._emb, a.xs[0], nt)
+        for l, P in enumerate(self._layers):
+            _ops.rmsnorm_forward(a.xs[l], P["n1"], eps, a.h1[l], a.r1[l], nt)
+            _ops.linear_forward(a.h1[l], P["wqkv"], a.qkv[l], False, bf, nt)
+            _ops.rope_forward(a.qkv[l], H + Hkv, D, a.pos, self._cos, self._sin, nt)
+            _ops.attention_forward(a.qkv[l], a.att[l], a.lse[l], a.B, a.T, H, Hkv, D, cfg.scale, nt)
+            np.copyto(a.xmid[l], a.xs[l])
+            _ops.linear_forward(a.att[l], P["wo"], a.xmid[l], True, bf, nt)
+            _ops.rmsnorm_forward(a.xmid[l], P["n2"], eps, a.h2[l], a.r2[l], nt)
+            _ops.linear_forward(a.h2[l], P["wgu"], a.gu[l], False, bf, nt)
+            _ops.swiglu_forward(a.gu[l], a.act[l], nt)
+            np.copyto(a.xs[l + 1], a.xmid[l])
+            _ops.linear_forward(a.act[l], P["wd"], a.xs[l + 1], True, bf, nt)
+        L = cfg.n_layers
+        _ops.rmsnorm_forward(a.xs[L], self._nf, eps, a.hf, a.rf, nt)
+        _ops.linear_forward(a.hf, self._emb, a.logits, False, bf, nt)
+
+    def _backward(self, a):
+        cfg, nt, bf = self.cfg, self.threads, self.bf16
+        H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        L = cfg.n_layers
+        # a.logits holds dlogits (written by the fused cross-entropy)
+        _ops.linear_backward(a.logits, a.hf, self._emb, a.dh, self._demb, False, bf, nt)
+        _ops.rmsnorm_backward(a.dh, a.xs[L], self._nf, a.rf, a.dx, self._dnf, False, nt)
+        for l in range(L - 1, -1, -1):
+            P = self._layers[l]
+            _ops.linear_backward(a.dx, a.act[l], P["wd"], a.dact, P["dwd"], False, bf, nt)
+            _ops.swiglu_backward(a.dact, a.gu[l], a.gu[l], nt)
+            _ops.linear_backward(a.gu[l], a.h2[l], P["wgu"], a.dh, P["dwgu"], False, bf, nt)
+            _ops.rmsnorm_backward(a.dh, a.xmid[l], P["n2"], a.r2[l], a.dx, P["dn2"], True, nt)
+            _ops.linear_backward(a.dx, a.att[l], P["wo"], a.datt, P["dwo"], False, bf, nt)
+            _ops.attention_backward(a.qkv[l], a.att[l], a.datt, a.lse[l], a.dqkv, a.B, a.T, H, Hkv, D,
+                                    cfg.scale, nt)
+            _ops.rope_backward(a.dqkv, H + Hkv, D, a.pos, self._cos, self._sin, nt)
+            _ops.linear_backward(a.dqkv, a.h1[l], P["wqkv"], a.dh, P["dwqkv"], False, bf, nt)
+            _ops.rmsnorm_backward(a.dh, a.xs[l], P["n1"], a.r1[l], a.dx, P["dn1"], True, nt)
+        _ops.embedding_backward(a.ids, a.dx, self._demb, nt)
+
+    def forward_backward(self, inputs, targets, loss_scale):
+        """inputs, targets (B, T) int -> (loss_sum, n_targets); grads += d(loss_scale * loss_sum).
+
+        targets < 0 are ignored. With loss_scale = 1 / (unmasked targets of all micro-batches of
+        a step), accumulating micro-batches gives exactly the gradient of one big batch.
+        """
+        a = self._check(inputs, targets)
+        self._forward(a)
+        loss, n = _ops.cross_entropy_forward_backward(a.logits, a.tgt, float(loss_scale), self.threads)
+        self._backward(a)
+        return loss, n
+
+    def loss(self, inputs, targets):
+        """Forward only: (sum of per-token cross-entropy over targets >= 0, their count)."""
+        a = self._check(inputs, targets)
+        self._forward(a)
+        return _ops.cross_entropy_forward(a.logits, a.tgt, self.threads)
