@@ -201,39 +201,6 @@ static const slmx_ukr_t slmx_ukr512_table[SLMX_MR_AVX512 + 1] = {
     slmx_ukr512_7, slmx_ukr512_8, slmx_ukr512_9, slmx_ukr512_10, slmx_ukr512_11, slmx_ukr512_12,
     slmx_ukr512_13, slmx_ukr512_14};
 
-/* 16x16 transpose of rows r[0..15] (in place) */
-SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 void slmx_transpose16_avx512(__m512 r[16]) {
-    __m512 t[16];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) {
-        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    /* now r[4i + j] holds, per 128-bit lane L, element j of rows 4i..4i+3 at column 4L + j */
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; i++) {
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], _MM_SHUFFLE(2, 0, 2, 0));
-            t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], _MM_SHUFFLE(3, 1, 3, 1));
-        }
-    }
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], _MM_SHUFFLE(2, 0, 2, 0));
-        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[8 + j], _MM_SHUFFLE(3, 1, 3, 1));
-        r[j + 4] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], _MM_SHUFFLE(2, 0, 2, 0));
-        r[j + 12] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], _MM_SHUFFLE(3, 1, 3, 1));
-    }
-}
-
 /* B = W^T packing with 16x16 register transposes (full 16-blocks), scalar for the edges */
 static SLMX_TARGET_AVX512 void slmx_pack_b_trans_avx512(const float *W, long ldw, int nv, long kc, float *Bp) {
     long k16 = kc & ~15L;
