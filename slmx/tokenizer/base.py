@@ -265,6 +265,12 @@ class Tokenizer:
         from slmx.formats import gguf
         return cls.from_metadata(gguf.read(path).metadata)
 
+    @classmethod
+    def from_json(cls, path):
+        """Read a HF ``tokenizer.json`` (byte-level BPE; see :func:`slmx.tokenizer.hf_json.load_json`)."""
+        from slmx.tokenizer.hf_json import load_json
+        return load_json(path)
+
     @staticmethod
     def _common_kwargs(meta, tokens, token_types, spm_defaults=False):
         n = len(tokens)

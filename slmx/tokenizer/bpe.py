@@ -275,3 +275,10 @@ class BPETokenizer(Tokenizer):
             # a character outside the byte table: keep it as UTF-8
             return b"".join(bytes((CHAR_TO_BYTE[c],)) if c in CHAR_TO_BYTE else to_utf8(c)
                             for c in text)
+
+    # -- HF tokenizer.json ----------------------------------------------------------------
+
+    def save_json(self, path, write_config=False):
+        """Write this tokenizer as a HF ``tokenizer.json`` (see :func:`slmx.tokenizer.hf_json.save_json`)."""
+        from slmx.tokenizer.hf_json import save_json
+        return save_json(self, path, write_config)
