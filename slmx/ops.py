@@ -195,8 +195,8 @@ def attention(q, k, v, causal=True, window=None, scale=None, q_offset=None, out=
     if q_offset is None:
         q_offset = s - t
     res = np.empty_like(q) if out is None else out
-    _attention.attention(q, k, v, res, float(scale), bool(causal), int(q_offset), int(window or 0), s,
-                         _threads(threads))
+    _attention.attention(q, k, v, res, float(scale), bool(causal), int(q_offset), int(window or 0),
+                         _threads(threads), 0.0, s)
     return res
 
 

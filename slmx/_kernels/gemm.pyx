@@ -260,7 +260,7 @@ cdef object _mat(object a, str name):
     return a
 
 
-cdef inline const float *_ptr(float[:, ::1] v):
+cdef inline const float *_ptr(const float[:, ::1] v):
     return &v[0, 0] if v.shape[0] > 0 and v.shape[1] > 0 else NULL
 
 
@@ -281,8 +281,8 @@ def matmul(a, b, out, int nthreads=1):
     if b.shape[0] != K:
         raise ValueError(f"b: expected {K} rows to match a {a.shape}, got {b.shape}")
     _check_out(out, M, N, (a, b))
-    cdef float[:, ::1] av = a
-    cdef float[:, ::1] bv = b
+    cdef const float[:, ::1] av = a
+    cdef const float[:, ::1] bv = b
     cdef float[:, ::1] ov = out
     gemm_forward(_ptr(av), K, _ptr(bv), N, B_ROWS, KC, 0, <float *>_ptr(ov), N, M, N, K, nthreads)
     return out
@@ -296,8 +296,8 @@ def linear_f32(x, w, out, int nthreads=1):
     if w.shape[1] != K:
         raise ValueError(f"w: expected {K} columns to match x {x.shape}, got {w.shape}")
     _check_out(out, M, N, (x, w))
-    cdef float[:, ::1] xv = x
-    cdef float[:, ::1] wv = w
+    cdef const float[:, ::1] xv = x
+    cdef const float[:, ::1] wv = w
     cdef float[:, ::1] ov = out
     gemm_forward(_ptr(xv), K, _ptr(wv), K, B_TRANS, KC, 0, <float *>_ptr(ov), N, M, N, K, nthreads)
     return out
@@ -338,7 +338,7 @@ cdef PackedB _pack(object src, bint trans, int nthreads):
     pk.ptr = &rv[0] + off
     if K == 0 or N == 0:
         return pk
-    cdef float[:, ::1] sv = src
+    cdef const float[:, ::1] sv = src
     cdef const float *s = &sv[0, 0]
     cdef int lvl = slmx_simd_level()
     cdef Py_ssize_t npan = pk.npad // NR, nblk = _cdiv(K, KC), job, blk, p, pc, kc, nv
@@ -377,7 +377,7 @@ def matmul_packed(a, PackedB packed, out, int nthreads=1):
     if packed.K != K:
         raise ValueError(f"a: expected {packed.K} columns to match the packed operand, got {a.shape}")
     _check_out(out, M, N, (a, packed.data))
-    cdef float[:, ::1] av = a
+    cdef const float[:, ::1] av = a
     cdef float[:, ::1] ov = out
     gemm_forward(_ptr(av), K, packed.ptr, 0, B_PACKED, packed.kc, packed.npad, <float *>_ptr(ov), N,
                  M, N, K, nthreads)

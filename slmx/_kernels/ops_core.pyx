@@ -102,8 +102,8 @@ def rmsnorm(x, w, float eps, out, int nthreads=1):
         raise ValueError(f"w: expected shape ({C},), got {w.shape}")
     if C == 0 or R == 0:
         return out
-    cdef float[:, ::1] xv = xr
-    cdef float[::1] wv = w
+    cdef const float[:, ::1] xv = xr
+    cdef const float[::1] wv = w
     cdef float[:, ::1] ov = _rows(out, "out")
     with nogil:
         rmsnorm_forward(&xv[0, 0], &wv[0], &ov[0, 0], R, C, eps, nthreads)
@@ -137,7 +137,7 @@ def softmax(x, out, int nthreads=1):
     cdef Py_ssize_t R = xr.shape[0], C = xr.shape[1]
     if C == 0 or R == 0:
         return out
-    cdef float[:, ::1] xv = xr
+    cdef const float[:, ::1] xv = xr
     cdef float[:, ::1] ov = _rows(out, "out")
     with nogil:
         softmax_forward(&xv[0, 0], &ov[0, 0], R, C, nthreads)
@@ -171,9 +171,9 @@ cdef object _act(int kind, object g, object u, object out, int nthreads):
     cdef Py_ssize_t n = g.size
     if n == 0:
         return out
-    cdef float[::1] gv = g.reshape(-1)
+    cdef const float[::1] gv = g.reshape(-1)
     cdef float[::1] ov = out.reshape(-1)
-    cdef float[::1] uv
+    cdef const float[::1] uv
     cdef const float *up = NULL
     if u is not None:
         uv = u.reshape(-1)
@@ -231,8 +231,8 @@ cdef object _binary(int op, object a, object b, object out, int nthreads):
     cdef Py_ssize_t n = a.size
     if n == 0:
         return out
-    cdef float[::1] av = a.reshape(-1)
-    cdef float[::1] bv = b.reshape(-1)
+    cdef const float[::1] av = a.reshape(-1)
+    cdef const float[::1] bv = b.reshape(-1)
     cdef float[::1] ov = out.reshape(-1)
     with nogil:
         binary_forward(op, &av[0], &bv[0], &ov[0], n, nthreads)

@@ -196,7 +196,7 @@ class Transformer:
         kc, vc = cache.k[li], cache.v[li]
         kc[pos:pos + t] = v["k"]
         vc[pos:pos + t] = v["v"]
-        _attention.attention(v["q"], kc, vc, v["att"], cfg.scale, True, pos, L.window, pos + t, nt)
+        _attention.attention(v["q"], kc, vc, v["att"], cfg.scale, True, pos, L.window, nt, 0.0, pos + t)
         L.wo(v["att2"], o, nt)
         if L.post_attn_norm is not None:
             _core.rmsnorm(o, L.post_attn_norm, eps, o, nt)
