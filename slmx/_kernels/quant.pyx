@@ -14,6 +14,7 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport uint8_t, int32_t, int64_t
+from libc.stdlib cimport free
 
 from slmx import qtypes
 
@@ -37,6 +38,9 @@ cdef extern from "quant_simd.h" nogil:
     void slmx_q_linear_range(int level, int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
                              const uint8_t *x, size_t ldx, int M, int K, float *out, size_t ldo,
                              void *scratch)
+
+cdef extern from "stdlib.h" nogil:
+    void *aligned_alloc(size_t alignment, size_t size)
 
 slmx_f16_table_init()
 
@@ -102,6 +106,19 @@ cdef object _aligned_bytes(Py_ssize_t nbytes):
     if out.shape[0] != nbytes or (<size_t>out.ctypes.data) % 64:
         raise MemoryError("could not align a scratch buffer")
     return out
+
+
+cdef void *_amalloc(size_t nbytes) except NULL:
+    """64-byte aligned scratch memory (free with free())."""
+    cdef void *p = aligned_alloc(64, (nbytes + 127) // 64 * 64)
+    if p == NULL:
+        raise MemoryError(f"could not allocate {nbytes} bytes of scratch")
+    return p
+
+
+cdef bint _is_f32_2d(object a):
+    return (isinstance(a, np.ndarray) and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == 2 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
 
 
 cdef int _resolve(int nthreads):
@@ -266,38 +283,45 @@ def linear(x, w, int type_id, out, int nthreads):
     block layout (F32/F16 weights may also be float32/float16 (N, K)); out float32 (M, N)
     C-contiguous, overwritten. K must be a multiple of the block size.
     """
-    _check_type(type_id, LINEAR_TYPES, "linear")
-    _array(x, "linear: x")
-    if x.dtype != np.float32 or x.ndim != 2:
-        raise ValueError(f"linear: x must be float32 (M, K), got {x.dtype} {x.shape}")
-    wb = _weight2d(w, type_id, "linear")
-    _array(out, "linear: out")
-    cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = wb.shape[0]
     cdef int bs = slmx_block_size(type_id), ts = slmx_type_size(type_id)
+    if bs == 0:                                           # not one of LINEAR_TYPES
+        _check_type(type_id, LINEAR_TYPES, "linear")
+    if not _is_f32_2d(x):
+        _array(x, "linear: x")
+        raise ValueError(f"linear: x must be float32 (M, K), got {x.dtype} {x.shape}")
+    if not (isinstance(w, np.ndarray) and cnp.PyArray_TYPE(<cnp.ndarray>w) == cnp.NPY_UINT8
+            and cnp.PyArray_NDIM(<cnp.ndarray>w) == 2 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>w)):
+        w = _weight2d(w, type_id, "linear")
+    if not _is_f32_2d(out):
+        _array(out, "linear: out")
+        raise ValueError(f"linear: out must be float32 (M, N), got {out.dtype} {out.shape}")
+    cdef cnp.ndarray xa = <cnp.ndarray>x, wa = <cnp.ndarray>w, oa = <cnp.ndarray>out
+    cdef Py_ssize_t M = cnp.PyArray_DIM(xa, 0), K = cnp.PyArray_DIM(xa, 1), N = cnp.PyArray_DIM(wa, 0)
     if K == 0 or K % bs:
         raise ValueError(f"linear: K={K} is not a positive multiple of {_tname(type_id)}'s block size {bs}")
     if K > 1 << 30:
         raise ValueError(f"linear: K={K} is too large")
     cdef size_t rb = K // bs * ts
-    if wb.shape[1] != rb:
-        raise ValueError(f"linear: w rows have {wb.shape[1]} bytes; {K} {_tname(type_id)} elements take {rb}")
-    if out.dtype != np.float32 or out.shape != (M, N):
+    if <size_t>cnp.PyArray_DIM(wa, 1) != rb:
+        raise ValueError(f"linear: w rows have {w.shape[1]} bytes; {K} {_tname(type_id)} elements take {rb}")
+    if cnp.PyArray_DIM(oa, 0) != M or cnp.PyArray_DIM(oa, 1) != N:
         raise ValueError(f"linear: out must be float32 {(M, N)}, got {out.dtype} {out.shape}")
     if M == 0 or N == 0:
         return out
-    cdef int nt = _resolve(nthreads)
+    cdef int nt = nthreads if nthreads > 0 else _resolve(nthreads)
     cdef int level = slmx_simd_level()
     cdef size_t pb = slmx_panel_bytes(type_id)
-    xq_arr = _aligned_bytes(<Py_ssize_t>(M * slmx_xq_row_bytes(type_id, <int>K)))
-    scratch_arr = _aligned_bytes(<Py_ssize_t>(nt * pb))
-    cdef const float[:, ::1] xv = x
-    cdef const uint8_t[:, ::1] wv = wb
-    cdef float[:, ::1] ov = out
-    cdef uint8_t[::1] xqv = xq_arr
-    cdef uint8_t[::1] scv = scratch_arr
-    with nogil:
-        linear_forward(level, type_id, &xv[0, 0], M, K, &wv[0, 0], N, rb, &xqv[0], &scv[0], pb,
-                       &ov[0, 0], nt)
+    cdef uint8_t *xq = <uint8_t *>_amalloc(M * slmx_xq_row_bytes(type_id, <int>K))
+    cdef uint8_t *scratch = NULL
+    try:
+        scratch = <uint8_t *>_amalloc(nt * pb)
+        with nogil:
+            linear_forward(level, type_id, <const float *>cnp.PyArray_DATA(xa), M, K,
+                           <const uint8_t *>cnp.PyArray_DATA(wa), N, rb, xq, scratch, pb,
+                           <float *>cnp.PyArray_DATA(oa), nt)
+    finally:
+        free(xq)
+        free(scratch)
     return out
 
 

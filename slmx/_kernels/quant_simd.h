@@ -162,6 +162,16 @@ static inline void slmx_scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
     else { *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
 }
 
+/* The same for all 8 sub-blocks at once: bytes 0..7 of *sc = scales, of *mn = mins. */
+static inline void slmx_scale_min_k4_all(const uint8_t *q, uint64_t *sc, uint64_t *mn) {
+    uint32_t a0 = slmx_load_u32(q), a1 = slmx_load_u32(q + 4), a2 = slmx_load_u32(q + 8);
+    uint32_t s_lo = a0 & 0x3f3f3f3fu, m_lo = a1 & 0x3f3f3f3fu;
+    uint32_t s_hi = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
+    uint32_t m_hi = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
+    *sc = (uint64_t)s_lo | ((uint64_t)s_hi << 32);
+    *mn = (uint64_t)m_lo | ((uint64_t)m_hi << 32);
+}
+
 /* ================================================================= dequantize (portable)
  * Operation for operation the same float32 arithmetic as gguf-py (no FMA contraction), so the
  * results are bit-identical. */

@@ -192,9 +192,10 @@ SLMX_ALWAYS_INLINE QA void slmx_unpack_k_body_avx2(const int t, const uint8_t *c
                 const uint8_t *scales = b + 4;
                 const uint8_t *qs = t == SLMX_T_Q5_K ? b + 48 : b + 16;
                 __m256i qh = t == SLMX_T_Q5_K ? _mm256_loadu_si256((const __m256i *)(b + 16)) : _mm256_setzero_si256();
+                uint64_t sc8, mn8;
+                slmx_scale_min_k4_all(scales, &sc8, &mn8);
                 for (int j = 0; j < 8; j++) {
-                    int sc, mn;
-                    slmx_scale_min_k4(j, scales, &sc, &mn);
+                    int sc = (int)((sc8 >> (8 * j)) & 0xff), mn = (int)((mn8 >> (8 * j)) & 0xff);
                     __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * (j >> 1)));
                     if (j & 1) v = _mm256_srli_epi16(v, 4);
                     v = _mm256_and_si256(v, nib);

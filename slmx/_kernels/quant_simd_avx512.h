@@ -104,44 +104,50 @@ static QTARGET void QFN(slmx_xq_k)(const float *x, int K, slmx_xk_block *dst) {
 
 /* ------------------------------------------------------------------ weight unpacking */
 
-/* Blocks blk0 .. blk0+nblk of NR rows (Q8_0/Q4_0/Q5_0) into pb chunks. */
+/* One 64-element chunk (blocks A = b, B = b + ts; TWO = 0: B absent) into pb chunk pc. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_b32_chunk)(const int t, const int TWO, const uint8_t *bA,
+                                                           slmx_pb_chunk *pc) {
+    const int ts = t == SLMX_T_Q8_0 ? 34 : (t == SLMX_T_Q4_0 ? 18 : 22);
+    const uint8_t *bB = bA + ts;
+    const __m512i dsel = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    uint32_t dh = (uint32_t)slmx_load_u16(bA) | (TWO ? (uint32_t)slmx_load_u16(bB) << 16 : 0u);
+    __m512 dv = _mm512_permutexvar_ps(dsel, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh))));
+    __m512i z;
+    if (t == SLMX_T_Q8_0) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(bA + 2));
+        __m256i b = TWO ? _mm256_loadu_si256((const __m256i *)(bB + 2)) : _mm256_setzero_si256();
+        z = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+        if (QVNNI) z = _mm512_xor_si512(z, _mm512_set1_epi8((char)0x80));
+    } else {
+        const int qo = t == SLMX_T_Q4_0 ? 2 : 6;
+        /* [qs_A, qs_A, qs_B, qs_B] -> low nibbles, high nibbles of each */
+        __m512i za = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bA + qo)));
+        __m512i zb = TWO ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bB + qo))) : _mm512_setzero_si512();
+        z = _mm512_mask_blend_epi64((__mmask8)0xf0, za, zb);
+        z = _mm512_mask_srli_epi16(z, (__mmask32)0xff00ff00u, z, 4);
+        z = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
+        if (t == SLMX_T_Q5_0) {
+            uint64_t hm = slmx_load_u32(bA + 2);
+            if (TWO) hm |= (uint64_t)slmx_load_u32(bB + 2) << 32;
+            z = _mm512_mask_add_epi8(z, (__mmask64)hm, z, _mm512_set1_epi8(16));
+        }
+    }
+    _mm512_store_si512((__m512i *)pc->w, z);
+    _mm512_store_ps(pc->d, dv);
+}
+
+/* Blocks blk0 .. blk0+nblk of NR rows (Q8_0/Q4_0/Q5_0) into pb chunks; prefetch pf bytes ahead. */
 SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_b32_body)(const int t, const uint8_t *const *rows, int blk0, int nblk,
                                                           slmx_pb_chunk *p, size_t pf) {
     const int ts = t == SLMX_T_Q8_0 ? 34 : (t == SLMX_T_Q4_0 ? 18 : 22);
-    const int nc = (nblk + 1) / 2;
-    const __m512i nib = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(16), bias = _mm512_set1_epi8((char)0x80);
-    const __m512i dup = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0), shr = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
-    const __m512i dsel = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const int nfull = nblk / 2;
     for (int r = 0; r < SLMX_NR; r++) {
-        for (int c = 0; c < nc; c++) {
-            const int two = 2 * c + 1 < nblk;
-            const uint8_t *bA = rows[r] + (size_t)(blk0 + 2 * c) * ts, *bB = bA + ts;
-            slmx_pb_chunk *pc = p + (size_t)c * SLMX_NR + r;
-            _mm_prefetch((const char *)bA + pf, _MM_HINT_T0);
-            uint32_t dh = (uint32_t)slmx_load_u16(bA) | (two ? (uint32_t)slmx_load_u16(bB) << 16 : 0u);
-            __m512 dv = _mm512_permutexvar_ps(dsel, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh))));
-            __m512i z;
-            if (t == SLMX_T_Q8_0) {
-                __m256i a = _mm256_loadu_si256((const __m256i *)(bA + 2));
-                __m256i b = two ? _mm256_loadu_si256((const __m256i *)(bB + 2)) : _mm256_setzero_si256();
-                z = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-                if (QVNNI) z = _mm512_xor_si512(z, bias);
-            } else {
-                const int qo = t == SLMX_T_Q4_0 ? 2 : 6;
-                __m128i a = _mm_loadu_si128((const __m128i *)(bA + qo));
-                __m128i b = two ? _mm_loadu_si128((const __m128i *)(bB + qo)) : _mm_setzero_si128();
-                __m256i ab = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
-                z = _mm512_permutexvar_epi64(dup, _mm512_castsi256_si512(ab));
-                z = _mm512_and_si512(_mm512_srlv_epi64(z, shr), nib);
-                if (t == SLMX_T_Q5_0) {
-                    uint64_t hm = slmx_load_u32(bA + 2);
-                    if (two) hm |= (uint64_t)slmx_load_u32(bB + 2) << 32;
-                    z = _mm512_mask_add_epi8(z, (__mmask64)hm, z, sixteen);
-                }
-            }
-            _mm512_store_si512((__m512i *)pc->w, z);
-            _mm512_store_ps(pc->d, dv);
+        const uint8_t *b = rows[r] + (size_t)blk0 * ts;
+        for (int c = 0; c < nfull; c++) {
+            _mm_prefetch((const char *)b + 2 * ts * c + pf, _MM_HINT_T0);
+            QFN(slmx_unpack_b32_chunk)(t, 1, b + (size_t)2 * ts * c, p + (size_t)c * SLMX_NR + r);
         }
+        if (nblk & 1) QFN(slmx_unpack_b32_chunk)(t, 0, b + (size_t)2 * ts * nfull, p + (size_t)nfull * SLMX_NR + r);
     }
 }
 
@@ -157,6 +163,7 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_k_body)(const int t, const uint8
     const __m512i sh_l = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
     const __m512i sh_r = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
     const __m512i iota8 = _mm512_srli_epi16(_mm512_load_si512((const __m512i *)QFN(slmx_iota16)), 3);
+    const __m512i iota16 = _mm512_srli_epi16(_mm512_load_si512((const __m512i *)QFN(slmx_iota16)), 4);
     for (int r = 0; r < SLMX_NR; r++) {
         for (int s = 0; s < nsb; s++) {
             const uint8_t *b = rows[r] + (size_t)(sb0 + s) * ts;
@@ -189,8 +196,10 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_k_body)(const int t, const uint8
                 float d = _cvtsh_ss(slmx_load_u16(b)), dmin = _cvtsh_ss(slmx_load_u16(b + 2));
                 const uint8_t *scales = b + 4;
                 const uint8_t *qs = t == SLMX_T_Q5_K ? b + 48 : b + 16;
-                int sc[8], mn[8];
-                for (int j = 0; j < 8; j++) slmx_scale_min_k4(j, scales, &sc[j], &mn[j]);
+                uint64_t sc8, mn8;
+                slmx_scale_min_k4_all(scales, &sc8, &mn8);
+                __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
+                __m128i mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn8));
                 __m512i qhz = _mm512_setzero_si512();
                 if (t == SLMX_T_Q5_K) qhz = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)));
                 for (int c = 0; c < 4; c++) {
@@ -203,13 +212,11 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_k_body)(const int t, const uint8
                         z = _mm512_mask_add_epi8(z, _mm512_test_epi8_mask(qhz, sel), z, sixteen);
                     }
                     _mm512_store_si512((__m512i *)(pk->w + 64 * c), z);
-                    _mm512_store_si512((__m512i *)pk->sc[c], _mm512_mask_blend_epi16((__mmask32)0xffff0000u,
-                                       _mm512_set1_epi16((short)sc[2 * c]), _mm512_set1_epi16((short)sc[2 * c + 1])));
+                    __m512i idx = _mm512_add_epi16(iota16, _mm512_set1_epi16((short)(2 * c)));
+                    _mm512_store_si512((__m512i *)pk->sc[c], _mm512_permutexvar_epi16(idx, sc16));
                 }
-                __m128i m8 = _mm_setr_epi16((short)mn[0], (short)mn[1], (short)mn[2], (short)mn[3],
-                                            (short)mn[4], (short)mn[5], (short)mn[6], (short)mn[7]);
-                __m256i m32 = _mm256_cvtepu16_epi32(m8);
-                _mm256_store_si256((__m256i *)pk->coef, _mm256_or_si256(m32, _mm256_slli_epi32(m32, 16)));
+                _mm256_store_si256((__m256i *)pk->coef, _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_unpacklo_epi16(mn16, mn16)), _mm_unpackhi_epi16(mn16, mn16), 1));
                 pk->d = d;
                 pk->cs = -dmin;
             }
