@@ -135,3 +135,71 @@ def test_kill_at_random_times(tmp_path):
         c = C.load_checkpoint(out)
         assert np.all(c.tensors["w"] == c.step) and np.all(c.optimizer_state["m"] == c.step)
         assert len(C.list_checkpoints(out)) <= 3
+
+
+# --- end to end: `slmx train`, kill -9 while it writes a checkpoint, --resume ---------------------
+
+def small_corpus(tmp_path, n=40):
+    """n small stdlib modules copied into tmp_path/corpus (~280 KB)."""
+    import shutil
+    from slmx.train.data import stdlib_corpus
+    d = tmp_path / "corpus"
+    d.mkdir()
+    picked = [p for p in stdlib_corpus() if 2000 < os.path.getsize(p) < 12000][:n]
+    for p in picked:
+        shutil.copyfile(p, d / os.path.basename(p))
+    return str(d)
+
+
+NANO = ["--preset", "nano", "--vocab-size", "512", "--batch-size", "4", "--context", "32", "--max-steps", "10",
+        "--eval-every", "5", "--ckpt-every", "2", "--warmup", "2", "--lr", "3e-3", "--threads", "2",
+        "--eval-tokens", "2048", "--no-progress", "--sample-tokens", "0"]
+
+
+def slmx_cmd(*args):
+    return [sys.executable, "-m", "slmx.cli", *args]
+
+
+def train_steps(out):
+    from slmx.train.diagnostics import read_log
+    return [r for r in read_log(os.path.join(out, "train.jsonl")) if "event" not in r]
+
+
+def test_kill9_during_checkpoint_write_then_resume_is_identical(tmp_path):
+    data = small_corpus(tmp_path)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    r = subprocess.run(slmx_cmd("train", "--data", data, "--out", a, *NANO), capture_output=True, text=True,
+                       timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    env = dict(os.environ, **{C.DELAY_ENV: "0.4"})
+    proc = subprocess.Popen(slmx_cmd("train", "--data", data, "--out", b, *NANO), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if any(n.startswith(".tmp-ckpt-000006") for n in (os.listdir(b) if os.path.isdir(b) else [])):
+                time.sleep(0.3)                   # inside the write of checkpoint 6
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it was killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert any(n.startswith(".tmp-ckpt-000006") for n in os.listdir(b))
+    c = C.load_checkpoint(b)                      # the previous checkpoint is intact
+    assert c.step == 4 and "token_embd.weight" in c.tensors
+    assert train_steps(b)[-1]["step"] == 6        # steps after the checkpoint were logged
+
+    r = subprocess.run(slmx_cmd("train", "--resume", b, "--no-progress", "--sample-tokens", "0"),
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stdout
+    la, lb = train_steps(a), train_steps(b)
+    assert [x["step"] for x in lb] == list(range(1, 11))
+    for k in ("loss", "lr", "grad_norm", "val_loss"):
+        assert [x.get(k) for x in la] == [x.get(k) for x in lb], k
+    ta, tb = C.load_checkpoint(a).tensors, C.load_checkpoint(b).tensors
+    assert all(np.array_equal(ta[n], tb[n]) for n in ta)

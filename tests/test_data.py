@@ -157,10 +157,12 @@ def test_window_sampler():
 def test_validation_batches_fixed():
     toks = np.arange(300, dtype=np.uint16)
     v = D.validation_batches(toks, 3, 16, max_tokens=1000)
-    assert sum(x.shape[0] for x, _ in v) == (300 - 1) // 16
+    assert sum(x.shape[0] for x, _ in v) == 18 and all(x.shape == (3, 16) for x, _ in v)   # 18 of 18
+    assert [x.shape[0] for x, _ in D.validation_batches(toks, 4, 16, 1000)] == [4] * 4    # 16 of 18
+    assert [x.shape[0] for x, _ in D.validation_batches(toks[:60], 8, 16, 1000)] == [3]   # < one batch
     assert v[0][0][1, 0] == 16 and v[0][1][0, -1] == 16
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(v, D.validation_batches(toks, 3, 16, 1000)))
-    assert sum(x.size for x, _ in D.validation_batches(toks, 3, 16, max_tokens=64)) == 64
+    assert sum(x.size for x, _ in D.validation_batches(toks, 4, 16, max_tokens=64)) == 64
     assert D.validation_batches(toks[:5], 3, 16) == []
 
 

@@ -47,6 +47,10 @@ class FakeConfig:
     vocab_size: int
     d_model: int
     context_length: int = 64
+    n_layers: int = 1
+    n_heads: int = 1
+    n_kv_heads: int = 1
+    ffn_dim: int = 0
 
     def to_dict(self):
         return asdict(self)
@@ -410,3 +414,163 @@ def test_perplexity_rejects_bad_windows():
         perplexity(TableLM(n_ctx=8), [1, 2, 3], ctx=16)
     with pytest.raises(ValueError):
         perplexity(TableLM(), [1], ctx=8)
+
+
+# --- end to end on the real model (nano preset) ------------------------------------------------
+
+def _small_corpus(tmp_path, n=40):
+    import shutil
+    from slmx.train.data import stdlib_corpus
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for p in [p for p in stdlib_corpus() if 2000 < os.path.getsize(p) < 12000][:n]:
+        shutil.copyfile(p, d / os.path.basename(p))
+    return str(d)
+
+
+def _cli(*args, timeout=600):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "slmx.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_cli_train_then_generate_and_perplexity(tmp_path):
+    data = _small_corpus(tmp_path)
+    out = str(tmp_path / "run")
+    r = _cli("train", "--data", data, "--out", out, "--preset", "nano", "--vocab-size", "512", "--batch-size", "4",
+             "--context", "64", "--max-steps", "30", "--eval-every", "10", "--ckpt-every", "10", "--lr", "3e-3",
+             "--warmup", "5", "--threads", "2", "--eval-tokens", "4096", "--no-progress", "--sample-tokens", "16")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for s in ("unigram entropy of the training tokens", "memory budget:", "peak RSS", "sample", "val loss"):
+        assert s in r.stdout, s
+    recs = [x for x in read_log(os.path.join(out, "train.jsonl")) if "event" not in x]
+    assert [x["step"] for x in recs] == list(range(1, 31))
+    assert [x["step"] for x in recs if "val_loss" in x] == [10, 20, 30]
+    assert recs[-1]["val_loss"] < recs[0]["loss"] - 0.5
+    assert all(x["grad_norm"] > 0 and x["tokens_per_s"] > 0 for x in recs)
+    assert ckpt.load_checkpoint(out).step == 30
+
+    g = _cli("generate", "-m", out, "-p", "def ", "-n", "12", "--temperature", "0")
+    assert g.returncode == 0, g.stderr[-3000:]
+    assert g.stdout.startswith("def ")
+    p = _cli("perplexity", "-m", out, "--data", os.path.join(data, sorted(os.listdir(data))[0]), "--ctx", "64",
+             "--no-progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith("perplexity: ")
+    assert 1.0 < float(last.split()[1]) < 512
+    png = _cli("plot-loss", out, "-o", str(tmp_path / "loss.png"))
+    assert png.returncode == 0, png.stderr[-3000:]
+    assert os.path.getsize(tmp_path / "loss.png") > 10000
+
+
+def test_loaded_model_scores_like_the_training_model(tmp_path):
+    """slmx.load(OUT) (to_transformer, the inference path) gives the NLL the training model's
+    loss() gives on the same window."""
+    import slmx
+    from slmx.eval.perplexity import window_nll
+    from slmx.train.model import TrainableLM, make_config
+    data = _small_corpus(tmp_path, 20)
+    out = str(tmp_path / "run")
+    r = _cli("train", "--data", data, "--out", out, "--preset", "nano", "--vocab-size", "400", "--batch-size", "2",
+             "--context", "64", "--max-steps", "6", "--eval-every", "3", "--threads", "2", "--no-progress",
+             "--sample-tokens", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lm = slmx.load(out, threads=2)
+    c = ckpt.load_checkpoint(out, optimizer=False)
+    m = TrainableLM(make_config("nano", vocab_size=lm.config.vocab_size, context_length=64), threads=2)
+    m.load_state_tensors(c.tensors)
+    ids = np.asarray(np.memmap(os.path.join(out, "data", "val.bin"), dtype=np.uint16, mode="r")[:64], np.int32)
+    ls, n = m.loss(ids[None, :-1].copy(), ids[None, 1:].copy())
+    assert n == 63
+    assert window_nll(lm, ids, 0) == pytest.approx(ls, rel=1e-4)
+
+
+def test_cli_nan_loss_exits_nonzero_and_keeps_checkpoint(tmp_path):
+    data = _small_corpus(tmp_path, 20)
+    out = str(tmp_path / "run")
+    r = _cli("train", "--data", data, "--out", out, "--preset", "nano", "--vocab-size", "400", "--batch-size", "2",
+             "--context", "32", "--max-steps", "40", "--ckpt-every", "1", "--optimizer", "sgd", "--lr", "1e6",
+             "--warmup", "0", "--clip", "0", "--threads", "2", "--no-progress", "--sample-tokens", "0")
+    assert r.returncode == 3, (r.returncode, r.stderr[-3000:])
+    assert "diverged" in r.stderr and "last good checkpoint" in r.stderr
+    c = ckpt.load_checkpoint(out)
+    assert all(np.isfinite(v).all() for v in c.tensors.values())
+
+
+def test_memory_budget_matches_peak_rss_tiny(tmp_path):
+    import re
+    data = _small_corpus(tmp_path)
+    r = _cli("train", "--data", data, "--out", str(tmp_path / "run"), "--preset", "tiny", "--vocab-size", "2048",
+             "--batch-size", "4", "--context", "128", "--max-steps", "3", "--eval-every", "3", "--threads", "2",
+             "--no-progress", "--sample-tokens", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = re.search(r"budget/peak ([0-9.]+)", r.stdout)
+    assert m, r.stdout
+    assert 0.85 <= float(m.group(1)) <= 1.15, r.stdout
+
+
+# --- run_training (the `slmx train` pipeline) with the fake model --------------------------------
+
+class ByteTokenizer:
+    vocab_size, eos_id = 257, 0
+
+    def encode(self, text, add_bos=False, add_eos=False, parse_special=False):
+        return [b + 1 for b in text.encode("utf-8")]
+
+
+def _patch_fakes(monkeypatch):
+    from slmx.train import trainer as T
+
+    def prepare_tokenizer(out_dir, files, vocab_size, tokenizer=None, *a, **k):
+        p = os.path.join(out_dir, "tokenizer.json")
+        with open(p, "w") as f:
+            f.write('{"fake": "bytes"}')
+        return ByteTokenizer(), p
+
+    monkeypatch.setattr(T, "prepare_tokenizer", prepare_tokenizer)
+    monkeypatch.setattr(T, "load_tokenizer", lambda p: ByteTokenizer())
+    monkeypatch.setattr(T, "build_model", lambda cfg, V: FakeLM(vocab=V, d=8, seed=cfg.seed))
+    monkeypatch.setattr(T, "make_optimizer", lambda name, buf, lr, *a, **k: FakeAdamW(buf, lr))
+    monkeypatch.setattr(T, "_default_clip_grad_norm", lambda buf, mx, threads=None: numpy_clip(buf, mx))
+
+
+def test_run_training_pipeline_and_resume(tmp_path, monkeypatch):
+    import io
+    from slmx.train.trainer import run_training
+    _patch_fakes(monkeypatch)
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for i in range(30):
+        (data / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * (5 + i))
+    cfg = dict(preset="fake", batch_size=4, context=32, grad_accum=2, max_steps=12, lr=0.02, warmup=2,
+               eval_every=4, ckpt_every=3, keep_checkpoints=10, eval_tokens=1024, val_fraction=0.1)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    buf = io.StringIO()
+    ra = run_training(TrainConfig(**cfg), a, data=[str(data)], progress=False, sample_tokens=0, out=buf)
+    text = buf.getvalue()
+    for s in ("unigram entropy of the training tokens", "memory budget:", "budget/peak", "val loss"):
+        assert s in text, text
+    assert ra.step == 12 and ra.stop_reason == "max_steps"
+    with pytest.raises(ValueError, match="already holds a training run"):
+        run_training(TrainConfig(**cfg), a, data=[str(data)], progress=False, sample_tokens=0, out=io.StringIO())
+    # b: the same run, then cut back to its step-6 checkpoint as a kill after it would leave it
+    run_training(TrainConfig(**cfg), b, data=[str(data)], progress=False, sample_tokens=0, out=io.StringIO())
+    import shutil
+    for s in (9, 12):
+        shutil.rmtree(os.path.join(b, ckpt.checkpoint_name(s)))
+    with open(os.path.join(b, "latest"), "w") as f:
+        f.write(ckpt.checkpoint_name(6) + "\n")
+    rb = run_training(None, None, resume=b, progress=False, sample_tokens=0, out=io.StringIO(),
+                      overrides={"threads": 1})
+    assert rb.step == 12 and [s for s, _ in rb.losses] == list(range(7, 13))
+    la, lb = steps_of(os.path.join(a, "train.jsonl")), steps_of(os.path.join(b, "train.jsonl"))
+    for k in ("step", "loss", "lr", "grad_norm", "val_loss"):
+        assert [r.get(k) for r in la] == [r.get(k) for r in lb], k
+    # changed data -> refuses to resume
+    with open(os.path.join(b, "latest"), "w") as f:
+        f.write(ckpt.checkpoint_name(6) + "\n")
+    (data / "m0.py").write_text("changed\n")
+    with pytest.raises(ValueError, match="changed since the checkpoint"):
+        run_training(None, None, resume=b, progress=False, sample_tokens=0, out=io.StringIO())

@@ -432,10 +432,12 @@ def _jsonable(x):
 
 def validation_batches(tokens, batch_size, context, max_tokens=1 << 16):
     """Fixed validation windows: consecutive non-overlapping windows of context+1 tokens from the
-    start of the validation split, at most max_tokens targets, grouped into batches of up to
-    batch_size. Returns a list of (inputs, targets) int32 arrays (the same on every call)."""
+    start of the validation split, at most max_tokens targets, in batches of batch_size (a smaller
+    last batch only when there is less than one batch). Returns a list of (inputs, targets) int32 arrays (the same on every call)."""
     n_win = (len(tokens) - 1) // context if len(tokens) > context else 0
     n_win = min(n_win, max(1, max_tokens // context))
+    if n_win >= batch_size:
+        n_win -= n_win % batch_size      # whole batches only: one activation shape for the model
     out = []
     for b in range(0, n_win, batch_size):
         rows = []

@@ -135,9 +135,18 @@ class _sigint_deferred:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def _default_clip_grad_norm(buf, max_norm):
+def _weight_views(model):
+    """name -> the parameter's view of the flat buffer (no copy; state_tensors() when the model
+    has no named layout)."""
+    buf = model.buf
+    if hasattr(buf, "layout") and hasattr(buf, "views"):
+        return {name: buf.views(name) for name, _, _ in buf.layout}
+    return model.state_tensors()
+
+
+def _default_clip_grad_norm(buf, max_norm, threads=None):
     from .optim import clip_grad_norm
-    return clip_grad_norm(buf, max_norm)
+    return clip_grad_norm(buf, max_norm, threads=threads)
 
 
 def _grad_norm_numpy(buf):
@@ -163,7 +172,10 @@ class Trainer:
         self.config = config or TrainConfig(max_steps=schedule.max_steps)
         self.out_dir, self.tokenizer_path = out_dir, tokenizer_path
         self.state_extra = dict(state_extra or {})
-        self._clip = clip_grad_norm or _default_clip_grad_norm
+        if clip_grad_norm is None:
+            threads = self.config.threads
+            clip_grad_norm = lambda buf, max_norm: _default_clip_grad_norm(buf, max_norm, threads)  # noqa: E731
+        self._clip = clip_grad_norm
         self.progress, self.max_seconds = progress, max_seconds
         self.out = out or sys.stdout
         self.monitor = LossMonitor()
@@ -200,7 +212,7 @@ class Trainer:
         """Write a checkpoint of the current step (needs out_dir) -> its folder."""
         if not self.out_dir:
             return None
-        p = ckpt.save_checkpoint(self.out_dir, self.step, self.model.state_tensors(),
+        p = ckpt.save_checkpoint(self.out_dir, self.step, _weight_views(self.model),
                                  self.optimizer.state_dict(), self.state(), self.tokenizer_path,
                                  keep=self.config.keep_checkpoints)
         self.last_checkpoint = p
@@ -431,15 +443,15 @@ def optimizer_state_bytes(optimizer, name, n_params, momentum=0.9):
 
 # --- building the pieces -------------------------------------------------------------------------
 
-def make_optimizer(name, buf, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, momentum=0.9):
-    """AdamW / Adam / SGD (slmx.train.optim) over a ParamBuffer."""
+def make_optimizer(name, buf, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, momentum=0.9, threads=None):
+    """AdamW (decoupled decay where buf.decay_mask) / Adam / SGD with momentum (slmx.train.optim)."""
     from . import optim
     if name == "adamw":
-        return optim.AdamW(buf, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        return optim.AdamW(buf, lr, betas=betas, eps=eps, weight_decay=weight_decay, threads=threads)
     if name == "adam":
-        return optim.Adam(buf, lr, betas=betas, eps=eps)
+        return optim.Adam(buf, lr, betas=betas, eps=eps, threads=threads)
     if name == "sgd":
-        return optim.SGD(buf, lr, momentum=momentum)
+        return optim.SGD(buf, lr, momentum=momentum, threads=threads)
     raise ValueError(f"unknown optimizer {name!r} (adamw, adam or sgd)")
 
 
@@ -541,22 +553,21 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
     Returns TrainResult. Raises TrainingDiverged on NaN/inf.
     """
     t_run = time.perf_counter()
-    checkpoint = None
+    ck_dir = st = None
     if resume:
-        checkpoint = ckpt.load_checkpoint(resume)
-        st = checkpoint.state
+        ck_dir, st = ckpt.read_state(resume)        # the tensors are loaded once the model exists
         config = TrainConfig.from_dict(st["train_config"])
         if st.get("fit_steps_to_time"):
             config.max_steps = None
         for k, v in (overrides or {}).items():
             if v is not None:
                 setattr(config, k, v)
-        out_dir = out_dir or os.path.dirname(os.path.abspath(checkpoint.path))
+        out_dir = out_dir or os.path.dirname(os.path.abspath(ck_dir))
         files = st["data"]["files"]
         missing = [p for p in files if not os.path.exists(p)]
         if missing:
             raise OSError(f"cannot resume: training file {missing[0]} is gone")
-        print(f"resuming from {checkpoint.path} at step {checkpoint.step}", file=out, flush=True)
+        print(f"resuming from {ck_dir} at step {st['step']}", file=out, flush=True)
     else:
         if not out_dir:
             raise ValueError("--out DIR is required (or --resume DIR)")
@@ -575,11 +586,12 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
           " (the Python standard library's .py files, no tests)"), file=out, flush=True)
 
     # tokenizer
-    if checkpoint is not None:
+    if st is not None:
         tok_path = os.path.join(out_dir, "tokenizer.json")
-        if os.path.abspath(checkpoint.tokenizer_path) != os.path.abspath(tok_path):
+        ck_tok = os.path.join(ck_dir, st.get("tokenizer_file") or ckpt.TOKENIZER)
+        if os.path.abspath(ck_tok) != os.path.abspath(tok_path):
             import shutil
-            shutil.copyfile(checkpoint.tokenizer_path, tok_path)
+            shutil.copyfile(ck_tok, tok_path)
         tok = load_tokenizer(tok_path)
     else:
         tok, tok_path = prepare_tokenizer(out_dir, files, config.vocab_size, tokenizer, config.max_doc_bytes,
@@ -591,7 +603,7 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
     data_dir = os.path.join(out_dir, "data")
     td = build_token_files(files, tok, data_dir, config.val_fraction, config.max_doc_bytes, tok_sha,
                            workers=min(threads, 8), progress=progress)
-    if checkpoint is not None and checkpoint.state["data"].get("fingerprint") != td.fingerprint:
+    if st is not None and st["data"].get("fingerprint") != td.fingerprint:
         raise ValueError("cannot resume: the training data or tokenizer changed since the checkpoint "
                          "(token files differ)")
     ratio = n_bytes / max(1, td.train.n_tokens + td.val.n_tokens)
@@ -602,17 +614,16 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
     print(f"unigram entropy of the training tokens: {H:.4f} nats/token (the loss of a model that knows "
           f"only token frequencies)", file=out, flush=True)
 
-    # the model and its optimizer; peak RSS from here on measures training
+    # the model and its optimizer (baseline: the process before them)
     import gc
     gc.collect()
-    rss_reset = reset_peak_rss()
     baseline = current_rss()
     model = build_model(config, tok.vocab_size)
     T = int(config.context or model.cfg.context_length)
     if T > model.cfg.context_length:
         raise ValueError(f"--context {T} exceeds the model's context length {model.cfg.context_length}")
     opt = make_optimizer(config.optimizer, model.buf, config.lr, config.weight_decay,
-                         (config.beta1, config.beta2), config.eps, config.momentum)
+                         (config.beta1, config.beta2), config.eps, config.momentum, config.threads)
     provisional = config.max_steps or 10 ** 9
     sched = make_schedule(config.schedule, config.lr, provisional, config.warmup, config.min_lr_ratio,
                           config.decay_fraction)
@@ -629,13 +640,14 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
     max_seconds = config.max_minutes * 60.0 if config.max_minutes else None
     trainer = Trainer(model, opt, sched, sampler, val, config, out_dir, tok_path, extra, progress=progress,
                       max_seconds=max_seconds, out=out)
-    if checkpoint is not None:
+    if st is not None:
+        checkpoint = ckpt.load_checkpoint(ck_dir)
         trainer.restore(checkpoint)
+        del checkpoint                       # free the loaded arrays before peak RSS is measured
         if config.max_steps and config.max_steps != trainer.schedule.max_steps:
             trainer.schedule = Schedule.from_dict(dict(trainer.schedule.to_dict(), max_steps=config.max_steps))
             print(f"note: max_steps changed to {config.max_steps}: the schedule differs from the original run",
                   file=out, flush=True)
-        checkpoint = None                  # free the loaded arrays
     n = model.buf.n_params
     print(f"model: {config.preset}, {n / 1e6:.2f}M parameters, d_model {model.cfg.d_model}, "
           f"{model.cfg.n_layers} layers, {model.cfg.n_heads} heads ({model.cfg.n_kv_heads} KV), ffn "
@@ -644,9 +656,10 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
           f"{config.batch_size * T * config.grad_accum:,} tokens/step, {config.optimizer} lr {config.lr:g} "
           f"({sched.name}, warmup {config.warmup}), weight decay {config.weight_decay:g}, clip {config.clip:g}, "
           f"{'bf16' if config.bf16 else 'fp32'}, {threads} threads, seed {config.seed}", file=out, flush=True)
-    gc.collect()
     budget = trainer.memory_budget(baseline, td.train.nbytes + td.val.nbytes)
     print(format_budget(budget), file=out, flush=True)
+    gc.collect()
+    rss_reset = reset_peak_rss()             # peak RSS from here on measures training
 
     result = trainer.train()
 
