@@ -568,7 +568,7 @@ def bench(vocab_size=8192, threads=2, repeats=3):
     print(f"corpus: {len(files)} stdlib .py files, {mb:.1f} MB; vocab {vocab_size}; {threads} threads "
           f"(RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS')}); median of {repeats}")
     print(f"  slmx train_bpe                      {med['slmx']:6.2f} s  "
-          f"(pre-tokenize+count {tok.train_stats['count_s']:.2f} s, merges {tok.train_stats['merge_s']:.2f} s)")
+          f"(last run: pre-tokenize+count {tok.train_stats['count_s']:.2f} s, merges {tok.train_stats['merge_s']:.2f} s)")
     print(f"  tokenizers BpeTrainer, whole files  {med['hf_docs']:6.2f} s  ({med['hf_docs'] / med['slmx']:.1f}x slmx)")
     print(f"  tokenizers BpeTrainer, train(files) {med['hf_files']:6.2f} s  (line by line; "
           f"{med['hf_files'] / med['slmx']:.1f}x slmx)")
