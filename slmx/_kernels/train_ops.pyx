@@ -130,24 +130,38 @@ cdef int _use_amx(int lvl) noexcept nogil:
     return lvl >= SLMX_SIMD_BF16 and slmx_amx_usable()
 
 
-cdef size_t _gemm_ws_bytes(int lvl, bint amx) noexcept nogil:
-    """scratch bytes one thread needs"""
+cdef Py_ssize_t _depth(Py_ssize_t K, Py_ssize_t kc_block, bint amx) noexcept nogil:
+    """depth of the packed blocks: kc_block when given, else K split into equal blocks <= KC"""
+    cdef Py_ssize_t target = KC_AMX if amx else KC
+    cdef Py_ssize_t kb = kc_block if kc_block > 0 else _cdiv(K, _cdiv(K, target)) if K > 0 else 1
+    if K > 0 and kb > K:
+        kb = K
+    return kb
+
+
+cdef size_t _gemm_ws_bytes(int lvl, bint amx, Py_ssize_t kcb) noexcept nogil:
+    """scratch bytes one thread needs for depth blocks of kcb"""
     cdef int MR = tg_gemm_mr(lvl)
+    cdef size_t kcp = (kcb + 31) & ~31
     if amx:
-        return (<size_t>MC_AMX * KC_AMX + <size_t>KC_AMX * NC_AMX) * 2 + 32 * 32 * 4 + 128
-    return (<size_t>((MC_TARGET // MR) * MR) * KC + <size_t>KC * NC) * 4 + 128
+        return (<size_t>MC_AMX * kcp + kcp * NC_AMX) * 2 + 32 * 32 * 4 + 128
+    return (<size_t>((MC_TARGET // MR) * MR) * kcb + <size_t>kcb * NC) * 4 + 128
 
 
 cdef void _gemm_rect_f32(int lvl, int rnd, Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1,
-                         Py_ssize_t K, const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
+                         Py_ssize_t K, Py_ssize_t kcb, const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
                          const float *B, Py_ssize_t b_rs, Py_ssize_t b_cs, float *C, Py_ssize_t ldc,
                          int acc, char *ws) noexcept nogil:
-    """C[m0:m1, n0:n1] (+)= a[m0:m1, :] b[:, n0:n1] on one thread (fp32 micro-kernels)"""
+    """C[m0:m1, n0:n1] (+)= a[m0:m1, :] b[:, n0:n1] on one thread (fp32 micro-kernels).
+
+    The depth is walked in blocks of kcb: each block's products are summed in registers from
+    zero and then added to C, so C = (((C + s_0) + s_1) + ...) block by block.
+    """
     cdef int MR = tg_gemm_mr(lvl), NR = tg_gemm_nr(lvl)
     cdef Py_ssize_t MC = (MC_TARGET // MR) * MR
     cdef tg_ukr_t ukr = tg_gemm_ukr(lvl)
     cdef float *wa = <float *>ws
-    cdef float *wb = wa + MC * KC
+    cdef float *wb = wa + MC * kcb
     cdef Py_ssize_t jc, nc, pc, kc, ic, mc, jr, ir
     cdef int a2
     jc = n0
@@ -155,7 +169,7 @@ cdef void _gemm_rect_f32(int lvl, int rnd, Py_ssize_t m0, Py_ssize_t m1, Py_ssiz
         nc = _imin(NC, n1 - jc)
         pc = 0
         while pc < K:
-            kc = _imin(KC, K - pc)
+            kc = _imin(kcb, K - pc)
             a2 = acc or pc > 0
             tg_pack_b_lvl(lvl, B + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, NR, wb, rnd)
             ic = m0
@@ -176,13 +190,17 @@ cdef void _gemm_rect_f32(int lvl, int rnd, Py_ssize_t m0, Py_ssize_t m1, Py_ssiz
 
 
 cdef void _gemm_rect_amx(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1,
-                         Py_ssize_t K, const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
+                         Py_ssize_t K, Py_ssize_t kcb, const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
                          const float *B, Py_ssize_t b_rs, Py_ssize_t b_cs, float *C, Py_ssize_t ldc,
                          int acc, char *ws) noexcept nogil:
-    """C[m0:m1, n0:n1] (+)= bf16(a) bf16(b) with fp32 accumulation, AMX tiles, one thread"""
+    """C[m0:m1, n0:n1] (+)= bf16(a) bf16(b) with fp32 accumulation, AMX tiles, one thread.
+
+    kcb: depth block (each block is zero-padded to a multiple of 32 in the packed copies).
+    """
+    cdef Py_ssize_t kcbp = (kcb + 31) & ~31
     cdef uint16_t *wa = <uint16_t *>ws
-    cdef uint16_t *wb = wa + MC_AMX * KC_AMX
-    cdef float *tmp = <float *>(wb + KC_AMX * NC_AMX)
+    cdef uint16_t *wb = wa + MC_AMX * kcbp
+    cdef float *tmp = <float *>(wb + kcbp * NC_AMX)
     cdef Py_ssize_t jc, nc, pc, kc, kcp, ic, mc, jr, ir
     cdef int a2
     tg_amx_begin()
@@ -191,7 +209,7 @@ cdef void _gemm_rect_amx(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t
         nc = _imin(NC_AMX, n1 - jc)
         pc = 0
         while pc < K:
-            kc = _imin(KC_AMX, K - pc)
+            kc = _imin(kcb, K - pc)
             kcp = (kc + 31) & ~31
             a2 = acc or pc > 0
             tg_pack_b_amx(B + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, wb)
@@ -216,18 +234,21 @@ cdef void _gemm_rect_amx(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t
 cdef void gemm_core(int lvl, int bf16, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                     const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
                     const float *B, Py_ssize_t b_rs, Py_ssize_t b_cs,
-                    float *C, Py_ssize_t ldc, int acc, char *ws, size_t ws_per_thread,
-                    int nthreads) noexcept nogil:
+                    float *C, Py_ssize_t ldc, int acc, Py_ssize_t kc_block, char *ws,
+                    size_t ws_per_thread, int nthreads) noexcept nogil:
     """C (M, N) (+)= a (M, K) b (K, N), a(i,k) = A[i a_rs + k a_cs], b(k,n) = B[k b_rs + n b_cs].
 
-    bf16: operands rounded to bf16 (AMX tiles when usable), fp32 accumulation. The output is
-    split into nthreads rectangles along its longer side; each thread packs its own blocks.
+    bf16: operands rounded to bf16 (AMX tiles when usable), fp32 accumulation. kc_block > 0 fixes
+    the depth blocks (each summed from zero, then added to C; see _gemm_rect_f32), 0: default.
+    The output is split into nthreads rectangles along its longer side; each thread packs its
+    own blocks. Every element of C is computed the same way whatever the split.
     """
     cdef int amx = bf16 and _use_amx(lvl)
     cdef int unit_m = 32 if amx else tg_gemm_mr(lvl)
     cdef int unit_n = 32 if amx else tg_gemm_nr(lvl)
     cdef int nt = nthreads
     cdef Py_ssize_t t, m0, m1, n0, n1, i, j, nu
+    cdef Py_ssize_t kcb = _depth(K, kc_block, amx)
     cdef bint split_n
     if M <= 0 or N <= 0:
         return
@@ -245,9 +266,9 @@ cdef void gemm_core(int lvl, int bf16, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
         nt = <int>nu
     if nt <= 1:
         if amx:
-            _gemm_rect_amx(0, M, 0, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, ws)
+            _gemm_rect_amx(0, M, 0, N, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, ws)
         else:
-            _gemm_rect_f32(lvl, bf16, 0, M, 0, N, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, ws)
+            _gemm_rect_f32(lvl, bf16, 0, M, 0, N, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, ws)
         return
     for t in prange(nt, num_threads=nt, schedule="static"):
         if split_n:
@@ -261,28 +282,38 @@ cdef void gemm_core(int lvl, int bf16, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
             m0 = _imin(M, ((t * nu) // nt) * unit_m)
             m1 = _imin(M, (((t + 1) * nu) // nt) * unit_m)
         if amx:
-            _gemm_rect_amx(m0, m1, n0, n1, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc,
+            _gemm_rect_amx(m0, m1, n0, n1, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc,
                            ws + t * ws_per_thread)
         else:
-            _gemm_rect_f32(lvl, bf16, m0, m1, n0, n1, K, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc,
+            _gemm_rect_f32(lvl, bf16, m0, m1, n0, n1, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc,
                            ws + t * ws_per_thread)
 
 
 cdef class GemmPlan:
-    """Scratch for gemm_core calls: nthreads per-thread packing buffers."""
+    """Scratch for gemm_core calls of depth blocks up to those of (K, kc_block) pairs given."""
     cdef _Scratch scratch
     cdef size_t per_thread
     cdef int lvl
 
-    def __cinit__(self, int nthreads, bint bf16):
+    def __cinit__(self, int nthreads, bint bf16, tuple depths):
         self.lvl = slmx_simd_level()
-        cdef size_t a = _gemm_ws_bytes(self.lvl, 0)
-        cdef size_t b = _gemm_ws_bytes(self.lvl, 1) if bf16 and _use_amx(self.lvl) else 0
-        self.per_thread = ((a if a > b else b) + 63) & ~(<size_t>63)
+        cdef bint amx = bf16 and _use_amx(self.lvl)
+        cdef size_t need = 0, b
+        for K, kc_block in depths:
+            b = _gemm_ws_bytes(self.lvl, amx, _depth(K, kc_block, amx))
+            need = b if b > need else need
+        self.per_thread = (need + 63) & ~(<size_t>63)
         self.scratch = _Scratch(self.per_thread * max(1, nthreads))
 
     def release(self):
         self.scratch.release()
+
+
+def workspace_bytes(int nthreads, bint bf16=False, Py_ssize_t K=4096):
+    """Bytes of the shared GEMM scratch a call with depth K holds (nthreads packing buffers)."""
+    cdef int lvl = slmx_simd_level()
+    cdef bint amx = bf16 and _use_amx(lvl)
+    return int(_gemm_ws_bytes(lvl, amx, _depth(K, 0, amx))) * max(1, nthreads) + 64
 
 
 # ----------------------------------------------------------------------------- checks
@@ -316,13 +347,17 @@ cdef void _no_overlap(object out, tuple inputs) except *:
 # ----------------------------------------------------------------------------- Python API: GEMM
 
 def gemm(a, b, c, bint trans_a=False, bint trans_b=False, bint accumulate=False, bint bf16=False,
-         int nthreads=1):
+         int nthreads=1, Py_ssize_t kc_block=0):
     """c (M, N) (+)= op(a) @ op(b)
 
     a: (M, K), or (K, M) with trans_a;  b: (K, N), or (N, K) with trans_b;  c: (M, N).
     accumulate: c += ... instead of c = ...; bf16: operands rounded to bfloat16 (AMX when the OS
-    grants it), fp32 accumulation. float32, C-contiguous; c must not overlap a or b.
+    grants it), fp32 accumulation. kc_block > 0: the K sum runs in blocks of that many terms, each
+    summed from zero and then added to c (0: the default blocking). float32, C-contiguous; c must
+    not overlap a or b.
     """
+    if kc_block < 0:
+        raise ValueError("kc_block must be >= 0")
     _f32(a, "a", 2)
     _f32(b, "b", 2)
     _f32(c, "c", 2)
@@ -340,11 +375,11 @@ def gemm(a, b, c, bint trans_a=False, bint trans_b=False, bint accumulate=False,
     cdef float[:, ::1] cv = c
     cdef Py_ssize_t a_rs = 1 if trans_a else K, a_cs = M if trans_a else 1
     cdef Py_ssize_t b_rs = 1 if trans_b else N, b_cs = K if trans_b else 1
-    cdef GemmPlan plan = GemmPlan(nthreads, bf16)
+    cdef GemmPlan plan = GemmPlan(nthreads, bf16, ((K, kc_block),))
     try:
         with nogil:
             gemm_core(plan.lvl, bf16, M, N, K, _p2(av), a_rs, a_cs, _p2(bv), b_rs, b_cs, _p2(cv), N,
-                      accumulate, plan.scratch.ptr, plan.per_thread, nthreads)
+                      accumulate, kc_block, plan.scratch.ptr, plan.per_thread, nthreads)
     finally:
         plan.release()
     return c
@@ -366,7 +401,8 @@ cdef extern from "train_ops_simd.h" nogil:
     void tg_swiglu_bwd(int lvl, const float *da, const float *g, const float *u, float *dg, float *du, long n)
     float tg_rmsnorm_fwd(int lvl, const float *x, const float *w, float *y, long n, float eps)
     void tg_rmsnorm_bwd(int lvl, const float *dy, const float *x, const float *w, float r, float *dx,
-                        float *dw, long n, int acc)
+                        long n, int acc)
+    void tg_norm_dw(int lvl, const float *dy, const float *x, float r, float *dw, long n)
     float tg_dot(int lvl, const float *a, const float *b, long n)
     void tg_rope(int lvl, const float *x, float *y, const float *cs, const float *sn, long half, float sign)
     void tg_scale_row(int lvl, float *x, long n, float s)
@@ -422,25 +458,30 @@ def linear_forward(x, w, out, bint accumulate=False, bint bf16=False, int nthrea
     cdef float[:, ::1] xv = x
     cdef float[:, ::1] wv = w
     cdef float[:, ::1] ov = out
-    cdef GemmPlan plan = GemmPlan(nthreads, bf16)
+    cdef GemmPlan plan = GemmPlan(nthreads, bf16, ((K, 0),))
     try:
         with nogil:
-            gemm_core(plan.lvl, bf16, M, N, K, _p2(xv), K, 1, _p2(wv), 1, K, _p2(ov), N, accumulate,
+            gemm_core(plan.lvl, bf16, M, N, K, _p2(xv), K, 1, _p2(wv), 1, K, _p2(ov), N, accumulate, 0,
                       plan.scratch.ptr, plan.per_thread, nthreads)
     finally:
         plan.release()
     return out
 
 
-def linear_backward(dy, x, w, dx, dw, bint accumulate_dx=False, bint bf16=False, int nthreads=1):
+def linear_backward(dy, x, w, dx, dw, bint accumulate_dx=False, bint bf16=False, int nthreads=1,
+                    Py_ssize_t dw_block=0):
     """dx (M, K) (+)= dy (M, N) @ w (N, K);  dw (N, K) += dy^T @ x (M, K)
 
     dx or dw may be None (not computed). dw always accumulates; dx is overwritten unless
-    accumulate_dx. bf16: operands rounded to bfloat16, fp32 accumulation.
+    accumulate_dx. bf16: operands rounded to bfloat16, fp32 accumulation. dw_block > 0: the sum
+    over the M rows runs in blocks of dw_block rows, each added to dw in turn -- with dw_block
+    dividing every micro-batch's rows, micro-batches accumulate exactly like one big batch.
     """
     _f32(dy, "dy", 2)
     _f32(x, "x", 2)
     _f32(w, "w", 2)
+    if dw_block < 0:
+        raise ValueError("dw_block must be >= 0")
     cdef Py_ssize_t M = dy.shape[0], N = dy.shape[1], K = w.shape[1]
     _shape(w, (N, K), "w")
     _shape(x, (M, K), "x")
@@ -461,15 +502,15 @@ def linear_backward(dy, x, w, dx, dw, bint accumulate_dx=False, bint bf16=False,
         if dx is not None and np.may_share_memory(dx, dw):
             raise ValueError("dx and dw must not overlap")
         dwv = dw
-    cdef GemmPlan plan = GemmPlan(nthreads, bf16)
+    cdef GemmPlan plan = GemmPlan(nthreads, bf16, ((N, 0), (M, dw_block)))
     try:
         with nogil:
             if dx is not None:
                 gemm_core(plan.lvl, bf16, M, K, N, _p2(dyv), N, 1, _p2(wv), K, 1, _p2(dxv), K,
-                          accumulate_dx, plan.scratch.ptr, plan.per_thread, nthreads)
+                          accumulate_dx, 0, plan.scratch.ptr, plan.per_thread, nthreads)
             if dw is not None:
                 gemm_core(plan.lvl, bf16, N, K, M, _p2(dyv), 1, N, _p2(xv), K, 1, _p2(dwv), K, 1,
-                          plan.scratch.ptr, plan.per_thread, nthreads)
+                          dw_block, plan.scratch.ptr, plan.per_thread, nthreads)
     finally:
         plan.release()
 
@@ -559,7 +600,11 @@ def rmsnorm_forward(x, w, float eps, out, rstd, int nthreads=1):
 
 
 def rmsnorm_backward(dy, x, w, rstd, dx, dw, bint accumulate_dx=False, int nthreads=1):
-    """dx (M, C) (+)= d/dx of sum(dy * rmsnorm(x) w);  dw (C,) += sum_rows dy * x * rstd"""
+    """dx (M, C) (+)= d/dx of sum(dy * rmsnorm(x) w);  dw (C,) += sum_rows dy * x * rstd
+
+    dw receives the rows one after another (row 0 first), each thread owning a range of columns,
+    so splitting the rows over calls (micro-batches) gives bit-identical sums.
+    """
     _f32(dy, "dy", 2)
     _f32(x, "x", 2)
     _f32(w, "w", 1)
@@ -577,8 +622,8 @@ def rmsnorm_backward(dy, x, w, rstd, dx, dw, bint accumulate_dx=False, int nthre
     if M == 0 or C == 0:
         return
     cdef int nt = _nt_for(M * C, nthreads)
-    part = np.zeros((nt, C), np.float32)
-    cdef float[:, ::1] pv = part
+    cdef Py_ssize_t ncol = _cdiv(C, 16)
+    cdef int ntc = <int>_imin(nt, ncol)
     cdef float[:, ::1] dyv = dy
     cdef float[:, ::1] xv = x
     cdef float[::1] wv = w
@@ -586,16 +631,15 @@ def rmsnorm_backward(dy, x, w, rstd, dx, dw, bint accumulate_dx=False, int nthre
     cdef float[:, ::1] dxv = dx
     cdef float[::1] dwv = dw
     cdef int lvl = slmx_simd_level()
-    cdef Py_ssize_t t, m, r0, r1
+    cdef Py_ssize_t t, m, c0, c1
     with nogil:
-        for t in prange(nt, num_threads=nt, schedule="static"):
-            r0 = (t * M) // nt
-            r1 = ((t + 1) * M) // nt
-            for m in range(r0, r1):
-                tg_rmsnorm_bwd(lvl, &dyv[m, 0], &xv[m, 0], &wv[0], rv[m], &dxv[m, 0], &pv[t, 0], C,
-                               accumulate_dx)
-        for t in range(nt):
-            tg_add_row(lvl, &pv[t, 0], &dwv[0], C)
+        for m in prange(M, num_threads=nt, schedule="static"):
+            tg_rmsnorm_bwd(lvl, &dyv[m, 0], &xv[m, 0], &wv[0], rv[m], &dxv[m, 0], C, accumulate_dx)
+        for t in prange(ntc, num_threads=ntc, schedule="static"):
+            c0 = _imin(C, ((t * ncol) // ntc) * 16)
+            c1 = _imin(C, (((t + 1) * ncol) // ntc) * 16)
+            for m in range(M):
+                tg_norm_dw(lvl, &dyv[m, c0], &xv[m, c0], rv[m], &dwv[c0], c1 - c0)
 
 
 # ----------------------------------------------------------------------------- RoPE

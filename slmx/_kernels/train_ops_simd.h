@@ -378,8 +378,11 @@ static inline float tg_rmsnorm_fwd(int lvl, const float *x, const float *w, floa
     return TG_DISPATCH(lvl, tg_rmsnorm_fwd_row, x, w, y, n, eps);
 }
 static inline void tg_rmsnorm_bwd(int lvl, const float *dy, const float *x, const float *w, float r, float *dx,
-                                  float *dw, long n, int acc) {
-    TG_DISPATCH(lvl, tg_rmsnorm_bwd_row, dy, x, w, r, dx, dw, n, acc);
+                                  long n, int acc) {
+    TG_DISPATCH(lvl, tg_rmsnorm_bwd_row, dy, x, w, r, dx, n, acc);
+}
+static inline void tg_norm_dw(int lvl, const float *dy, const float *x, float r, float *dw, long n) {
+    TG_DISPATCH(lvl, tg_norm_dw_row, dy, x, r, dw, n);
 }
 static inline float tg_dot(int lvl, const float *a, const float *b, long n) {
     return TG_DISPATCH(lvl, tg_dot_row, a, b, n);

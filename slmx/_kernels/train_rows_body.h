@@ -14,10 +14,10 @@ TG_ATTR static float TG_SFX(tg_rmsnorm_fwd_row)(const float *restrict x, const f
     return r;
 }
 
-/* dx (+)= r (dy w) - (r^3 / n) x sum(dy w x);  dw += dy x r */
+/* dx (+)= r (dy w) - (r^3 / n) x sum(dy w x)   (the weight gradient: tg_norm_dw_row) */
 TG_ATTR static void TG_SFX(tg_rmsnorm_bwd_row)(const float *restrict dy, const float *restrict x,
                                                const float *restrict w, float r, float *restrict dx,
-                                               float *restrict dw, long n, int acc) {
+                                               long n, int acc) {
     float s = 0.0f;
 #pragma omp simd reduction(+:s)
     for (long i = 0; i < n; i++) s += dy[i] * w[i] * x[i];
@@ -29,6 +29,11 @@ TG_ATTR static void TG_SFX(tg_rmsnorm_bwd_row)(const float *restrict dy, const f
 #pragma omp simd
         for (long i = 0; i < n; i++) dx[i] = dy[i] * w[i] * r - c * x[i];
     }
+}
+
+/* dw += dy x r  (one row's share of the norm weight's gradient) */
+TG_ATTR static void TG_SFX(tg_norm_dw_row)(const float *restrict dy, const float *restrict x, float r,
+                                           float *restrict dw, long n) {
 #pragma omp simd
     for (long i = 0; i < n; i++) dw[i] += dy[i] * x[i] * r;
 }

@@ -131,6 +131,14 @@ class _Tensor:
         self.data = data
 
 
+def _dw_block(T):
+    """Rows per block of the weight-gradient sums: T (or its largest divisor <= 1024), so block
+    boundaries fall on sequence boundaries whatever the micro-batch size."""
+    if T <= 1024:
+        return T
+    return max(d for d in range(1, 1025) if T % d == 0)
+
+
 class _Acts:
     """Saved activations and backward scratch for one micro-batch shape (B, T)."""
 
@@ -140,6 +148,7 @@ class _Acts:
         N = B * T
         W = cfg.q_dim + 2 * cfg.kv_dim
         self.B, self.T, self.N = B, T, N
+        self.dw_block = _dw_block(T)
         self.ids = np.zeros(N, np.int32)
         self.tgt = np.zeros(N, np.int32)
         self.pos = np.ascontiguousarray(np.tile(positions[:T], B), np.int32)
@@ -317,25 +326,33 @@ class TrainableLM:
         _ops.linear_forward(a.hf, self._emb, a.logits, False, bf, nt)
 
     def _backward(self, a):
+        """Gradients in an order that makes micro-batches sum exactly like one big batch: every
+        weight-gradient sum over tokens runs sequence by sequence (dW GEMMs in blocks of T rows,
+        norm weights row by row), and the tied embedding receives, sequence by sequence, the
+        output projection's share and then the lookup's share."""
         cfg, nt, bf = self.cfg, self.threads, self.bf16
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        L = cfg.n_layers
+        L, T = cfg.n_layers, a.T
+        blk = a.dw_block
         # a.logits holds dlogits (written by the fused cross-entropy)
-        _ops.linear_backward(a.logits, a.hf, self._emb, a.dh, self._demb, False, bf, nt)
+        _ops.linear_backward(a.logits, a.hf, self._emb, a.dh, None, False, bf, nt)
         _ops.rmsnorm_backward(a.dh, a.xs[L], self._nf, a.rf, a.dx, self._dnf, False, nt)
         for l in range(L - 1, -1, -1):
             P = self._layers[l]
-            _ops.linear_backward(a.dx, a.act[l], P["wd"], a.dact, P["dwd"], False, bf, nt)
+            _ops.linear_backward(a.dx, a.act[l], P["wd"], a.dact, P["dwd"], False, bf, nt, blk)
             _ops.swiglu_backward(a.dact, a.gu[l], a.gu[l], nt)
-            _ops.linear_backward(a.gu[l], a.h2[l], P["wgu"], a.dh, P["dwgu"], False, bf, nt)
+            _ops.linear_backward(a.gu[l], a.h2[l], P["wgu"], a.dh, P["dwgu"], False, bf, nt, blk)
             _ops.rmsnorm_backward(a.dh, a.xmid[l], P["n2"], a.r2[l], a.dx, P["dn2"], True, nt)
-            _ops.linear_backward(a.dx, a.att[l], P["wo"], a.datt, P["dwo"], False, bf, nt)
-            _ops.attention_backward(a.qkv[l], a.att[l], a.datt, a.lse[l], a.dqkv, a.B, a.T, H, Hkv, D,
+            _ops.linear_backward(a.dx, a.att[l], P["wo"], a.datt, P["dwo"], False, bf, nt, blk)
+            _ops.attention_backward(a.qkv[l], a.att[l], a.datt, a.lse[l], a.dqkv, a.B, T, H, Hkv, D,
                                     cfg.scale, nt)
             _ops.rope_backward(a.dqkv, H + Hkv, D, a.pos, self._cos, self._sin, nt)
-            _ops.linear_backward(a.dqkv, a.h1[l], P["wqkv"], a.dh, P["dwqkv"], False, bf, nt)
+            _ops.linear_backward(a.dqkv, a.h1[l], P["wqkv"], a.dh, P["dwqkv"], False, bf, nt, blk)
             _ops.rmsnorm_backward(a.dh, a.xs[l], P["n1"], a.r1[l], a.dx, P["dn1"], True, nt)
-        _ops.embedding_backward(a.ids, a.dx, self._demb, nt)
+        for b in range(a.B):
+            rows = slice(b * T, (b + 1) * T)
+            _ops.linear_backward(a.logits[rows], a.hf[rows], self._emb, None, self._demb, False, bf, nt, blk)
+            _ops.embedding_backward(a.ids[rows], a.dx[rows], self._demb, nt)
 
     def forward_backward(self, inputs, targets, loss_scale):
         """inputs, targets (B, T) int -> (loss_sum, n_targets); grads += d(loss_scale * loss_sum).
