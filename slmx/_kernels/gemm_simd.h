@@ -223,41 +223,41 @@ static SLMX_TARGET_AVX512 void slmx_pack_b_trans_avx512(const float *W, long ldw
     }
 }
 
-/* small M (<= 7): C[m, n0:n1] = sum_k A[m,k] B[k, n0:n1]; B rows streamed 4 at a time, the
- * C rows (<= 7 x (n1-n0)) stay in L1 */
+/* M <= 2: C[m, n0:n1] = sum_k A[m,k] B[k, n0:n1] with KU rows of B streamed at a time and the
+ * C rows (in L1) updated once per KU rows: every row of B is read front to back (for M = 1
+ * this beats the register-blocked strips below, which pay a TLB walk per row and strip). */
 SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 void
-slmx_gemv512_body(const int M, long K, const float *A, long lda, const float *B, long ldb,
-                  float *C, long ldc, long n0, long n1) {
+slmx_gemv512_rows_body(const int M, const int KU, const int PF, long K, const float *A, long lda,
+                       const float *B, long ldb, float *C, long ldc, long n0, long n1) {
     for (int m = 0; m < M; m++) memset(C + m * ldc + n0, 0, (size_t)(n1 - n0) * sizeof(float));
     long k = 0;
-    for (; k + 4 <= K; k += 4) {
-        __m512 a[7][4];
-#pragma GCC unroll 7
+    for (; k + KU <= K; k += KU) {
+        __m512 a[2][16];
+#pragma GCC unroll 2
         for (int m = 0; m < M; m++) {
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++) a[m][u] = _mm512_set1_ps(A[m * lda + k + u]);
+#pragma GCC unroll 16
+            for (int u = 0; u < KU; u++) a[m][u] = _mm512_set1_ps(A[m * lda + k + u]);
         }
-        const float *b0 = B + k * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        /* the rows of the next-but-one block, each at the same column: start them early
-           (a row of B spans pages, which the hardware prefetcher does not cross) */
-        const float *pf = B + (k + 8 < K ? k + 8 : k) * ldb;
+        const float *b = B + k * ldb;
+        const float *pf = B + (k + 2 * KU < K ? k + 2 * KU : k) * ldb;
         for (long n = n0; n < n1; n += 16) {
             __mmask16 mk = slmx_tail_mask16(n1 - n);
-            _mm_prefetch((const char *)(pf + n), _MM_HINT_T0);
-            _mm_prefetch((const char *)(pf + ldb + n), _MM_HINT_T0);
-            _mm_prefetch((const char *)(pf + 2 * ldb + n), _MM_HINT_T0);
-            _mm_prefetch((const char *)(pf + 3 * ldb + n), _MM_HINT_T0);
-            __m512 v0 = _mm512_maskz_loadu_ps(mk, b0 + n), v1 = _mm512_maskz_loadu_ps(mk, b1 + n);
-            __m512 v2 = _mm512_maskz_loadu_ps(mk, b2 + n), v3 = _mm512_maskz_loadu_ps(mk, b3 + n);
-#pragma GCC unroll 7
+            __m512 v[16];
+#pragma GCC unroll 16
+            for (int u = 0; u < KU; u++) {
+                if (PF) _mm_prefetch((const char *)(pf + u * ldb + n), _MM_HINT_T0);
+                v[u] = _mm512_maskz_loadu_ps(mk, b + u * ldb + n);
+            }
+#pragma GCC unroll 2
             for (int m = 0; m < M; m++) {
                 float *c = C + m * ldc + n;
-                __m512 s = _mm512_maskz_loadu_ps(mk, c);
-                s = _mm512_fmadd_ps(a[m][0], v0, s);
-                s = _mm512_fmadd_ps(a[m][1], v1, s);
-                s = _mm512_fmadd_ps(a[m][2], v2, s);
-                s = _mm512_fmadd_ps(a[m][3], v3, s);
-                _mm512_mask_storeu_ps(c, mk, s);
+                __m512 s0 = _mm512_maskz_loadu_ps(mk, c), s1 = _mm512_setzero_ps();
+#pragma GCC unroll 16
+                for (int u = 0; u < KU; u += 2) {
+                    s0 = _mm512_fmadd_ps(a[m][u], v[u], s0);
+                    if (u + 1 < KU) s1 = _mm512_fmadd_ps(a[m][u + 1], v[u + 1], s1);
+                }
+                _mm512_mask_storeu_ps(c, mk, _mm512_add_ps(s0, s1));
             }
         }
     }
@@ -270,6 +270,52 @@ slmx_gemv512_body(const int M, long K, const float *A, long lda, const float *B,
                 float *c = C + m * ldc + n;
                 __m512 s = _mm512_fmadd_ps(_mm512_set1_ps(A[m * lda + k]), v0, _mm512_maskz_loadu_ps(mk, c));
                 _mm512_mask_storeu_ps(c, mk, s);
+            }
+        }
+    }
+}
+
+/* small M (<= 7): C[m, n0:n1] = sum_k A[m,k] B[k, n0:n1].
+ * K in blocks of 64 rows; within a block, strips of NZ vectors (16*NZ columns) with the M x NZ
+ * sums in registers, stored once per block. While a strip walks down its 64 rows, the same
+ * rows of the next strip are prefetched (rows of B are pages apart, so the hardware prefetcher
+ * does not follow); over the whole call B is read once. */
+#define SLMX_GEMV_KB 64
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 void
+slmx_gemv512_body(const int M, const int NZ, long K, const float *A, long lda, const float *B, long ldb,
+                  float *C, long ldc, long n0, long n1) {
+    for (long k0 = 0; k0 < K; k0 += SLMX_GEMV_KB) {
+        long kb = K - k0 < SLMX_GEMV_KB ? K - k0 : SLMX_GEMV_KB;
+        for (long n = n0; n < n1; n += 16 * NZ) {
+            __mmask16 mk[8];
+            __m512 acc[7][8];
+#pragma GCC unroll 8
+            for (int z = 0; z < NZ; z++) mk[z] = slmx_tail_mask16(n + 16 * z < n1 ? n1 - n - 16 * z : 0);
+#pragma GCC unroll 7
+            for (int m = 0; m < M; m++) {
+#pragma GCC unroll 8
+                for (int z = 0; z < NZ; z++)
+                    acc[m][z] = k0 ? _mm512_maskz_loadu_ps(mk[z], C + m * ldc + n + 16 * z) : _mm512_setzero_ps();
+            }
+            const float *b = B + k0 * ldb + n;
+            const float *a = A + k0;
+            for (long k = 0; k < kb; k++, b += ldb, a++) {
+#pragma GCC unroll 8
+                for (int z = 0; z < NZ; z++) _mm_prefetch((const char *)(b + 16 * NZ + 16 * z), _MM_HINT_T0);
+                __m512 v[8];
+#pragma GCC unroll 8
+                for (int z = 0; z < NZ; z++) v[z] = _mm512_maskz_loadu_ps(mk[z], b + 16 * z);
+#pragma GCC unroll 7
+                for (int m = 0; m < M; m++) {
+                    __m512 am = _mm512_set1_ps(a[m * lda]);
+#pragma GCC unroll 8
+                    for (int z = 0; z < NZ; z++) acc[m][z] = _mm512_fmadd_ps(am, v[z], acc[m][z]);
+                }
+            }
+#pragma GCC unroll 7
+            for (int m = 0; m < M; m++) {
+#pragma GCC unroll 8
+                for (int z = 0; z < NZ; z++) _mm512_mask_storeu_ps(C + m * ldc + n + 16 * z, mk[z], acc[m][z]);
             }
         }
     }
@@ -305,7 +351,7 @@ slmx_gevm512_body(const int M, const int R, long K, const float *X, long ldx, co
     }
 }
 
-#define SLMX_GEVM512_DEF(M, R) \
+#define SLMX_GEVM512_DEF(M, R, NZ) \
     static SLMX_TARGET_AVX512 void slmx_gevm512_##M(long K, const float *X, long ldx, const float *W, long ldw, \
                                                     float *C, long ldc, long n0, long n1) { \
         long n = n0; \
@@ -314,10 +360,12 @@ slmx_gevm512_body(const int M, const int R, long K, const float *X, long ldx, co
     } \
     static SLMX_TARGET_AVX512 void slmx_gemv512_##M(long K, const float *A, long lda, const float *B, long ldb, \
                                                     float *C, long ldc, long n0, long n1) { \
-        slmx_gemv512_body(M, K, A, lda, B, ldb, C, ldc, n0, n1); \
+        if (M == 1) slmx_gemv512_rows_body(1, 16, 0, K, A, lda, B, ldb, C, ldc, n0, n1); \
+        else if (M == 2) slmx_gemv512_rows_body(2, 8, 0, K, A, lda, B, ldb, C, ldc, n0, n1); \
+        else slmx_gemv512_body(M, NZ, K, A, lda, B, ldb, C, ldc, n0, n1); \
     }
-SLMX_GEVM512_DEF(1, 8) SLMX_GEVM512_DEF(2, 6) SLMX_GEVM512_DEF(3, 6) SLMX_GEVM512_DEF(4, 5)
-SLMX_GEVM512_DEF(5, 4) SLMX_GEVM512_DEF(6, 4) SLMX_GEVM512_DEF(7, 3)
+SLMX_GEVM512_DEF(1, 8, 8) SLMX_GEVM512_DEF(2, 6, 8) SLMX_GEVM512_DEF(3, 6, 8) SLMX_GEVM512_DEF(4, 5, 6)
+SLMX_GEVM512_DEF(5, 4, 4) SLMX_GEVM512_DEF(6, 4, 4) SLMX_GEVM512_DEF(7, 3, 3)
 
 typedef void (*slmx_gevm_t)(long K, const float *X, long ldx, const float *W, long ldw, float *C, long ldc, long n0, long n1);
 static const slmx_gevm_t slmx_gevm512_table[8] = {0, slmx_gevm512_1, slmx_gevm512_2, slmx_gevm512_3,
