@@ -66,10 +66,11 @@ def test_packed(simd_level, M, K, N, nthreads):
 
 def test_packed_layout():
     # panel layout documented in PackedB: per depth block, panels of kc x 32, zero past N
-    K, N = 300, 40
+    kc = gemm.block_sizes()[0]
+    K, N = kc + 44, 40
     b = rand(K, N)
     pk = gemm.pack_b(b)
-    kc = pk.kc
+    assert pk.kc == kc
     d = pk.data
     npad = 64
     first = d[: kc * npad].reshape(2, kc, 32)          # block 0: two panels
@@ -134,6 +135,14 @@ def test_concurrent_calls():
     for t in ts:
         t.join()
     assert not errors, errors
+
+
+def test_block_sizes():
+    # derived from the caches: a B panel fits L1, an A block a fraction of L2
+    assert gemm._block_sizes(48 * 1024, 2 * 1024 * 1024) == (256, 341)
+    assert gemm._block_sizes(32 * 1024, 256 * 1024)[0] == 160
+    kc, mc, _, nr = gemm.block_sizes()
+    assert 128 <= kc <= 512 and kc % 16 == 0 and mc >= 56 and nr == 32
 
 
 def test_bad_inputs():

@@ -1,12 +1,12 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """fp32 GEMM: C = A B and C = X W^T (a linear layer), packed and cache-blocked.
 
-Loop nest (per outer block of at most MC_OUTER rows of A):
-    for jc in N by NC:            B block of NC columns
-      for pc in K by KC:          B block packed into 32-column panels (kc x 32, L1 sized),
-                                  A rows packed into tiles of <= MR rows (kc x mr)
-        tasks = (groups of A tiles, kept in L2) x (groups of B panels), split over threads;
-        each task: for panel: for tile: micro-kernel mr x 32 (+)= A_tile B_panel
+Loop nest (per outer block of at most MC_OUTER rows of A), block sizes from cpu.cache_sizes():
+    for pc in K by KC:            A rows packed into tiles of <= MR rows (kc x mr), shared
+      tasks = (groups of A tiles, MC_ROWS rows kept in L2) x (groups of 32-column B panels),
+              split over the threads; each task:
+        for each group of 8 panels: pack them (kc x 32 each, one panel ~2/3 of L1)
+          for panel: for tile: micro-kernel mr x 32 (+)= A_tile B_panel
 The micro-kernel keeps mr x 32 accumulators in registers (AVX-512: 14 x 2 zmm; AVX2: 6 x 2 ymm
 per 16-column half; scalar: portable C). Tiles of A are balanced (M = 16 gives two 8-row tiles,
 not 14 + 2). Small M (< 8) skips packing: C = A B streams the rows of B once; C = X W^T runs
@@ -45,9 +45,7 @@ cdef extern from "gemm_simd.h" nogil:
                    float *C, long ldc, long n0, long n1)
 
 DEF NR = 32
-DEF KC = 256              # depth of a packed block: a B panel is KC x 32 floats = 32 KiB (L1)
-DEF MC_OUTER = 2048       # rows of A packed at once (MC_OUTER x KC floats = 2 MiB)
-DEF MC_ROWS = 336         # rows of A per task group: MC_ROWS x KC floats = 336 KiB (L2)
+DEF MC_OUTER = 2048       # rows of A packed at once (MC_OUTER x KC floats)
 DEF PANEL_GROUP = 8       # B panels packed together (rows of B read in runs of 8 x 32 floats)
 DEF SMALL_M = 8           # M below this skips packing
 DEF PAR_MIN_FMA = 1048576 # M*N*K below this runs on one thread
@@ -59,6 +57,39 @@ DEF B_PACKED = 2          # B already in packed panels
 
 cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
+
+
+# Block sizes from the data caches (cpu.cache_sizes()), fixed at import:
+#   KC       depth of a packed block: a B panel (KC x 32 floats) takes ~2/3 of L1
+#   MC_ROWS  rows of A per task group: MC_ROWS x KC floats take ~1/6 of L2 (the panels
+#            being multiplied and C stream through the rest)
+cdef Py_ssize_t KC = 256
+cdef Py_ssize_t MC_ROWS = 336
+
+
+def _block_sizes(l1, l2):
+    """(KC, MC_ROWS) for data caches of l1 and l2 bytes"""
+    kc = max(128, min(512, (int(l1) * 2 // 3) // (NR * 4) // 16 * 16))
+    mc = max(56, (int(l2) // 6) // (kc * 4))
+    return kc, mc
+
+
+def block_sizes():
+    """(KC, MC_ROWS, MC_OUTER, NR) in use"""
+    return KC, MC_ROWS, MC_OUTER, NR
+
+
+def _init_block_sizes():
+    global KC, MC_ROWS
+    try:
+        from slmx._kernels.cpu import cache_sizes
+        l1, l2, _ = cache_sizes()
+        KC, MC_ROWS = _block_sizes(l1 or 32768, l2 or 1048576)
+    except Exception:       # no cpu module / sysfs: keep the defaults
+        pass
+
+
+_init_block_sizes()
 
 
 # ----------------------------------------------------------------------------- workspace
@@ -111,7 +142,7 @@ cdef void gemm_blocked(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
         nt = 1
     npan = _cdiv(N, NR)
     i0 = mb = ntiles = pc = kc = n_mg = n_ng = ntasks = 0
-    tpg = max(1, MC_ROWS // MR)
+    tpg = max(1, MC_ROWS // MR)   # MC_ROWS is sized for kcb = KC
     bbuf = NULL
     with parallel(num_threads=nt):
         bbuf = wsB + omp_get_thread_num() * kcb * NR * PANEL_GROUP
@@ -341,20 +372,21 @@ cdef PackedB _pack(object src, bint trans, int nthreads):
     cdef const float[:, ::1] sv = src
     cdef const float *s = &sv[0, 0]
     cdef int lvl = slmx_simd_level()
-    cdef Py_ssize_t npan = pk.npad // NR, nblk = _cdiv(K, KC), job, blk, p, pc, kc, nv
+    cdef Py_ssize_t kcb = pk.kc, npad = pk.npad
+    cdef Py_ssize_t npan = npad // NR, nblk = _cdiv(K, kcb), job, blk, p, pc, kc, nv
     cdef int nt = nthreads if nthreads > 1 and K * N >= 262144 else 1
     cdef float *dst = pk.ptr
     with nogil:
         for job in prange(nblk * npan, num_threads=nt, schedule="static"):
             blk = job // npan
             p = job % npan
-            pc = blk * KC
-            kc = min(<Py_ssize_t>KC, K - pc)
+            pc = blk * kcb
+            kc = min(kcb, K - pc)
             nv = min(<Py_ssize_t>NR, N - p * NR)
             if trans:
-                slmx_pack_b_trans(lvl, s + (p * NR) * K + pc, K, nv, kc, dst + pc * pk.npad + p * kc * NR)
+                slmx_pack_b_trans(lvl, s + (p * NR) * K + pc, K, nv, kc, dst + pc * npad + p * kc * NR)
             else:
-                slmx_pack_b_rows(s + pc * N + p * NR, N, nv, kc, dst + pc * pk.npad + p * kc * NR)
+                slmx_pack_b_rows(s + pc * N + p * NR, N, nv, kc, dst + pc * npad + p * kc * NR)
     return pk
 
 
