@@ -19,10 +19,7 @@ def __getattr__(name):
     if name == "Tokenizer":
         from .tokenizer import Tokenizer
         return Tokenizer
-    if name == "ops":
-        from . import ops
-        return ops
-    if name == "gguf":
-        from .formats import gguf
-        return gguf
+    if name in ("ops", "gguf"):
+        import importlib
+        return importlib.import_module("slmx.ops" if name == "ops" else "slmx.formats.gguf")
     raise AttributeError(f"module 'slmx' has no attribute {name!r}")
