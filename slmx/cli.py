@@ -182,7 +182,8 @@ def _add_training_parsers(sub):
     t.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (1)")
     t.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: fit --max-minutes)")
     t.add_argument("--max-minutes", type=float, default=None,
-                   help="wall-clock limit; without --max-steps the schedule is fitted to it (10)")
+                   help="wall-clock limit of the training loop; without --max-steps the schedule is "
+                        "fitted to it from the first steps' timing (10 when neither is given)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (1e-3)")
     t.add_argument("--schedule", default=None, help="constant, cosine, linear or wsd (cosine)")
     t.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (50)")

@@ -503,8 +503,8 @@ def test_memory_budget_matches_peak_rss_tiny(tmp_path):
     import re
     data = _small_corpus(tmp_path)
     r = _cli("train", "--data", data, "--out", str(tmp_path / "run"), "--preset", "tiny", "--vocab-size", "2048",
-             "--batch-size", "4", "--context", "128", "--max-steps", "3", "--eval-every", "3", "--threads", "2",
-             "--no-progress", "--sample-tokens", "0")
+             "--batch-size", "2", "--context", "128", "--max-steps", "2", "--eval-every", "2", "--threads", "2",
+             "--eval-tokens", "256", "--no-progress", "--sample-tokens", "0")
     assert r.returncode == 0, r.stderr[-3000:]
     m = re.search(r"budget/peak ([0-9.]+)", r.stdout)
     assert m, r.stdout

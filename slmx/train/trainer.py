@@ -406,7 +406,8 @@ class Trainer:
             from tqdm import tqdm
         except ImportError:  # pragma: no cover
             return None
-        return tqdm(total=self.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
+        total = None if self.fit_steps_to_time else self.max_steps      # known once the steps are timed
+        return tqdm(total=total, initial=self.step, desc="train", unit="step", file=sys.stderr,
                     dynamic_ncols=True, mininterval=0.5)
 
     def _update_bar(self, rec):
@@ -423,11 +424,7 @@ class Trainer:
         T = self.sampler.context if hasattr(self.sampler, "context") else 0
         n = int(self.model.buf.n_params)
         opt = optimizer_state_bytes(self.optimizer, c.optimizer, n, c.momentum)
-        extra = {}
-        if c.bf16:
-            extra["bf16 weight copies"] = 2 * n
-        return memory_budget(n, opt, self.model.activation_bytes(c.batch_size, T), baseline_bytes,
-                             data_bytes, extra)
+        return memory_budget(n, opt, self.model.activation_bytes(c.batch_size, T), baseline_bytes, data_bytes)
 
 
 def optimizer_state_bytes(optimizer, name, n_params, momentum=0.9):
