@@ -253,33 +253,56 @@ def check_linear(t, x, w, wd, out):
     assert np.all(np.abs(out - exact) <= 1e-2 * mag)
 
 
-@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
-def test_linear_against_numpy(t, simd_level):
+def sweep_linear(t, m_sizes, amx_used):
     for k in (K_SIZES_256 if t in K_TYPES else K_SIZES):
         for n in N_SIZES:
             w, wd = weight_case(t, n, k)
             rows = {}
-            for m in M_SIZES:
+            for m in m_sizes:
                 x = act_case(m, k)
                 out = np.full((m, n), np.nan, np.float32)
                 assert quant.linear(x, w, int(t), out, 2) is out
                 check_linear(t, x, w, wd, out)
                 rows[m] = out
-            # the decode path (M = 1) and the tiled path (M > 1) give the same numbers
-            x = act_case(33, k)
+            # the decode path (M = 1) and the tiled path (M > 1) give the same numbers (to float
+            # rounding when M > 1 runs on AMX tiles, which sum each block's products exactly first)
+            big = max(m_sizes)
+            x = act_case(big, k)
             one = np.empty((1, n), np.float32)
-            for i in (0, 5, 32):
+            for i in (0, 5, big - 1):
                 quant.linear(x[i:i + 1], w, int(t), one, 1)
-                assert np.array_equal(one[0], rows[33][i]), (k, n, i)
+                if amx_used and big >= 16 and t not in FLOAT_TYPES:
+                    mag = np.abs(x[i].astype(np.float64)) @ np.abs(wd).T
+                    assert np.all(np.abs(one[0] - rows[big][i]) <= 1e-6 * mag), (k, n, i)
+                else:
+                    assert np.array_equal(one[0], rows[big][i]), (k, n, i)
+
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
+def test_linear_against_numpy(t, simd_level):
+    sweep_linear(t, M_SIZES, quant._set_amx(True))
+
+
+@pytest.mark.parametrize("t", BLOCK_TYPES, ids=lambda t: t.name)
+def test_linear_tiled_without_amx(t, simd_level):
+    # on AMX machines the M = 33 runs above use tiles; this covers the VNNI M > 1 micro-kernels
+    if not quant._set_amx(True):
+        pytest.skip("no AMX at this level: test_linear_against_numpy covers the tiled path")
+    quant._set_amx(False)
+    try:
+        sweep_linear(t, (1, 33), False)
+    finally:
+        quant._set_amx(True)
 
 
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
 def test_linear_long_rows_and_odd_shapes(t, simd_level):
-    # K > the panel width (2048): partial sums across panels; K with a half-filled 64-chunk; F tails
+    # K > the panel widths (2048, AMX 1024): partial sums across panels; K with a half-filled
+    # 64-chunk or an odd number of blocks; float tails; M and N not multiples of the tiles
     bs = gguf.GGML_QUANT_SIZES[t][0]
-    ks = {256: (2304, 4608), 32: (32, 96, 2080), 1: (1, 7, 100, 2050)}[bs]
+    ks = {256: (2304, 4608), 32: (32, 96, 1056, 2080), 1: (1, 7, 100, 2050)}[bs]
     for k in ks:
-        for m, n in ((1, 9), (5, 13)):
+        for m, n in ((1, 9), (5, 13), (40, 37)):
             w, wd = rand_weight(t, n, k, seed=k + n)
             x = np.random.default_rng(k * m).standard_normal((m, k)).astype(np.float32)
             out = np.empty((m, n), np.float32)
@@ -287,16 +310,17 @@ def test_linear_long_rows_and_odd_shapes(t, simd_level):
             check_linear(t, x, w, wd, out)
 
 
-@pytest.mark.parametrize("t", [G.Q8_0, G.Q5_0, G.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [G.Q8_0, G.Q5_0, G.Q6_K, G.Q4_K], ids=lambda t: t.name)
 def test_linear_threads_agree(t, simd_level):
     w, wd = weight_case(t, 300, 640 if t not in K_TYPES else 2048)
-    x = act_case(8, wd.shape[1])
-    outs = []
-    for nt in (1, 2, 3):
-        out = np.empty((8, 300), np.float32)
-        quant.linear(x, w, int(t), out, nt)
-        outs.append(out)
-    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+    for m in (8, 40):
+        x = act_case(m, wd.shape[1])
+        outs = []
+        for nt in (1, 2, 3):
+            out = np.empty((m, 300), np.float32)
+            quant.linear(x, w, int(t), out, nt)
+            outs.append(out)
+        assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
 
 
 def test_linear_float_weights_as_float_arrays():

@@ -15,6 +15,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport uint8_t, int32_t, int64_t
 from libc.stdlib cimport free
+from libc.string cimport memset
 
 from slmx import qtypes
 
@@ -30,12 +31,15 @@ cdef extern from "quant_simd.h" nogil:
     void slmx_dequant_blocks(int t, const uint8_t *src, float *y, int64_t nblocks)
     void slmx_quant_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks)
     size_t slmx_xq_row_bytes(int t, int K)
-    size_t slmx_panel_bytes(int t)
+    size_t slmx_panel_bytes(int t, int amx)
+    int slmx_xq_rows(int M, int amx)
+    int slmx_row_group(int amx)
+    int slmx_use_amx(int level, int t, int M, int allowed)
     int slmx_is_b32(int t)
     int slmx_is_k(int t)
     int slmx_is_float(int t)
     void slmx_q_quantize_x(int level, int t, const float *x, int K, uint8_t *dst)
-    void slmx_q_linear_range(int level, int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
+    void slmx_q_linear_range(int level, int amx, int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
                              const uint8_t *x, size_t ldx, int M, int K, float *out, size_t ldo,
                              void *scratch)
 
@@ -52,12 +56,20 @@ LINEAR_TYPES = DEQUANT_TYPES
 
 # Work below this many bytes (weights streamed, elements converted) runs on one thread.
 DEF PAR_MIN_BYTES = 65536
-# Output features handed to a thread at a time by linear (a multiple of SLMX_NR).
-DEF ROW_GROUP = 16
 # Activation bytes kept cache-resident per pass of linear over the weights (M > 1).
 DEF X_PASS_BYTES = 1048576
 # Blocks per parallel work item of dequantize / quantize.
 DEF BLOCK_CHUNK = 2048
+
+# linear may use AMX tiles for M >= 16 when the CPU and OS allow (tests switch it off and on).
+cdef int _amx_allowed = 1
+
+
+def _set_amx(bint allowed):
+    """Allow (default) or forbid linear's AMX path; returns whether AMX would be used now."""
+    global _amx_allowed
+    _amx_allowed = allowed
+    return bool(slmx_use_amx(slmx_simd_level(), qtypes.Q8_0, 1 << 20, _amx_allowed))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -222,18 +234,18 @@ def quantize(x, int type_id, int nthreads=-1):
 
 # ----------------------------------------------------------------------------- linear
 
-cdef void linear_forward(int level, int t, const float *x, Py_ssize_t M, Py_ssize_t K,
+cdef void linear_forward(int level, int amx, int t, const float *x, Py_ssize_t M, Py_ssize_t K,
                          const uint8_t *w, Py_ssize_t N, size_t rb, uint8_t *xq, uint8_t *scratch,
                          size_t panel_bytes, float *out, int nthreads) noexcept nogil:
     """out (M, N) = x (M, K) @ W.T, W (N, K) as N rows of rb bytes of type t.
 
-    xq: room for M quantized activation rows (slmx_xq_row_bytes each; unused for float types),
-    scratch: nthreads panels of panel_bytes, both 64-byte aligned.
+    xq: room for slmx_xq_rows(M, amx) quantized activation rows (slmx_xq_row_bytes each; unused
+    for float types), scratch: nthreads panels of panel_bytes, both 64-byte aligned.
     """
     cdef size_t ldx
     cdef const uint8_t *xp
-    cdef Py_ssize_t m, g, m0, mc, MC, ngroups, n0, n1
-    cdef int nt
+    cdef Py_ssize_t m, g, m0, mc, MC, ngroups, n0, n1, mpad
+    cdef int nt, group = slmx_row_group(amx), mstep = 32 if amx else 4
     if slmx_is_float(t):
         xp = <const uint8_t *>x
         ldx = K * 4
@@ -245,13 +257,16 @@ cdef void linear_forward(int level, int t, const float *x, Py_ssize_t M, Py_ssiz
         else:
             for m in range(M):
                 slmx_q_quantize_x(level, t, x + m * K, <int>K, xq + m * ldx)
+        mpad = slmx_xq_rows(<int>M, amx)
+        if mpad > M:
+            memset(xq + M * ldx, 0, (mpad - M) * ldx)
         xp = xq
     MC = M
     if M > 1 and <size_t>M * ldx > X_PASS_BYTES:
-        MC = X_PASS_BYTES // ldx // 4 * 4
-        if MC < 4:
-            MC = 4
-    ngroups = (N + ROW_GROUP - 1) // ROW_GROUP
+        MC = X_PASS_BYTES // ldx // mstep * mstep
+        if MC < mstep:
+            MC = mstep
+    ngroups = (N + group - 1) // group
     nt = nthreads
     if nt > ngroups:
         nt = <int>ngroups
@@ -263,15 +278,15 @@ cdef void linear_forward(int level, int t, const float *x, Py_ssize_t M, Py_ssiz
         if mc > MC:
             mc = MC
         if nt <= 1:
-            slmx_q_linear_range(level, t, w, rb, 0, N, xp + m0 * ldx, ldx, <int>mc, <int>K,
+            slmx_q_linear_range(level, amx, t, w, rb, 0, N, xp + m0 * ldx, ldx, <int>mc, <int>K,
                                 out + m0 * N, N, scratch)
         else:
             for g in prange(ngroups, schedule='static', num_threads=nt):
-                n0 = g * ROW_GROUP
-                n1 = n0 + ROW_GROUP
+                n0 = g * group
+                n1 = n0 + group
                 if n1 > N:
                     n1 = N
-                slmx_q_linear_range(level, t, w, rb, n0, n1, xp + m0 * ldx, ldx, <int>mc, <int>K,
+                slmx_q_linear_range(level, amx, t, w, rb, n0, n1, xp + m0 * ldx, ldx, <int>mc, <int>K,
                                     out + m0 * N, N, scratch + threadid() * panel_bytes)
         m0 += mc
 
@@ -310,13 +325,14 @@ def linear(x, w, int type_id, out, int nthreads):
         return out
     cdef int nt = nthreads if nthreads > 0 else _resolve(nthreads)
     cdef int level = slmx_simd_level()
-    cdef size_t pb = slmx_panel_bytes(type_id)
-    cdef uint8_t *xq = <uint8_t *>_amalloc(M * slmx_xq_row_bytes(type_id, <int>K))
+    cdef int amx = slmx_use_amx(level, type_id, <int>M, _amx_allowed)
+    cdef size_t pb = slmx_panel_bytes(type_id, amx)
+    cdef uint8_t *xq = <uint8_t *>_amalloc(slmx_xq_rows(<int>M, amx) * slmx_xq_row_bytes(type_id, <int>K))
     cdef uint8_t *scratch = NULL
     try:
         scratch = <uint8_t *>_amalloc(nt * pb)
         with nogil:
-            linear_forward(level, type_id, <const float *>cnp.PyArray_DATA(xa), M, K,
+            linear_forward(level, amx, type_id, <const float *>cnp.PyArray_DATA(xa), M, K,
                            <const uint8_t *>cnp.PyArray_DATA(wa), N, rb, xq, scratch, pb,
                            <float *>cnp.PyArray_DATA(oa), nt)
     finally:
@@ -404,7 +420,7 @@ def quantize_act(x, int type_id):
         slmx_q_quantize_x(level, type_id, &xv[m, 0], <int>K, &bv[0] + m * xrb)
     rows = np.asarray(buf).reshape(M, xrb)
     if blk == 256:
-        blocks = rows.reshape(M, K // 256, 320)
+        blocks = rows.reshape(M, K // 256, -1)
         q = blocks[:, :, :256].view(np.int8).reshape(M, K)
         d = np.ascontiguousarray(blocks[:, :, 288:292]).view(np.float32).reshape(M, K // 256)
     else:

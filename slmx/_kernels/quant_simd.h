@@ -46,6 +46,9 @@
 
 #define SLMX_NR 4        /* weight rows per panel */
 #define SLMX_KC 2048     /* activation columns per panel (multiple of 256) */
+#ifndef SLMX_AMX_MIN_M
+#define SLMX_AMX_MIN_M 16  /* activation rows from which linear uses AMX tiles (when available) */
+#endif
 #ifndef SLMX_PF_ROWS
 #define SLMX_PF_ROWS 4   /* unpacking prefetches the weights this many rows ahead */
 #endif
@@ -56,9 +59,10 @@
  *   d[16] float: lanes 0-7 = d_A, lanes 8-15 = d_B (the int32 lanes of a dot over 64 bytes),
  *   c[16] int32: c[0] = -off*sum(q_A), c[8] = -off*sum(q_B), others 0 — the correction for weights
  *   stored with an offset (q - off); the micro-kernel starts its int32 accumulator from c.
- * "k": for K-quants. Per 256 elements: q[256] int8, bsums[16] (sums of 16), d (f32).        */
+ * "k": for K-quants. Per 256 elements: q[256] int8, bsums[16] (sums of 16), d (f32),
+ *   xs[8] = d * (sum of q over each 32) (the AMX kernel's Q4_K/Q5_K mins term).             */
 typedef struct { int8_t q[64]; float d[16]; int32_t c[16]; } slmx_xb_chunk;        /* 192 B */
-typedef struct { int8_t q[256]; int16_t bsums[16]; float d; int32_t pad[7]; } slmx_xk_block; /* 320 B */
+typedef struct { int8_t q[256]; int16_t bsums[16]; float d; float xs[8]; int32_t pad[15]; } slmx_xk_block; /* 384 B */
 
 /* ------------------------------------------------------------------ weight panels
  * pb: per (64-element chunk, row): w[64] unsigned (q or q+128 for Q8_0 on VNNI; signed q for
@@ -499,6 +503,7 @@ static void slmx_qlinear_range_scalar(int t, const uint8_t *w, size_t rb, int64_
 #undef QFN
 #undef QTARGET
 #undef QVNNI
+#include "quant_simd_amx.h"
 #endif
 
 /* ================================================================= dispatch */
@@ -518,11 +523,48 @@ static inline size_t slmx_xq_row_bytes(int t, int K) {
     return 0;
 }
 
-/* Scratch bytes per thread (one weight panel). */
-static inline size_t slmx_panel_bytes(int t) {
-    if (slmx_is_b32(t)) return (size_t)(SLMX_KC / 64) * SLMX_NR * sizeof(slmx_pb_chunk);
-    if (slmx_is_k(t)) return (size_t)(SLMX_KC / 256) * SLMX_NR * sizeof(slmx_pk_block);
-    return 64;
+/* Scratch bytes per thread (one weight panel; amx: the AMX kernel's). */
+static inline size_t slmx_panel_bytes(int t, int amx) {
+    size_t b = 64;
+    if (slmx_is_b32(t)) b = (size_t)(SLMX_KC / 64) * SLMX_NR * sizeof(slmx_pb_chunk);
+    if (slmx_is_k(t)) b = (size_t)(SLMX_KC / 256) * SLMX_NR * sizeof(slmx_pk_block);
+#if SLMX_X86
+    if (amx && !slmx_is_float(t) && b < SLMX_AMX_SCRATCH) b = SLMX_AMX_SCRATCH;
+#else
+    (void)amx;
+#endif
+    return b;
+}
+
+/* Rows of the activation buffer the kernels may read for M rows (AMX reads whole 32-row tiles;
+ * the extra rows must be zero). */
+static inline int slmx_xq_rows(int M, int amx) {
+#if SLMX_X86
+    if (amx) return (M + SLMX_AMX_MR - 1) / SLMX_AMX_MR * SLMX_AMX_MR;
+#else
+    (void)amx;
+#endif
+    return M;
+}
+
+/* Weight rows a thread's work item should cover (a multiple of the kernel's panel). */
+static inline int slmx_row_group(int amx) {
+#if SLMX_X86
+    if (amx) return SLMX_AMX_NR;
+#else
+    (void)amx;
+#endif
+    return 16;
+}
+
+/* Whether linear with M activation rows of weights t runs on AMX tiles at this level. */
+static inline int slmx_use_amx(int level, int t, int M, int allowed) {
+#if SLMX_X86
+    return allowed && level >= SLMX_SIMD_VNNI && M >= SLMX_AMX_MIN_M && !slmx_is_float(t) && slmx_amx_usable();
+#else
+    (void)level; (void)t; (void)M; (void)allowed;
+    return 0;
+#endif
 }
 
 /* Quantize one activation row x (K,) for weights of type t into dst (slmx_xq_row_bytes). */
@@ -536,20 +578,28 @@ static void slmx_q_quantize_x(int level, int t, const float *x, int K, uint8_t *
         slmx_xq_b32_scalar(x, K, off, (slmx_xb_chunk *)dst);
     } else if (slmx_is_k(t)) {
 #if SLMX_X86
-        if (level >= SLMX_SIMD_AVX512) { slmx_xq_k_avx512(x, K, (slmx_xk_block *)dst); return; }
-        if (level >= SLMX_SIMD_AVX2) { slmx_xq_k_avx2(x, K, (slmx_xk_block *)dst); return; }
+        if (level >= SLMX_SIMD_AVX512) slmx_xq_k_avx512(x, K, (slmx_xk_block *)dst);
+        else if (level >= SLMX_SIMD_AVX2) slmx_xq_k_avx2(x, K, (slmx_xk_block *)dst);
+        else
 #endif
         slmx_xq_k_scalar(x, K, (slmx_xk_block *)dst);
+    }
+    if (slmx_is_k(t)) {
+        slmx_xk_block *y = (slmx_xk_block *)dst;
+        for (int b = 0; b < K / 256; b++)
+            for (int j = 0; j < 8; j++) y[b].xs[j] = y[b].d * (float)(y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
     }
 }
 
 /* out[m, n] = sum_k x[m, k] W[n, k] for m < M, n in [n0, n1). w: rows of rb bytes; x: quantized
  * activations (ldx bytes a row) or float32 rows (ldx bytes); out row stride ldo floats;
- * scratch: slmx_panel_bytes(t), 64-byte aligned. */
-static void slmx_q_linear_range(int level, int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
+ * scratch: slmx_panel_bytes(t, amx), 64-byte aligned. amx (slmx_use_amx): AMX tiles, x holding
+ * slmx_xq_rows(M, 1) rows. */
+static void slmx_q_linear_range(int level, int amx, int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
                                 const uint8_t *x, size_t ldx, int M, int K, float *out, size_t ldo,
                                 void *scratch) {
 #if SLMX_X86
+    if (amx) { slmx_linear_range_amx(t, w, rb, n0, n1, x, ldx, M, K, out, ldo, scratch); return; }
     if (level >= SLMX_SIMD_VNNI) { slmx_linear_range_vnni(t, w, rb, n0, n1, x, ldx, M, K, out, ldo, scratch); return; }
     if (level >= SLMX_SIMD_AVX512) { slmx_linear_range_avx512(t, w, rb, n0, n1, x, ldx, M, K, out, ldo, scratch); return; }
     if (level >= SLMX_SIMD_AVX2) { slmx_linear_range_avx2(t, w, rb, n0, n1, x, ldx, M, K, out, ldo, scratch); return; }
