@@ -29,6 +29,9 @@ cdef extern from "attention_simd.h" nogil:
     void slmx_att_softmax(int lvl, float *S, int nr, int bk, float scale, float softcap,
                           const int *lo, const int *hi, float *m, float *l, float *alpha)
     int slmx_att_packs_v(int dl)
+    int slmx_att_has_qk_dot(int dl, int nr)
+    void slmx_att_qk_dot(int dl, const float *const *q, int nr, const float *K, long ks, int bk,
+                         long D, float *S)
     void slmx_att_pack_v(int dl, const float *V, long vs, int bk, long D, float *Vp)
     void slmx_att_pv(int dl, float *const *O, int nr, const float *P, const float *alpha,
                      const float *V, long vs, const float *Vp, int bk, long D)
@@ -78,6 +81,8 @@ cdef int attn_task(const AttnArgs *a, Py_ssize_t task) noexcept nogil:
     cdef Py_ssize_t t0 = qt * a.bq, t1 = min(a.T, t0 + a.bq)
     cdef Py_ssize_t D = a.D, i, hl, r, d, j0, jb, jend, tb, ntl, b0, b1, tile, pos
     cdef const float *vsrc
+    cdef const float *ksrc
+    cdef bint dot
     cdef const float *Kt
     cdef const float *Vp
     cdef int nr = <int>((t1 - t0) * nh), bk
@@ -97,6 +102,7 @@ cdef int attn_task(const AttnArgs *a, Py_ssize_t task) noexcept nogil:
     # scratch: (D, BK) transposed key tile | (RMAX, BK) scores -> probabilities |
     #          (BK, D) value tile in column chunks; the tiles come from a.kvpack when shared
     cdef float *Sb = scratch + D * BK
+    dot = slmx_att_has_qk_dot(a.dl, nr)
     if a.nsplit > 1:
         part = a.partial + task * RMAX * (D + 2)
     for i in range(t1 - t0):
@@ -128,15 +134,20 @@ cdef int attn_task(const AttnArgs *a, Py_ssize_t task) noexcept nogil:
                 lo[r] = _clamp_tile(pos - a.window + 1 - j0) if a.window > 0 else 0
                 hi[r] = _clamp_tile(pos + 1 - j0) if a.causal else bk
             vsrc = a.v + j0 * a.vs_s + g * a.vs_h
+            ksrc = a.k + j0 * a.ks_s + g * a.ks_h
             if a.kvpack != NULL:
                 Kt = a.kvpack + (g * a.ntile + tile - a.tmin) * (2 * D * BK)
                 Vp = Kt + D * BK
+                slmx_att_qk(a.dl, qrow, nr, Kt, D, Sb)
+            elif dot:
+                # decode: K and V used in place by a handful of rows
+                Vp = NULL
+                slmx_att_qk_dot(a.dl, qrow, nr, ksrc, a.ks_s, bk, D, Sb)
             else:
-                slmx_att_pack_kt(a.dl, a.k + j0 * a.ks_s + g * a.ks_h, a.ks_s, bk, D, scratch)
+                slmx_att_pack_kt(a.dl, ksrc, a.ks_s, bk, D, scratch)
                 slmx_att_pack_v(a.dl, vsrc, a.vs_s, bk, D, Sb + RMAX * BK)
-                Kt = scratch
                 Vp = Sb + RMAX * BK
-            slmx_att_qk(a.dl, qrow, nr, Kt, D, Sb)
+                slmx_att_qk(a.dl, qrow, nr, scratch, D, Sb)
             slmx_att_softmax(a.lvl, Sb, nr, bk, a.scale, a.softcap, lo, hi, m, l, alpha)
             slmx_att_pv(a.dl, orow, nr, Sb, alpha, vsrc, a.vs_s, Vp, bk, D)
     for r in range(nr):

@@ -184,6 +184,64 @@ static SLMX_TARGET_AVX512 void slmx_att_qk_avx512(const float *const *q, int nr,
     }
 }
 
+/* 16 vectors -> one vector of their 16 horizontal sums, in order (15 adds, 30 shuffles) */
+SLMX_ATT_AI SLMX_TARGET_AVX512 __m512 slmx_hsum16_avx512(const __m512 x[16]) {
+    __m512 t[8], u[4], v[2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]), _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++)
+        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* Few rows (decode): S[r*64 + j] = q_r . k_j straight from the keys (rows of K, stride ks), as
+ * dot products along D, 4 rows x 4 keys at a time; no transposed tile is built (each key is
+ * used by a few rows, so packing it would cost as much as using it). D % 16 == 0, nr <= 4. */
+static SLMX_TARGET_AVX512 void slmx_att_qk_dot4_avx512(const float *const *q, int nr, const float *K, long ks,
+                                                       int bk, long D, float *S) {
+    const float *qr[4];
+    for (int r = 0; r < 4; r++) qr[r] = q[r < nr ? r : 0];
+    for (int j0 = 0; j0 < bk; j0 += 4) {
+        const float *kp[4];
+        for (int c = 0; c < 4; c++) kp[c] = K + (j0 + c < bk ? j0 + c : j0) * ks;
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        for (long d = 0; d < D; d += 16) {
+            __m512 kv[4], qv[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) kv[c] = _mm512_loadu_ps(kp[c] + d);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) qv[r] = _mm512_loadu_ps(qr[r] + d);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) acc[4 * r + c] = _mm512_fmadd_ps(qv[r], kv[c], acc[4 * r + c]);
+            }
+        }
+        float sums[16];
+        _mm512_storeu_ps(sums, slmx_hsum16_avx512(acc));
+        int nk = bk - j0 < 4 ? bk - j0 : 4;
+        for (int r = 0; r < nr; r++)
+            for (int c = 0; c < nk; c++) S[r * SLMX_ATT_BK + j0 + c] = sums[4 * r + c];
+    }
+}
+
+/* nr <= 8: groups of 4 rows (the key tile is re-read from L1 by the second group) */
+static SLMX_TARGET_AVX512 void slmx_att_qk_dot_avx512(const float *const *q, int nr, const float *K, long ks,
+                                                      int bk, long D, float *S) {
+    for (int r = 0; r < nr; r += 4)
+        slmx_att_qk_dot4_avx512(q + r, nr - r < 4 ? nr - r : 4, K, ks, bk, D, S + r * SLMX_ATT_BK);
+}
+
 static SLMX_TARGET_AVX512 void slmx_att_softmax_avx512(float *S, int nr, int bk, float scale, float softcap,
                                                        const int *lo, const int *hi, float *m, float *l, float *alpha) {
     const __m512 idx0 = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -288,9 +346,10 @@ static SLMX_TARGET_AVX512 void slmx_att_pack_v_avx512(const float *V, long vs, i
     }
 }
 
-/* column chunk outer, row blocks inner: a chunk of the packed V tile is reused from L1 by every row */
+/* column chunk outer, row blocks inner: a chunk of the packed V tile (Vp) is reused from L1 by
+ * every row; Vp == NULL reads V in place (one row block: no reuse to protect) */
 static SLMX_TARGET_AVX512 void slmx_att_pv_avx512(float *const *O, int nr, const float *P, const float *alpha,
-                                                  const float *Vp, int bk, long D) {
+                                                  const float *V, long vs, const float *Vp, int bk, long D) {
     static const slmx_att_pv512_t k4[7] = {0, slmx_att_pv512_1_4, slmx_att_pv512_2_4, slmx_att_pv512_3_4,
                                            slmx_att_pv512_4_4, slmx_att_pv512_5_4, slmx_att_pv512_6_4};
     static const slmx_att_pv512_t k1[7] = {0, slmx_att_pv512_1_1, slmx_att_pv512_2_1, slmx_att_pv512_3_1,
@@ -300,7 +359,8 @@ static SLMX_TARGET_AVX512 void slmx_att_pv_avx512(float *const *O, int nr, const
         const slmx_att_pv512_t *kt = wide ? k4 : k1;
         for (int r = 0; r < nr; r += 6) {
             int n = nr - r < 6 ? nr - r : 6;
-            kt[n](O + r, c0, P + r * SLMX_ATT_BK, alpha + r, Vp + c0 * SLMX_ATT_BK, wide ? 64 : 16, bk);
+            if (Vp) kt[n](O + r, c0, P + r * SLMX_ATT_BK, alpha + r, Vp + c0 * SLMX_ATT_BK, wide ? 64 : 16, bk);
+            else kt[n](O + r, c0, P + r * SLMX_ATT_BK, alpha + r, V + c0, vs, bk);
         }
         c0 += wide ? 64 : 16;
     }
@@ -502,6 +562,17 @@ static inline void slmx_att_pack_kt(int dl, const float *K, long ks, int bk, lon
     slmx_att_pack_kt_scalar(K, ks, bk, D, Kt);
 }
 
+/* whether the few-row (decode) QK straight from K is available for this level and nr */
+static inline int slmx_att_has_qk_dot(int dl, int nr) { return dl >= SLMX_SIMD_AVX512 && nr <= 8; }
+
+static inline void slmx_att_qk_dot(int dl, const float *const *q, int nr, const float *K, long ks, int bk,
+                                   long D, float *S) {
+#if SLMX_X86
+    if (dl >= SLMX_SIMD_AVX512) slmx_att_qk_dot_avx512(q, nr, K, ks, bk, D, S);
+#endif
+    (void)dl; (void)q; (void)nr; (void)K; (void)ks; (void)bk; (void)D; (void)S;
+}
+
 static inline void slmx_att_qk(int dl, const float *const *q, int nr, const float *Kt, long D, float *S) {
 #if SLMX_X86
     if (dl >= SLMX_SIMD_AVX512) { slmx_att_qk_avx512(q, nr, Kt, D, S); return; }
@@ -530,11 +601,12 @@ static inline void slmx_att_pack_v(int dl, const float *V, long vs, int bk, long
     (void)dl; (void)V; (void)vs; (void)bk; (void)D; (void)Vp;
 }
 
-/* O_r = alpha_r O_r + P_r V: V (bk rows, stride vs) in place, or Vp when slmx_att_packs_v(dl) */
+/* O_r = alpha_r O_r + P_r V: V (bk rows, stride vs) in place, or the packed Vp when
+ * slmx_att_packs_v(dl) and Vp != NULL */
 static inline void slmx_att_pv(int dl, float *const *O, int nr, const float *P, const float *alpha,
                                const float *V, long vs, const float *Vp, int bk, long D) {
 #if SLMX_X86
-    if (dl >= SLMX_SIMD_AVX512) { slmx_att_pv_avx512(O, nr, P, alpha, Vp, bk, D); return; }
+    if (dl >= SLMX_SIMD_AVX512) { slmx_att_pv_avx512(O, nr, P, alpha, V, vs, Vp, bk, D); return; }
     if (dl >= SLMX_SIMD_AVX2) { slmx_att_pv_avx2(O, nr, P, alpha, V, vs, bk, D); return; }
 #endif
     slmx_att_pv_scalar(O, nr, P, alpha, V, vs, bk, D);
