@@ -134,7 +134,7 @@ def test_odd_head_dim(simd_level):
     run(5, 5, 2, 1, 3, True, 0, 0)
 
 
-def test_many_heads_per_kv():
+def test_many_heads_per_kv(simd_level):
     # more query heads per KV head than rows per task: heads are split into sub-groups
     run(3, 50, 96, 1, 16, True, 47, 0)
 
@@ -156,7 +156,7 @@ def test_large_scores(simd_level):
     assert np.all(np.isfinite(out))
 
 
-def test_bad_inputs():
+def test_bad_inputs(simd_level):
     q, k, v = rand(4, 4, 64), rand(10, 2, 64), rand(10, 2, 64)
     out = np.empty_like(q)
     with pytest.raises(ValueError):

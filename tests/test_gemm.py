@@ -64,7 +64,7 @@ def test_packed(simd_level, M, K, N, nthreads):
     check(out, ref, K)
 
 
-def test_packed_layout():
+def test_packed_layout(simd_level):
     # panel layout documented in PackedB: per depth block, panels of kc x 32, zero past N
     kc = gemm.block_sizes()[0]
     K, N = kc + 44, 40
@@ -106,7 +106,7 @@ def test_special_values(simd_level):
     np.testing.assert_array_equal(np.isinf(out), np.isinf(ref))
 
 
-def test_zero_sizes():
+def test_zero_sizes(simd_level):
     out = np.full((3, 4), np.nan, np.float32)
     gemm.matmul(np.empty((3, 0), np.float32), np.empty((0, 4), np.float32), out)
     assert np.all(out == 0)
@@ -114,7 +114,7 @@ def test_zero_sizes():
     gemm.matmul(rand(2, 5), np.empty((5, 0), np.float32), np.empty((2, 0), np.float32))
 
 
-def test_concurrent_calls():
+def test_concurrent_calls(simd_level):
     # two Python threads at once: one owns the shared workspace, the other gets its own
     a, b = rand(200, 300), rand(300, 260)
     ref = a.astype(np.float64) @ b.astype(np.float64)
@@ -145,7 +145,7 @@ def test_block_sizes():
     assert 128 <= kc <= 512 and kc % 16 == 0 and mc >= 56 and nr == 32
 
 
-def test_bad_inputs():
+def test_bad_inputs(simd_level):
     a, b = rand(4, 5), rand(5, 6)
     out = np.empty((4, 6), np.float32)
     with pytest.raises(ValueError):

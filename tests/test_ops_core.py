@@ -236,7 +236,7 @@ def test_rope_large_parallel(simd_level):
 
 # ----------------------------------------------------------------------------- errors
 
-def test_bad_inputs():
+def test_bad_inputs(simd_level):
     x = rand(4, 8)
     out = np.empty_like(x)
     with pytest.raises(ValueError):
