@@ -200,7 +200,7 @@ def _add_training_parsers(sub):
     t.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept (2)")
     t.add_argument("--val-fraction", type=float, default=None, help="share of documents held out (0.015)")
     t.add_argument("--seed", type=int, default=None, help="seed of initialisation and sampling (0)")
-    t.add_argument("--sample-prompt", default="def ", help="prompt of the sample printed at the end ('def ')")
+    t.add_argument("--sample-prompt", default="def", help="prompt of the sample printed at the end (def)")
     t.add_argument("--sample-tokens", type=int, default=120, help="tokens of that sample; 0 = none (120)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)

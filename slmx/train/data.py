@@ -234,26 +234,29 @@ def _iter_documents(files, max_doc_bytes):
             yield (rel if single else f"{rel}#{k}"), text, nbytes
 
 
-def _iter_encoded(docs, tokenizer, workers, group=32):
-    """Yield (doc_id, ids uint32 array, n_bytes) for each document of `docs`, in order. With
-    workers > 1, groups of documents are encoded by a fork pool (a bounded number in flight)."""
+def _start_pool(tokenizer, workers):
+    """A fork pool whose workers hold `tokenizer` (None when workers <= 1 or fork is missing).
+    Started before any progress-bar thread exists, so no lock is copied held into a child."""
     global _WORKER_TOKENIZER
-    if workers > 1 and "fork" in _mp_methods():
+    if workers <= 1 or "fork" not in _mp_methods():
+        return None
+    import multiprocessing as mp
+    _WORKER_TOKENIZER = tokenizer          # inherited by the forked workers (reset when they end)
+    return mp.get_context("fork").Pool(workers)
+
+
+def _iter_encoded(docs, tokenizer, pool=None, group=32):
+    """Yield (doc_id, ids uint32 array, n_bytes) for each document of `docs`, in order; with a
+    pool, groups of documents are encoded in parallel (a bounded number in flight)."""
+    if pool is not None:
         import itertools
-        import multiprocessing as mp
-        _WORKER_TOKENIZER = tokenizer
-        try:
-            with mp.get_context("fork").Pool(workers) as pool:
-                it = iter(docs)
-                while True:
-                    chunk = list(itertools.islice(it, group))
-                    if not chunk:
-                        return
-                    for (d, _, nb), ids in zip(chunk, pool.map(_worker_encode, [t for _, t, _ in chunk],
-                                                               chunksize=1)):
-                        yield d, ids, nb
-        finally:
-            _WORKER_TOKENIZER = None
+        it = iter(docs)
+        while True:
+            chunk = list(itertools.islice(it, group))
+            if not chunk:
+                return
+            for (d, _, nb), ids in zip(chunk, pool.map(_worker_encode, [t for _, t, _ in chunk], chunksize=1)):
+                yield d, ids, nb
     for d, text, nb in docs:
         ids = tokenizer.encode(text, add_bos=False, add_eos=False, parse_special=False)
         yield d, np.asarray(ids, dtype=np.uint32), nb
@@ -309,11 +312,11 @@ def build_token_files(files, tokenizer, folder, val_fraction=DEFAULT_VAL_FRACTIO
     tmp = {s: os.path.join(folder, f"{s}.bin.tmp-{os.getpid()}") for s in ("train", "val")}
     counts = {"train": [0, 0], "val": [0, 0]}     # tokens, docs
     eos_arr = np.array([eos], dtype=dtype)
+    pool = _start_pool(tokenizer, workers)
     bar = _progress(total_bytes, "tokenize", progress)
     try:
         with open(tmp["train"], "wb") as ft, open(tmp["val"], "wb") as fv:
-            for doc_id, ids, nbytes in _iter_encoded(_iter_documents(files, max_doc_bytes), tokenizer,
-                                                     workers):
+            for doc_id, ids, nbytes in _iter_encoded(_iter_documents(files, max_doc_bytes), tokenizer, pool):
                 v = doc_id in val_ids
                 if ids.size and int(ids.max()) >= vocab:
                     raise ValueError(f"tokenizer produced id {int(ids.max())} >= vocab_size {vocab}")
@@ -334,6 +337,11 @@ def build_token_files(files, tokenizer, folder, val_fraction=DEFAULT_VAL_FRACTIO
         raise
     finally:
         bar.close()
+        if pool is not None:
+            global _WORKER_TOKENIZER
+            pool.terminate()
+            pool.join()
+            _WORKER_TOKENIZER = None
     meta = {"key": key, "dtype": dtype.name, "vocab_size": vocab, "eos_id": eos,
             "n_documents": counts["train"][1] + counts["val"][1]}
     for s in ("train", "val"):

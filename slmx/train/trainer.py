@@ -299,21 +299,25 @@ class Trainer:
         else:
             print(msg, file=sys.stderr, flush=True)
 
-    def _fit_max_steps(self, step_times):
-        """max_steps from the measured seconds per step so that training ends near max_seconds."""
-        sec = float(np.median(step_times))
+    def _fit_max_steps(self, sec_per_step, include_eval=True):
+        """Set max_steps so that training ends near max_seconds at sec_per_step (plus the share
+        of validation when include_eval; measured rates already contain it)."""
         c = self.config
-        tok_per_step = c.batch_size * c.grad_accum * (self.sampler.context if hasattr(self.sampler, "context")
-                                                      else 1)
-        n_val = sum(int(x.size) for x, _ in self.val_batches)
-        eval_cost = 0.35 * n_val / max(1, tok_per_step) / max(1, c.eval_every) if c.eval_every else 0.0
+        eval_cost = 0.0
+        if include_eval and c.eval_every:
+            tok_per_step = c.batch_size * c.grad_accum * getattr(self.sampler, "context", 1)
+            n_val = sum(int(x.size) for x, _ in self.val_batches)
+            eval_cost = 0.35 * n_val / max(1, tok_per_step) / c.eval_every   # a forward ~ 1/3 of a step
         remaining = self.max_seconds - self._elapsed()
-        n = self.step + int(remaining / (sec * (1.0 + eval_cost)))
-        n = max(self.step + 1, n)
+        n = max(self.step + 1, self.step + int(remaining / (sec_per_step * (1.0 + eval_cost))))
+        old = self.schedule.max_steps
         self.schedule = Schedule.from_dict(dict(self.schedule.to_dict(), max_steps=n))
         self.config.max_steps = n
         self.fit_steps_to_time = False
-        self._write(f"timing: {sec:.3f} s/step -> max_steps {n} to fit {self.max_seconds / 60:.1f} minutes")
+        msg = f"timing: {sec_per_step:.3f} s/step -> max_steps {n} to fit {self.max_seconds / 60:.1f} minutes"
+        self._write(msg)
+        if self._log:
+            self._log.write({"event": "fit_max_steps", "step": self.step, "message": msg, "previous": old})
         if self._bar is not None:
             self._bar.total = n
             self._bar.refresh()
@@ -330,6 +334,7 @@ class Trainer:
         result = TrainResult(self.out_dir, self.step, "max_steps")
         self._bar = self._make_bar()
         step_times = []
+        refits, fit_t, fit_step = [], 0.0, 0
         last_save = self.step
         reason = "max_steps"
         if self._log and self.step:
@@ -354,7 +359,12 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 step_times.append(dt)
                 if self.fit_steps_to_time and len(step_times) == 4:
-                    self._fit_max_steps(step_times[1:])
+                    self._fit_max_steps(float(np.median(step_times[1:])))
+                    refits = [0.2, 0.4, 0.6]           # re-fit early on, as the speed settles
+                    fit_t, fit_step = self._elapsed(), self.step
+                elif refits and self._elapsed() >= refits[0] * self.max_seconds and self.step > fit_step:
+                    refits.pop(0)
+                    self._fit_max_steps((self._elapsed() - fit_t) / (self.step - fit_step), include_eval=False)
                 time_up = self.max_seconds is not None and self._elapsed() >= self.max_seconds
                 rec = {"step": self.step, "loss": r["loss"], "lr": r["lr"], "grad_norm": r["grad_norm"],
                        "tokens_per_s": r["tokens"] / dt if dt > 0 else 0.0, "tokens": self.tokens_seen,
@@ -540,7 +550,7 @@ def _resolve_threads(threads):
 
 
 def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, progress=True,
-                 sample_prompt="def ", sample_tokens=120, overrides=None, out=sys.stdout):
+                 sample_prompt="def", sample_tokens=120, overrides=None, out=sys.stdout):
     """The whole of `slmx train`: data, tokenizer, token files, model, loop, checkpoints, sample.
 
     config: TrainConfig (ignored on resume, where the checkpoint's is used with `overrides`,
