@@ -48,6 +48,13 @@ static inline float tg_bf16_round(float f) {
     return r;
 }
 
+/* order streaming stores before whatever follows (another thread reading C) */
+static inline void tg_sfence(void) {
+#if SLMX_X86
+    _mm_sfence();
+#endif
+}
+
 /* ---------------------------------------------------------------- fp32 packing */
 
 /* A block (mc x kc) -> ceil(mc/MR) tiles of MR x kc, layout [tile][k][MR] */
@@ -192,6 +199,7 @@ SLMX_TARGET_AVX512 static void tg_pack_b_f32_avx512(const float *B, long rs, lon
 
 static void tg_ukr_scalar(long kc, const float *A, const float *B, float *C, long ldc, int mr, int nr, int acc) {
     float c[4][16];
+    if (acc < 0) acc = 0;
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 16; j++) c[i][j] = 0.0f;
     for (long k = 0; k < kc; k++) {
@@ -211,6 +219,7 @@ static void tg_ukr_scalar(long kc, const float *A, const float *B, float *C, lon
 #if SLMX_X86
 SLMX_TARGET_AVX2 static void tg_ukr_avx2(long kc, const float *A, const float *B, float *C, long ldc, int mr, int nr, int acc) {
     __m256 c[6][2];
+    if (acc < 0) acc = 0;
 #pragma GCC unroll 6
     for (int i = 0; i < 6; i++) { c[i][0] = _mm256_setzero_ps(); c[i][1] = _mm256_setzero_ps(); }
     for (long k = 0; k < kc; k++) {
@@ -247,6 +256,8 @@ SLMX_TARGET_AVX2 static void tg_ukr_avx2(long kc, const float *A, const float *B
 }
 
 SLMX_TARGET_AVX512 static void tg_ukr_avx512(long kc, const float *A, const float *B, float *C, long ldc, int mr, int nr, int acc) {
+    int stream = acc < 0;     /* acc = -1: overwrite C with streaming stores (full, aligned tiles) */
+    if (stream) acc = 0;
     __m512 c[14][2];
 #pragma GCC unroll 14
     for (int i = 0; i < 14; i++) { c[i][0] = _mm512_setzero_ps(); c[i][1] = _mm512_setzero_ps(); }
@@ -261,6 +272,14 @@ SLMX_TARGET_AVX512 static void tg_ukr_avx512(long kc, const float *A, const floa
         }
         A += 14;
         B += 32;
+    }
+    if (stream && mr == 14 && nr == 32) {
+#pragma GCC unroll 14
+        for (int i = 0; i < 14; i++) {
+            _mm512_stream_ps(C + i * ldc, c[i][0]);
+            _mm512_stream_ps(C + i * ldc + 16, c[i][1]);
+        }
+        return;
     }
     __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? (__mmask16)0xffff : (nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : (__mmask16)0);
@@ -421,22 +440,22 @@ TG_TARGET_AMX static void tg_pack_b_amx(const float *B, long rs, long cs, long k
     }
 }
 
-/* C (mr x nr, <= 32 x 32) (+)= A tile (32 x kcp) B panel (kcp x 32); tmp: 32 x 32 floats scratch */
+/* C (mr x nr, <= 32 x 32) (+)= A tile (32 x kcp) B panel (kcp x 32); tmp: 32 x 32 floats scratch
+ * (64-byte aligned). acc = -1: overwrite C through tmp with streaming stores (C rows 64-byte
+ * aligned): for outputs much larger than the caches, no read-for-ownership of C. */
 TG_TARGET_AMX static void tg_ukr_amx(long kcp, const uint16_t *A, const uint16_t *B, float *C, long ldc,
                                      int mr, int nr, int acc, float *tmp) {
+    int stream = acc < 0;
+    if (stream) acc = 0;
     int full = mr == 32 && nr == 32;
-    float *c;
-    long ldb;
-    if (full) {
-        c = C;
-        ldb = ldc * 4;
-    } else {
-        c = tmp;
-        ldb = 128;
-        for (int i = 0; i < 32; i++)
-            for (int j = 0; j < 32; j++) tmp[i * 32 + j] = (acc && i < mr && j < nr) ? C[i * ldc + j] : 0.0f;
-    }
-    if (acc || !full) {
+    int direct = full && !stream;          /* tiles load/store C itself */
+    float *c = direct ? C : tmp;
+    long ldb = direct ? ldc * 4 : 128;
+    if (acc) {
+        if (!direct) {
+            for (int i = 0; i < 32; i++)
+                for (int j = 0; j < 32; j++) tmp[i * 32 + j] = (i < mr && j < nr) ? C[i * ldc + j] : 0.0f;
+        }
         _tile_loadd(0, c, ldb);
         _tile_loadd(1, c + 16, ldb);
         _tile_loadd(2, c + 16 * (ldb / 4), ldb);
@@ -447,24 +466,41 @@ TG_TARGET_AMX static void tg_ukr_amx(long kcp, const uint16_t *A, const uint16_t
         _tile_zero(2);
         _tile_zero(3);
     }
-    for (long kb = 0; kb < kcp / 32; kb++) {
-        const uint16_t *a = A + kb * 1024, *b = B + kb * 1024;
-        _tile_loadd(4, a, 64);
-        _tile_loadd(6, b, 128);
+    /* Tile registers are not renamed: each operand tile of block kb+1 is loaded as soon as the
+     * last product reading it from block kb has issued, so loads overlap the products. */
+    long nkb = kcp / 32;
+    _tile_loadd(4, A, 64);
+    _tile_loadd(6, B, 128);
+    _tile_loadd(7, B + 32, 128);
+    _tile_loadd(5, A + 512, 64);
+    for (long kb = 0; kb + 1 < nkb; kb++) {
+        const uint16_t *a = A + (kb + 1) * 1024, *b = B + (kb + 1) * 1024;
         _tile_dpbf16ps(0, 4, 6);
-        _tile_loadd(7, b + 32, 128);
         _tile_dpbf16ps(1, 4, 7);
-        _tile_loadd(5, a + 512, 64);
+        _tile_loadd(4, a, 64);
         _tile_dpbf16ps(2, 5, 6);
+        _tile_loadd(6, b, 128);
         _tile_dpbf16ps(3, 5, 7);
+        _tile_loadd(5, a + 512, 64);
+        _tile_loadd(7, b + 32, 128);
     }
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
     _tile_stored(0, c, ldb);
     _tile_stored(1, c + 16, ldb);
     _tile_stored(2, c + 16 * (ldb / 4), ldb);
     _tile_stored(3, c + 16 * (ldb / 4) + 16, ldb);
-    if (!full)
+    if (full && stream) {
+        for (int i = 0; i < 32; i++) {
+            _mm512_stream_ps(C + i * ldc, _mm512_load_ps(tmp + i * 32));
+            _mm512_stream_ps(C + i * ldc + 16, _mm512_load_ps(tmp + i * 32 + 16));
+        }
+    } else if (!full) {
         for (int i = 0; i < mr; i++)
             for (int j = 0; j < nr; j++) C[i * ldc + j] = tmp[i * 32 + j];
+    }
 }
 #else
 static void tg_amx_begin(void) {}

@@ -39,6 +39,7 @@ cdef extern from "train_gemm_simd.h" nogil:
     void tg_pack_b_lvl(int lvl, const float *B, long rs, long cs, long kc, long nc, int NR, float *dst, int rnd)
     void tg_amx_begin()
     void tg_amx_end()
+    void tg_sfence()
     void tg_pack_a_amx(const float *A, long rs, long cs, long mc, long kc, uint16_t *dst)
     void tg_pack_b_amx(const float *B, long rs, long cs, long kc, long nc, uint16_t *dst)
     void tg_ukr_amx(long kcp, const uint16_t *A, const uint16_t *B, float *C, long ldc,
@@ -56,10 +57,18 @@ def _set_blocking(kc, mc, nc):
     """(testing) fp32 GEMM block sizes"""
     global KC, MC_TARGET, NC
     KC, MC_TARGET, NC = min(int(kc), KC_MAX), int(mc), min(int(nc), NC_MAX)
-DEF KC_AMX = 512      # AMX: depth of a packed bf16 block (B panel 512 x 32 bf16 = 32 KiB)
-DEF MC_AMX = 256      # AMX: rows of A packed at once (256 x 512 bf16 = 256 KiB)
-DEF NC_AMX = 2048
+cdef Py_ssize_t KC_AMX = 512   # AMX: depth of a packed bf16 block (B panel 512 x 32 bf16 = 32 KiB)
+cdef Py_ssize_t MC_AMX = 256   # AMX: rows of A packed at once (256 x 512 bf16 = 256 KiB)
+cdef Py_ssize_t NC_AMX = 2048
+
+
+def _set_blocking_amx(kc, mc, nc):
+    """(testing) AMX GEMM block sizes (kc, mc, nc multiples of 32)"""
+    global KC_AMX, MC_AMX, NC_AMX
+    KC_AMX, MC_AMX, NC_AMX = int(kc), int(mc), int(nc)
 DEF PAR_MIN_FMA = 262144   # M*N*K below this runs on one thread
+DEF STREAM_MIN_FLOATS = 8388608   # outputs of at least 32 MiB bypass the caches (streaming stores)
+DEF STREAM_MAX_K = 512            # ... when K fits one packed block
 
 
 cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -170,7 +179,7 @@ cdef void _gemm_rect_f32(int lvl, int rnd, Py_ssize_t m0, Py_ssize_t m1, Py_ssiz
         pc = 0
         while pc < K:
             kc = _imin(kcb, K - pc)
-            a2 = acc or pc > 0
+            a2 = 1 if (acc > 0 or pc > 0) else (-1 if (acc < 0 and kc == K) else 0)
             tg_pack_b_lvl(lvl, B + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, NR, wb, rnd)
             ic = m0
             while ic < m1:
@@ -187,6 +196,7 @@ cdef void _gemm_rect_f32(int lvl, int rnd, Py_ssize_t m0, Py_ssize_t m1, Py_ssiz
                 ic += mc
             pc += kc
         jc += nc
+    tg_sfence()
 
 
 cdef void _gemm_rect_amx(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1,
@@ -211,7 +221,7 @@ cdef void _gemm_rect_amx(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t
         while pc < K:
             kc = _imin(kcb, K - pc)
             kcp = (kc + 31) & ~31
-            a2 = acc or pc > 0
+            a2 = 1 if (acc > 0 or pc > 0) else (-1 if (acc < 0 and kc == K) else 0)
             tg_pack_b_amx(B + pc * b_rs + jc * b_cs, b_rs, b_cs, kc, nc, wb)
             ic = m0
             while ic < m1:
@@ -229,6 +239,7 @@ cdef void _gemm_rect_amx(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t
             pc += kc
         jc += nc
     tg_amx_end()
+    tg_sfence()
 
 
 cdef void gemm_core(int lvl, int bf16, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
@@ -252,8 +263,13 @@ cdef void gemm_core(int lvl, int bf16, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     cdef bint split_n
     if M <= 0 or N <= 0:
         return
+    # an output far larger than the caches is written with streaming stores (one pass over K)
+    if acc == 0 and M * N >= STREAM_MIN_FLOATS and (<uintptr_t>C) % 64 == 0 and ldc % 16 == 0 \
+            and K <= STREAM_MAX_K:
+        acc = -1
+        kcb = K
     if K <= 0:
-        if not acc:
+        if acc <= 0:
             for i in range(M):
                 for j in range(N):
                     C[i * ldc + j] = 0.0
@@ -299,8 +315,12 @@ cdef class GemmPlan:
         self.lvl = slmx_simd_level()
         cdef bint amx = bf16 and _use_amx(self.lvl)
         cdef size_t need = 0, b
+        cdef Py_ssize_t kb
         for K, kc_block in depths:
-            b = _gemm_ws_bytes(self.lvl, amx, _depth(K, kc_block, amx))
+            kb = _depth(K, kc_block, amx)
+            if K <= STREAM_MAX_K and K > kb:
+                kb = K                  # a streamed output packs its whole depth at once
+            b = _gemm_ws_bytes(self.lvl, amx, kb)
             need = b if b > need else need
         self.per_thread = (need + 63) & ~(<size_t>63)
         self.scratch = _Scratch(self.per_thread * max(1, nthreads))

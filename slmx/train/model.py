@@ -131,6 +131,14 @@ class _Tensor:
         self.data = data
 
 
+def _zeros(shape, dtype=np.float32):
+    """np.zeros(shape) whose data starts on a 64-byte boundary (full-line and streaming stores)."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(n + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + n].view(dtype).reshape(shape)
+
+
 def _dw_block(T):
     """Rows per block of the weight-gradient sums: T (or its largest divisor <= 1024), so block
     boundaries fall on sequence boundaries whatever the micro-batch size."""
@@ -149,29 +157,29 @@ class _Acts:
         W = cfg.q_dim + 2 * cfg.kv_dim
         self.B, self.T, self.N = B, T, N
         self.dw_block = _dw_block(T)
-        self.ids = np.zeros(N, np.int32)
-        self.tgt = np.zeros(N, np.int32)
+        self.ids = _zeros(N, np.int32)
+        self.tgt = _zeros(N, np.int32)
         self.pos = np.ascontiguousarray(np.tile(positions[:T], B), np.int32)
-        self.xs = np.zeros((L + 1, N, C), f)       # residual stream entering each layer; [L] final
-        self.xmid = np.zeros((L, N, C), f)         # after attention
-        self.h1 = np.zeros((L, N, C), f)
-        self.r1 = np.zeros((L, N), f)
-        self.qkv = np.zeros((L, N, W), f)          # q, k after RoPE
-        self.att = np.zeros((L, N, cfg.q_dim), f)
-        self.lse = np.zeros((L, B, cfg.n_heads, T), f)
-        self.h2 = np.zeros((L, N, C), f)
-        self.r2 = np.zeros((L, N), f)
-        self.gu = np.zeros((L, N, 2 * F), f)       # [gate | up] pre-activation; dgu in place
-        self.act = np.zeros((L, N, F), f)
-        self.hf = np.zeros((N, C), f)
-        self.rf = np.zeros(N, f)
-        self.logits = np.zeros((N, V), f)
+        self.xs = _zeros((L + 1, N, C), f)       # residual stream entering each layer; [L] final
+        self.xmid = _zeros((L, N, C), f)         # after attention
+        self.h1 = _zeros((L, N, C), f)
+        self.r1 = _zeros((L, N), f)
+        self.qkv = _zeros((L, N, W), f)          # q, k after RoPE
+        self.att = _zeros((L, N, cfg.q_dim), f)
+        self.lse = _zeros((L, B, cfg.n_heads, T), f)
+        self.h2 = _zeros((L, N, C), f)
+        self.r2 = _zeros((L, N), f)
+        self.gu = _zeros((L, N, 2 * F), f)       # [gate | up] pre-activation; dgu in place
+        self.act = _zeros((L, N, F), f)
+        self.hf = _zeros((N, C), f)
+        self.rf = _zeros(N, f)
+        self.logits = _zeros((N, V), f)
         # backward scratch
-        self.dx = np.zeros((N, C), f)
-        self.dh = np.zeros((N, C), f)
-        self.dact = np.zeros((N, F), f)
-        self.datt = np.zeros((N, cfg.q_dim), f)
-        self.dqkv = np.zeros((N, W), f)
+        self.dx = _zeros((N, C), f)
+        self.dh = _zeros((N, C), f)
+        self.dact = _zeros((N, F), f)
+        self.datt = _zeros((N, cfg.q_dim), f)
+        self.dqkv = _zeros((N, W), f)
 
     @property
     def nbytes(self):
