@@ -236,21 +236,33 @@ def act_case(m, k):
     return x
 
 
-def check_linear(t, x, w, wd, out):
+def linear_refs(t, x, wd):
+    """(x @ W.T, |x| @ |W|.T, x_q @ W.T, |x_q| @ |W|.T, rounding bound) in float64."""
+    x64 = x.astype(np.float64)
+    awd = np.abs(wd).T
+    exact, mag = x64 @ wd.T, np.abs(x64) @ awd + 1e-30
+    if t in FLOAT_TYPES:
+        return exact, mag, None, None, None
+    xq, step = act_ref(x, t)
+    bound = (0.6 * step) @ awd                           # |x - x_q| <= d/2 (+ f16 rounding of d)
+    return exact, mag, xq @ wd.T, np.abs(xq) @ awd + 1e-30, bound
+
+
+def check_linear(t, x, w, wd, out, refs=None):
     """out against x @ W.T: to ~1e-5 of |x_q| |W| with x as the kernel quantizes it, and within the
     bound of the 8-bit activation rounding (+ 1e-2 of |x| |W|) against the float x."""
-    x64 = x.astype(np.float64)
-    mag = np.abs(x64) @ np.abs(wd).T + 1e-30
-    exact = x64 @ wd.T
+    exact, mag, qref, magq, bound = refs if refs is not None else linear_refs(t, x, wd)
     if t in FLOAT_TYPES:
         assert np.all(np.abs(out - exact) <= 1e-5 * mag)
         return
-    xq, step = act_ref(x, t)
-    magq = np.abs(xq) @ np.abs(wd).T + 1e-30
-    assert np.all(np.abs(out - xq @ wd.T) <= 1e-5 * magq)
-    bound = (0.6 * step) @ np.abs(wd).T                  # |x - x_q| <= d/2 (+ f16 rounding of d)
+    assert np.all(np.abs(out - qref) <= 1e-5 * magq)
     assert np.all(np.abs(out - exact) <= bound + 1e-5 * mag)
     assert np.all(np.abs(out - exact) <= 1e-2 * mag)
+
+
+@functools.lru_cache(maxsize=None)
+def sweep_refs(t, m, k, n):
+    return linear_refs(t, act_case(m, k), weight_case(t, n, k)[1])
 
 
 def sweep_linear(t, m_sizes, amx_used):
@@ -262,7 +274,7 @@ def sweep_linear(t, m_sizes, amx_used):
                 x = act_case(m, k)
                 out = np.full((m, n), np.nan, np.float32)
                 assert quant.linear(x, w, int(t), out, 2) is out
-                check_linear(t, x, w, wd, out)
+                check_linear(t, x, w, wd, out, sweep_refs(t, m, k, n))
                 rows[m] = out
             # the decode path (M = 1) and the tiled path (M > 1) give the same numbers (to float
             # rounding when M > 1 runs on AMX tiles, which sum each block's products exactly first)

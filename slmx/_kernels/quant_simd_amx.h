@@ -184,16 +184,23 @@ static SLMX_TARGET_AMX void slmx_amx_unpack(int t, const uint8_t *const *rows, i
 /* acc[m][n] += C[m][n] * sw[n] * dx[m] for the 32 x 32 step; cb = 4 tiles [mt*2+nt][16][16],
  * dx of activation row m at *(float *)(xd + m * ldx). */
 SLMX_ALWAYS_INLINE SLMX_TARGET_AMX void slmx_amx_epilogue(const int32_t *cb, const float *sw, const uint8_t *xd,
-                                                          size_t ldx, float *acc) {
-    __m512 w0 = _mm512_loadu_ps(sw), w1 = _mm512_loadu_ps(sw + 16);
-    for (int m = 0; m < 32; m++) {
-        const int mt = m >> 4, i = m & 15;
-        __m512 dx = _mm512_set1_ps(*(const float *)(xd + (size_t)m * ldx));
-        __m512 c0 = _mm512_cvtepi32_ps(_mm512_load_si512((const __m512i *)(cb + (mt * 2 + 0) * 256 + i * 16)));
-        __m512 c1 = _mm512_cvtepi32_ps(_mm512_load_si512((const __m512i *)(cb + (mt * 2 + 1) * 256 + i * 16)));
-        float *a = acc + m * 32;
-        _mm512_store_ps(a, _mm512_fmadd_ps(c0, _mm512_mul_ps(w0, dx), _mm512_load_ps(a)));
-        _mm512_store_ps(a + 16, _mm512_fmadd_ps(c1, _mm512_mul_ps(w1, dx), _mm512_load_ps(a + 16)));
+                                                          size_t ldx, float *acc, const int FIRST) {
+    const __m512 w0 = _mm512_loadu_ps(sw), w1 = _mm512_loadu_ps(sw + 16);
+    for (int mt = 0; mt < 2; mt++) {
+        const int32_t *c0 = cb + mt * 512, *c1 = c0 + 256;
+        const uint8_t *xm = xd + (size_t)16 * mt * ldx;
+        float *a = acc + 512 * mt;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            __m512 dx = _mm512_set1_ps(*(const float *)(xm + (size_t)i * ldx));
+            __m512 f0 = _mm512_cvtepi32_ps(_mm512_load_si512((const __m512i *)(c0 + 16 * i)));
+            __m512 f1 = _mm512_cvtepi32_ps(_mm512_load_si512((const __m512i *)(c1 + 16 * i)));
+            /* FIRST: acc = C * scale (an fma on zero: every block is rounded the same way) */
+            __m512 a0 = FIRST ? _mm512_setzero_ps() : _mm512_load_ps(a + 32 * i);
+            __m512 a1 = FIRST ? _mm512_setzero_ps() : _mm512_load_ps(a + 32 * i + 16);
+            _mm512_store_ps(a + 32 * i, _mm512_fmadd_ps(f0, _mm512_mul_ps(w0, dx), a0));
+            _mm512_store_ps(a + 32 * i + 16, _mm512_fmadd_ps(f1, _mm512_mul_ps(w1, dx), a1));
+        }
     }
 }
 
@@ -227,7 +234,6 @@ SLMX_ALWAYS_INLINE SLMX_TARGET_AMX void slmx_amx_tile_body(const int t, const ui
     const float *mw = (const float *)(scratch + SLMX_AMX_TILES_BYTES + SLMX_AMX_SW_BYTES);
     const size_t tbytes = (size_t)KB * 16;
     const int nblk = kc / KB;
-    for (int i = 0; i < SLMX_AMX_MR * SLMX_AMX_NR; i += 16) _mm512_store_ps(acc + i, _mm512_setzero_ps());
     /* where block b's q's and dx live in an activation row */
 #define SLMX_AMX_XQ(b) (slmx_is_b32(t) ? ((size_t)((b) >> 1) * sizeof(slmx_xb_chunk) + ((b) & 1) * 32) \
                                        : ((size_t)((b) * KB / 256) * sizeof(slmx_xk_block) + ((b) * KB) % 256))
@@ -239,7 +245,8 @@ SLMX_ALWAYS_INLINE SLMX_TARGET_AMX void slmx_amx_tile_body(const int t, const ui
         if (b + 1 < nblk)
             SLMX_AMX_STEP(SIGNED_W, x + SLMX_AMX_XQ(b + 1), ldx, tiles + (size_t)(b + 1) * 2 * tbytes,
                           cbuf + ((b + 1) & 1) * 1024);
-        slmx_amx_epilogue(cur, sw + (size_t)b * SLMX_AMX_NR, x + SLMX_AMX_XD(b), ldx, acc);
+        if (b == 0) slmx_amx_epilogue(cur, sw, x + SLMX_AMX_XD(0), ldx, acc, 1);
+        else slmx_amx_epilogue(cur, sw + (size_t)b * SLMX_AMX_NR, x + SLMX_AMX_XD(b), ldx, acc, 0);
         if (!SIGNED_W && (b & 7) == 7) {                 /* mins of super-block b / 8 */
             const int s = b >> 3;
             const uint8_t *xs = x + (size_t)s * sizeof(slmx_xk_block) + offsetof(slmx_xk_block, xs);
