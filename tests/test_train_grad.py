@@ -68,6 +68,21 @@ def test_gemm(level, bf16):
                     assert err < 2e-5, (M, N, K, ta, tb, acc, err)
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_gemm_large_output(level, bf16):
+    """outputs of >= 32 MiB are written with streaming stores when 64-byte aligned"""
+    from slmx.train.model import _zeros
+    M, N, K = 2048, 4096, 40
+    a, b = randn(M, K), randn(N, K)
+    A, B = (bf16_round(a), bf16_round(b)) if bf16 else (a, b)
+    ref = A.astype(np.float64) @ B.astype(np.float64).T
+    for aligned in (True, False):
+        c = _zeros((M, N)) if aligned else np.zeros(M * N + 1, np.float32)[1:].reshape(M, N)
+        c[...] = np.nan
+        T.gemm(a, b, c, False, True, False, bf16, 2)
+        assert np.abs(c - ref).max() < 1e-4 * np.abs(ref).max(), aligned
+
+
 def test_gemm_zero_k_and_checks():
     c = np.ones((3, 4), np.float32)
     T.gemm(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32), c)

@@ -147,6 +147,18 @@ SLMX_TARGET_AVX512 static inline void tg_tr16x16_ps(__m512 r[16]) {
 /* fp32 packers, AVX-512: a row-major A tile is transposed 16 x 16 at a time */
 SLMX_TARGET_AVX512 static void tg_pack_a_f32_avx512(const float *A, long rs, long cs, long mc, long kc, int MR,
                                                     float *dst, int rnd) {
+    if (rs == 1 && !rnd && MR == 14) {
+        /* a(i, k) = A[i + k * cs]: each k is 14 consecutive floats */
+        for (long t0 = 0; t0 < mc; t0 += MR) {
+            long mr = mc - t0 < MR ? mc - t0 : MR;
+            __mmask16 mk = (__mmask16)((1u << mr) - 1);
+            float *d = dst + t0 * kc;
+            const float *a = A + t0;
+            for (long k = 0; k < kc; k++)
+                _mm512_mask_storeu_ps(d + k * 14, (__mmask16)0x3fff, _mm512_maskz_loadu_ps(mk, a + k * cs));
+        }
+        return;
+    }
     if (cs != 1 || rnd || MR != 14) { tg_pack_a_f32(A, rs, cs, mc, kc, MR, dst, rnd); return; }
     for (long t0 = 0; t0 < mc; t0 += MR) {
         int mr = (int)(mc - t0 < MR ? mc - t0 : MR);
@@ -171,6 +183,21 @@ SLMX_TARGET_AVX512 static void tg_pack_a_f32_avx512(const float *A, long rs, lon
 
 SLMX_TARGET_AVX512 static void tg_pack_b_f32_avx512(const float *B, long rs, long cs, long kc, long nc, int NR,
                                                     float *dst, int rnd) {
+    if (cs == 1 && !rnd && NR == 32) {
+        /* b(k, n) = B[k * rs + n]: each k is 32 consecutive floats */
+        for (long p0 = 0; p0 < nc; p0 += NR) {
+            long nr = nc - p0 < NR ? nc - p0 : NR;
+            __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+            __mmask16 m1 = nr >= 32 ? (__mmask16)0xffff : (nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : (__mmask16)0);
+            float *d = dst + p0 * kc;
+            const float *b = B + p0;
+            for (long k = 0; k < kc; k++) {
+                _mm512_storeu_ps(d + k * 32, _mm512_maskz_loadu_ps(m0, b + k * rs));
+                _mm512_storeu_ps(d + k * 32 + 16, _mm512_maskz_loadu_ps(m1, b + k * rs + 16));
+            }
+        }
+        return;
+    }
     if (rs != 1 || rnd || NR != 32) { tg_pack_b_f32(B, rs, cs, kc, nc, NR, dst, rnd); return; }
     /* b(k, n) = W[n * cs + k]: 16 columns x 16 depths transposed at a time */
     for (long p0 = 0; p0 < nc; p0 += NR) {
@@ -258,6 +285,14 @@ SLMX_TARGET_AVX2 static void tg_ukr_avx2(long kc, const float *A, const float *B
 SLMX_TARGET_AVX512 static void tg_ukr_avx512(long kc, const float *A, const float *B, float *C, long ldc, int mr, int nr, int acc) {
     int stream = acc < 0;     /* acc = -1: overwrite C with streaming stores (full, aligned tiles) */
     if (stream) acc = 0;
+    if (!stream) {
+        /* fetch the C tile while the products run: its rows are usually far from L1 */
+        int np = mr < 14 ? mr : 14;
+        for (int i = 0; i < np; i++) {
+            _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(C + i * ldc + 16), _MM_HINT_T0);
+        }
+    }
     __m512 c[14][2];
 #pragma GCC unroll 14
     for (int i = 0; i < 14; i++) { c[i][0] = _mm512_setzero_ps(); c[i][1] = _mm512_setzero_ps(); }
@@ -451,6 +486,11 @@ TG_TARGET_AMX static void tg_ukr_amx(long kcp, const uint16_t *A, const uint16_t
     int direct = full && !stream;          /* tiles load/store C itself */
     float *c = direct ? C : tmp;
     long ldb = direct ? ldc * 4 : 128;
+    if (direct && !acc)
+        for (int i = 0; i < 32; i++) {
+            _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char *)(C + i * ldc + 16), _MM_HINT_T0);
+        }
     if (acc) {
         if (!direct) {
             for (int i = 0; i < 32; i++)

@@ -329,11 +329,14 @@ cdef class GemmPlan:
         self.scratch.release()
 
 
-def workspace_bytes(int nthreads, bint bf16=False, Py_ssize_t K=4096):
-    """Bytes of the shared GEMM scratch a call with depth K holds (nthreads packing buffers)."""
+def workspace_bytes(int nthreads, bint bf16=False, Py_ssize_t K=4096, Py_ssize_t kc_block=0):
+    """Bytes of the shared GEMM scratch (kept between calls) for a call of depth K."""
     cdef int lvl = slmx_simd_level()
     cdef bint amx = bf16 and _use_amx(lvl)
-    return int(_gemm_ws_bytes(lvl, amx, _depth(K, 0, amx))) * max(1, nthreads) + 64
+    cdef Py_ssize_t kb = _depth(K, kc_block, amx)
+    if K <= STREAM_MAX_K and K > kb:
+        kb = K
+    return int((_gemm_ws_bytes(lvl, amx, kb) + 63) & ~63) * max(1, nthreads) + 64
 
 
 # ----------------------------------------------------------------------------- checks

@@ -282,8 +282,14 @@ class TrainableLM:
         return Transformer(self.cfg, tensors, threads=self.threads if threads is None else threads)
 
     def activation_bytes(self, batch, T):
-        """Bytes of the activations and backward scratch one micro-batch (batch, T) keeps."""
-        return _Acts.bytes_for(self.cfg, int(batch), int(T))
+        """Bytes of the activations and backward scratch one micro-batch (batch, T) keeps, plus
+        the GEMM packing scratch the kernels keep between calls."""
+        cfg, T = self.cfg, int(T)
+        depths = [(k, 0) for k in (cfg.d_model, cfg.ffn_dim, cfg.q_dim, cfg.vocab_size,
+                                   cfg.q_dim + 2 * cfg.kv_dim, 2 * cfg.ffn_dim)]
+        depths += [(int(batch) * T, _dw_block(T)), (T, _dw_block(T))]
+        scratch = max(_ops.workspace_bytes(self.threads, self.bf16, k, b) for k, b in depths)
+        return _Acts.bytes_for(cfg, int(batch), T) + scratch
 
     # -- forward / backward -----------------------------------------------------------------
 
