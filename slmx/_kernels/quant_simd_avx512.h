@@ -104,14 +104,15 @@ static QTARGET void QFN(slmx_xq_k)(const float *x, int K, slmx_xk_block *dst) {
 
 /* ------------------------------------------------------------------ weight unpacking */
 
-/* One 64-element chunk (blocks A = b, B = b + ts; TWO = 0: B absent) into pb chunk pc. */
-SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_b32_chunk)(const int t, const int TWO, const uint8_t *bA,
-                                                           slmx_pb_chunk *pc) {
+/* One 64-element chunk (blocks A at bA, B = bA + ts; TWO = 0: B absent) decoded to 64 weight bytes
+ * (unsigned q; Q8_0: q + 128 on VNNI, signed q otherwise) and the scales [d_A x8, d_B x8]. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_b32_decode)(const int t, const int TWO, const uint8_t *bA, __m512i *zo,
+                                                     __m512 *dvo) {
     const int ts = t == SLMX_T_Q8_0 ? 34 : (t == SLMX_T_Q4_0 ? 18 : 22);
     const uint8_t *bB = bA + ts;
     const __m512i dsel = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     uint32_t dh = (uint32_t)slmx_load_u16(bA) | (TWO ? (uint32_t)slmx_load_u16(bB) << 16 : 0u);
-    __m512 dv = _mm512_permutexvar_ps(dsel, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh))));
+    *dvo = _mm512_permutexvar_ps(dsel, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh))));
     __m512i z;
     if (t == SLMX_T_Q8_0) {
         __m256i a = _mm256_loadu_si256((const __m256i *)(bA + 2));
@@ -132,6 +133,14 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_b32_chunk)(const int t, const in
             z = _mm512_mask_add_epi8(z, (__mmask64)hm, z, _mm512_set1_epi8(16));
         }
     }
+    *zo = z;
+}
+
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_b32_chunk)(const int t, const int TWO, const uint8_t *bA,
+                                                           slmx_pb_chunk *pc) {
+    __m512i z;
+    __m512 dv;
+    QFN(slmx_b32_decode)(t, TWO, bA, &z, &dv);
     _mm512_store_si512((__m512i *)pc->w, z);
     _mm512_store_ps(pc->d, dv);
 }
@@ -154,72 +163,90 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_b32_body)(const int t, const uin
 static const int16_t QFN(slmx_iota16)[32] __attribute__((aligned(64))) = {
     0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
 
-/* Super-blocks sb0 .. sb0+nsb of NR rows (Q4_K/Q5_K/Q6_K) into pk blocks. */
+/* A K-quant super-block being decoded: its scales as int16 lanes and float factors. */
+typedef struct {
+    __m512i sc16;   /* Q4_K/Q5_K: the 8 scales (lanes 0..7); Q6_K: the 16 scales (lanes 0..15) */
+    __m512i qh;     /* Q5_K: qh[32] in both halves */
+    __m256i coef;   /* multipliers of the activation's 16-sums (see slmx_pk_block) */
+    float d, cs;
+} QFN(slmx_kmeta);
+
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_k_meta)(const int t, const uint8_t *b, QFN(slmx_kmeta) *m) {
+    if (t == SLMX_T_Q6_K) {
+        __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)));
+        m->sc16 = _mm512_castsi256_si512(s16);
+        m->qh = _mm512_setzero_si512();
+        m->coef = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(s16, 5));
+        m->d = m->cs = _cvtsh_ss(slmx_load_u16(b + 208));
+    } else {
+        uint64_t sc8, mn8;
+        slmx_scale_min_k4_all(b + 4, &sc8, &mn8);
+        m->sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
+        __m128i mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn8));
+        m->coef = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(mn16, mn16)),
+                                          _mm_unpackhi_epi16(mn16, mn16), 1);
+        m->qh = t == SLMX_T_Q5_K ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)))
+                                 : _mm512_setzero_si512();
+        m->d = _cvtsh_ss(slmx_load_u16(b));
+        m->cs = -_cvtsh_ss(slmx_load_u16(b + 2));
+    }
+}
+
+/* Weights (unsigned q) of chunk c (elements 64c .. 64c+63) of super-block b. */
+SLMX_ALWAYS_INLINE QTARGET __m512i QFN(slmx_k_chunk_q)(const int t, const uint8_t *b, const QFN(slmx_kmeta) *m, const int c) {
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    if (t == SLMX_T_Q6_K) {
+        const int h = c >> 1;
+        const __m512i sh_l = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+        const __m512i sh_r = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+        __m512i zl = _mm512_loadu_si512((const __m512i *)(b + 64 * h));
+        __m512i zh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)));
+        __m512i lo, hb;
+        if (c & 1) {
+            lo = _mm512_and_si512(_mm512_srli_epi16(zl, 4), nib);
+            hb = _mm512_srlv_epi16(zh, sh_r);
+        } else {
+            lo = _mm512_and_si512(zl, nib);
+            hb = _mm512_sllv_epi16(zh, sh_l);
+        }
+        return _mm512_or_si512(lo, _mm512_and_si512(hb, _mm512_set1_epi8(0x30)));
+    }
+    const uint8_t *qs = t == SLMX_T_Q5_K ? b + 48 : b + 16;
+    __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+    __m512i z = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), nib);
+    if (t == SLMX_T_Q5_K) {
+        __m512i sel = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * c))), _mm256_set1_epi8((char)(1 << (2 * c + 1))), 1);
+        z = _mm512_mask_add_epi8(z, _mm512_test_epi8_mask(m->qh, sel), z, _mm512_set1_epi8(16));
+    }
+    return z;
+}
+
+/* int16 multipliers of chunk c's 32 maddubs lanes. */
+SLMX_ALWAYS_INLINE QTARGET __m512i QFN(slmx_k_chunk_sc)(const int t, const QFN(slmx_kmeta) *m, const int c) {
+    const __m512i iota = _mm512_load_si512((const __m512i *)QFN(slmx_iota16));
+    __m512i idx = t == SLMX_T_Q6_K ? _mm512_add_epi16(_mm512_srli_epi16(iota, 3), _mm512_set1_epi16((short)(4 * c)))
+                                   : _mm512_add_epi16(_mm512_srli_epi16(iota, 4), _mm512_set1_epi16((short)(2 * c)));
+    return _mm512_permutexvar_epi16(idx, m->sc16);
+}
+
+/* Super-blocks sb0 .. sb0+nsb of NR rows (Q4_K/Q5_K/Q6_K) into pk blocks; prefetch pf bytes ahead. */
 SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_k_body)(const int t, const uint8_t *const *rows, int sb0, int nsb,
                                                         slmx_pk_block *p, size_t pf) {
     const int ts = t == SLMX_T_Q4_K ? 144 : (t == SLMX_T_Q5_K ? 176 : 210);
-    const __m512i nib = _mm512_set1_epi8(0x0f), sixteen = _mm512_set1_epi8(16), hmask = _mm512_set1_epi8(0x30);
-    const __m256i nib256 = _mm256_set1_epi8(0x0f);
-    const __m512i sh_l = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
-    const __m512i sh_r = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
-    const __m512i iota8 = _mm512_srli_epi16(_mm512_load_si512((const __m512i *)QFN(slmx_iota16)), 3);
-    const __m512i iota16 = _mm512_srli_epi16(_mm512_load_si512((const __m512i *)QFN(slmx_iota16)), 4);
     for (int r = 0; r < SLMX_NR; r++) {
         for (int s = 0; s < nsb; s++) {
             const uint8_t *b = rows[r] + (size_t)(sb0 + s) * ts;
             slmx_pk_block *pk = p + (size_t)s * SLMX_NR + r;
             for (int l = 0; l < ts; l += 64) _mm_prefetch((const char *)b + pf + l, _MM_HINT_T0);
-            if (t == SLMX_T_Q6_K) {
-                const uint8_t *ql = b, *qh = b + 128;
-                float d = _cvtsh_ss(slmx_load_u16(b + 208));
-                __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)));
-                for (int c = 0; c < 4; c++) {
-                    const int h = c >> 1;
-                    __m512i zl = _mm512_loadu_si512((const __m512i *)(ql + 64 * h));
-                    __m512i zh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qh + 32 * h)));
-                    __m512i lo, hb;
-                    if (c & 1) {
-                        lo = _mm512_and_si512(_mm512_srli_epi16(zl, 4), nib);
-                        hb = _mm512_and_si512(_mm512_srlv_epi16(zh, sh_r), hmask);
-                    } else {
-                        lo = _mm512_and_si512(zl, nib);
-                        hb = _mm512_and_si512(_mm512_sllv_epi16(zh, sh_l), hmask);
-                    }
-                    _mm512_store_si512((__m512i *)(pk->w + 64 * c), _mm512_or_si512(lo, hb));
-                    __m512i idx = _mm512_add_epi16(iota8, _mm512_set1_epi16((short)(4 * c)));
-                    _mm512_store_si512((__m512i *)pk->sc[c], _mm512_permutexvar_epi16(idx, _mm512_castsi256_si512(s16)));
-                }
-                _mm256_store_si256((__m256i *)pk->coef, _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(s16, 5)));
-                pk->d = d;
-                pk->cs = d;
-            } else {
-                float d = _cvtsh_ss(slmx_load_u16(b)), dmin = _cvtsh_ss(slmx_load_u16(b + 2));
-                const uint8_t *scales = b + 4;
-                const uint8_t *qs = t == SLMX_T_Q5_K ? b + 48 : b + 16;
-                uint64_t sc8, mn8;
-                slmx_scale_min_k4_all(scales, &sc8, &mn8);
-                __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc8)));
-                __m128i mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn8));
-                __m512i qhz = _mm512_setzero_si512();
-                if (t == SLMX_T_Q5_K) qhz = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)));
-                for (int c = 0; c < 4; c++) {
-                    __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-                    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, nib256)),
-                                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), nib256), 1);
-                    if (t == SLMX_T_Q5_K) {
-                        __m512i sel = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * c))),
-                                                         _mm256_set1_epi8((char)(1 << (2 * c + 1))), 1);
-                        z = _mm512_mask_add_epi8(z, _mm512_test_epi8_mask(qhz, sel), z, sixteen);
-                    }
-                    _mm512_store_si512((__m512i *)(pk->w + 64 * c), z);
-                    __m512i idx = _mm512_add_epi16(iota16, _mm512_set1_epi16((short)(2 * c)));
-                    _mm512_store_si512((__m512i *)pk->sc[c], _mm512_permutexvar_epi16(idx, sc16));
-                }
-                _mm256_store_si256((__m256i *)pk->coef, _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(_mm_unpacklo_epi16(mn16, mn16)), _mm_unpackhi_epi16(mn16, mn16), 1));
-                pk->d = d;
-                pk->cs = -dmin;
+            QFN(slmx_kmeta) m;
+            QFN(slmx_k_meta)(t, b, &m);
+            for (int c = 0; c < 4; c++) {
+                _mm512_store_si512((__m512i *)(pk->w + 64 * c), QFN(slmx_k_chunk_q)(t, b, &m, c));
+                _mm512_store_si512((__m512i *)pk->sc[c], QFN(slmx_k_chunk_sc)(t, &m, c));
             }
+            _mm256_store_si256((__m256i *)pk->coef, m.coef);
+            pk->d = m.d;
+            pk->cs = m.cs;
         }
     }
 }
@@ -305,6 +332,105 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_kern_k_body)(const slmx_pk_block *p, in
     }
     for (int i = 0; i < MR; i++)
         QFN(slmx_store4)(out + (size_t)i * ldo, QFN(slmx_hsum4)(f[i][0], f[i][1], f[i][2], f[i][3]), nr, accumulate);
+}
+
+/* M = 1: the same arithmetic as the panel kernels with MR = 1 (bit-identical results), the weights
+ * decoded into registers and used at once instead of going through a panel. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_b32_body)(const int t, const uint8_t *const *rows, const uint8_t *x, int K,
+                                                        float *out, int nr, size_t pf) {
+    const int ts = t == SLMX_T_Q8_0 ? 34 : (t == SLMX_T_Q4_0 ? 18 : 22);
+#if !QVNNI
+    const int SIGNED = t == SLMX_T_Q8_0;
+    const __m512i ones = _mm512_set1_epi16(1);
+#endif
+    const int nb = K / 32, kcb = SLMX_KC / 32;
+    for (int kb0 = 0; kb0 < nb; kb0 += kcb) {
+        const int nblk = nb - kb0 < kcb ? nb - kb0 : kcb, nc = (nblk + 1) / 2;
+        const slmx_xb_chunk *xc = (const slmx_xb_chunk *)x + kb0 / 2;
+        __m512 f[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) f[r] = _mm512_setzero_ps();
+        for (int c = 0; c < nc; c++) {
+            const int two = 2 * c + 1 < nblk;
+            __m512i xv = _mm512_load_si512((const __m512i *)xc[c].q);
+            __m512 xd = _mm512_load_ps(xc[c].d);
+            __m512i xcr = _mm512_load_si512((const __m512i *)xc[c].c);
+            for (int r = 0; r < SLMX_NR; r++) {
+                const uint8_t *bA = rows[r] + (size_t)(kb0 + 2 * c) * ts;
+                _mm_prefetch((const char *)bA + pf, _MM_HINT_T0);
+                __m512i wv;
+                __m512 dv;
+                if (two) QFN(slmx_b32_decode)(t, 1, bA, &wv, &dv);
+                else QFN(slmx_b32_decode)(t, 0, bA, &wv, &dv);
+                __m512i tt;
+#if QVNNI
+                tt = _mm512_dpbusd_epi32(xcr, wv, xv);
+#else
+                if (SIGNED) {
+                    __m512i sx = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wv), _mm512_setzero_si512(), xv);
+                    tt = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(wv), sx), ones);
+                } else {
+                    tt = _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(wv, xv), ones), xcr);
+                }
+#endif
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_mul_ps(dv, xd), f[r]);
+            }
+        }
+        QFN(slmx_store4)(out, QFN(slmx_hsum4)(f[0], f[1], f[2], f[3]), nr, kb0 > 0);
+    }
+}
+
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_k_body)(const int t, const uint8_t *const *rows, const uint8_t *x, int K,
+                                                      float *out, int nr, size_t pf) {
+    const int ts = t == SLMX_T_Q4_K ? 144 : (t == SLMX_T_Q5_K ? 176 : 210);
+    const int nsb = K / 256, kcs = SLMX_KC / 256;
+    for (int s0 = 0; s0 < nsb; s0 += kcs) {
+        const int ns = nsb - s0 < kcs ? nsb - s0 : kcs;
+        __m512 f[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) f[r] = _mm512_setzero_ps();
+        for (int s = 0; s < ns; s++) {
+            const slmx_xk_block *xb = (const slmx_xk_block *)x + s0 + s;
+            __m512i xq[4];
+            for (int c = 0; c < 4; c++) xq[c] = _mm512_load_si512((const __m512i *)(xb->q + 64 * c));
+            __m256i bs = _mm256_load_si256((const __m256i *)xb->bsums);
+            __m512 dx = _mm512_set1_ps(xb->d);
+            for (int r = 0; r < SLMX_NR; r++) {
+                const uint8_t *b = rows[r] + (size_t)(s0 + s) * ts;
+                for (int l = 0; l < ts; l += 64) _mm_prefetch((const char *)b + pf + l, _MM_HINT_T0);
+                QFN(slmx_kmeta) m;
+                QFN(slmx_k_meta)(t, b, &m);
+                __m512i p[4];
+                for (int c = 0; c < 4; c++) p[c] = _mm512_maddubs_epi16(QFN(slmx_k_chunk_q)(t, b, &m, c), xq[c]);
+#if QVNNI
+                __m512i tt = _mm512_dpwssd_epi32(_mm512_setzero_si512(), p[0], QFN(slmx_k_chunk_sc)(t, &m, 0));
+                tt = _mm512_dpwssd_epi32(tt, p[1], QFN(slmx_k_chunk_sc)(t, &m, 1));
+                tt = _mm512_dpwssd_epi32(tt, p[2], QFN(slmx_k_chunk_sc)(t, &m, 2));
+                tt = _mm512_dpwssd_epi32(tt, p[3], QFN(slmx_k_chunk_sc)(t, &m, 3));
+#else
+                __m512i tt = _mm512_add_epi32(
+                    _mm512_add_epi32(_mm512_madd_epi16(p[0], QFN(slmx_k_chunk_sc)(t, &m, 0)),
+                                     _mm512_madd_epi16(p[1], QFN(slmx_k_chunk_sc)(t, &m, 1))),
+                    _mm512_add_epi32(_mm512_madd_epi16(p[2], QFN(slmx_k_chunk_sc)(t, &m, 2)),
+                                     _mm512_madd_epi16(p[3], QFN(slmx_k_chunk_sc)(t, &m, 3))));
+#endif
+                __m256i mm = _mm256_madd_epi16(m.coef, bs);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_mul_ps(_mm512_set1_ps(m.d), dx), f[r]);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(mm)),
+                                       _mm512_mul_ps(_mm512_set1_ps(m.cs), dx), f[r]);
+            }
+        }
+        QFN(slmx_store4)(out, QFN(slmx_hsum4)(f[0], f[1], f[2], f[3]), nr, s0 > 0);
+    }
+}
+
+static QTARGET void QFN(slmx_gemv)(int t, const uint8_t *const *rows, const uint8_t *x, int K, float *out, int nr, size_t pf) {
+    switch (t) {
+    case SLMX_T_Q8_0: QFN(slmx_gemv_b32_body)(SLMX_T_Q8_0, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q4_0: QFN(slmx_gemv_b32_body)(SLMX_T_Q4_0, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q5_0: QFN(slmx_gemv_b32_body)(SLMX_T_Q5_0, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q4_K: QFN(slmx_gemv_k_body)(SLMX_T_Q4_K, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q5_K: QFN(slmx_gemv_k_body)(SLMX_T_Q5_K, rows, x, K, out, nr, pf); break;
+    default: QFN(slmx_gemv_k_body)(SLMX_T_Q6_K, rows, x, K, out, nr, pf); break;
+    }
 }
 
 /* 16 weights of row type WT (F32/F16/BF16) at element k, as float; n < 16 masks the tail. */
@@ -408,7 +534,9 @@ static QTARGET void QFN(slmx_linear_range)(int t, const uint8_t *w, size_t rb, i
         const uint8_t *rows[SLMX_NR];
         for (int r = 0; r < SLMX_NR; r++) rows[r] = w + (size_t)(n + (r < nr ? r : nr - 1)) * rb;
         float *o = out + n;
-        if (slmx_is_float(t)) {
+        if (M == 1 && !slmx_is_float(t)) {
+            QFN(slmx_gemv)(t, rows, x, K, o, nr, SLMX_PF_ROWS * rb);
+        } else if (slmx_is_float(t)) {
             for (int m = 0; m < M; m += 4) {
                 int mr = M - m < 4 ? M - m : 4;
                 kf[mr](rows, (const float *)(x + (size_t)m * ldx), ldx / 4, K, o + (size_t)m * ldo, ldo, nr);
