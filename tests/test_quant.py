@@ -392,6 +392,22 @@ def test_linear_bad_inputs():
         quant.linear(np.zeros((3, 256), np.float32), w, int(G.Q4_K), out, 1)   # K-quant K=256 rows: 144 B
 
 
+def test_read_only_weights():
+    # GGUF tensors are read-only memory maps
+    for t in (G.Q4_K, G.Q8_0, G.F16):
+        w, wd = rand_weight(t, 9, 512, seed=4)
+        w = w.copy()
+        w.setflags(write=False)
+        x = np.random.default_rng(2).standard_normal((2, 512)).astype(np.float32)
+        out = np.empty((2, 9), np.float32)
+        quant.linear(x, w, int(t), out, 1)
+        check_linear(t, x, w, wd, out)
+        rows = np.empty((2, 512), np.float32)
+        quant.get_rows(w, int(t), np.array([8, 1]), rows)
+        assert np.array_equal(bits(rows), bits(wd[[8, 1]].astype(np.float32)))
+        assert np.array_equal(bits(quant.dequantize(w, int(t), 9 * 512)), bits(wd.reshape(-1).astype(np.float32)))
+
+
 def test_linear_empty():
     w, _ = weight_case(G.Q4_0, 7, 256)
     out = np.empty((0, 7), np.float32)

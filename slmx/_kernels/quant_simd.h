@@ -15,14 +15,19 @@
  *
  * linear (out = x W^T) never dequantizes W. Each activation row is quantized once (the "vec_dot
  * type" of llama.cpp): to Q8_0-style blocks of 32 for Q8_0/Q4_0/Q5_0 weights, to Q8_K-style
- * blocks of 256 (f32 d, per-16 sums) for K-quants. Weights are unpacked NR rows x KC columns at a
- * time into a small cache-resident "panel" of unsigned bytes plus scale vectors, which an MR x NR
- * integer micro-kernel (AVX-512 VNNI dpbusd / AVX-512BW or AVX2 maddubs) multiplies with MR
- * activation rows; the panel is reused for every activation row. F32/F16/BF16 weights use an
- * MR x NR float FMA micro-kernel reading the rows directly.
+ * blocks of 256 (f32 d, per-16 sums) for K-quants; each block's products are summed in int32 and
+ * scaled in float. By activation rows M:
+ *   M = 1 (decode): NR = 4 weight rows at a time are decoded into registers and dotted at once,
+ *     streaming each weight byte once, prefetching a few rows ahead (AVX-512 bodies; AVX2 and
+ *     scalar use the paths below with MR = 1).
+ *   M > 1: NR rows x KC columns of weights are unpacked into a cache-resident "panel" of bytes and
+ *     scale vectors, reused for every activation row by an MR x NR integer micro-kernel (AVX-512
+ *     VNNI dpbusd / AVX-512BW or AVX2 maddubs); the M = 1 path computes bit-identical numbers.
+ *   M >= 16 with AMX: 32 x 32 output tiles on AMX-INT8 (quant_simd_amx.h).
+ * F32/F16/BF16 weights use an MR x NR float FMA micro-kernel reading the rows directly.
  *
- * One body per ISA: portable C here, AVX2 below, AVX-512 and AVX-512 VNNI from
- * quant_simd_avx512.h (included twice). slmx_q_* dispatchers pick by level.
+ * One body per ISA: portable C here, AVX2 in quant_simd_avx2.h, AVX-512 and AVX-512 VNNI from
+ * quant_simd_avx512.h (included twice), AMX in quant_simd_amx.h. slmx_q_* dispatchers pick.
  */
 #ifndef SLMX_QUANT_SIMD_H
 #define SLMX_QUANT_SIMD_H
