@@ -63,12 +63,15 @@ class LanguageModel:
         return self.transformer.forward(ids, 0, self.cache, all_logits=True)
 
 
-def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None):
+def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics="ggml"):
     """Load a GGUF model by path or known name (e.g. "gemma3-270m"), or a model trained by
     `slmx train` (its output folder or a checkpoint folder). GGUF weights stay mmap'd.
 
     threads: kernel threads (default: SLMX_NUM_THREADS, OMP_NUM_THREADS, usable cores).
     n_ctx: KV-cache positions (default: the model's context length, at most 4096).
+    numerics: "ggml" (default for GGUF files) rounds attention inputs and GELU to fp16 as
+    llama.cpp's CPU backend does, so greedy output follows llama.cpp's; "fp32" keeps every
+    activation in fp32.
     """
     if os.path.isdir(os.fspath(path_or_name)):
         # a model trained by `slmx train`: its output folder or one of its ckpt-* folders
@@ -84,5 +87,5 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None):
         raise FormatError(f"{path}: tokenizer has {tok.vocab_size} tokens but token_embd.weight has "
                           f"{cfg.vocab_size} rows")
     n_ctx = int(n_ctx or min(cfg.context_length, 4096))
-    tr = Transformer(cfg, f.tensors, threads=threads)
+    tr = Transformer(cfg, f.tensors, threads=threads, numerics=numerics)
     return LanguageModel(path, f, cfg, tok, tr, n_ctx)

@@ -378,3 +378,65 @@ def rope(x, positions, float base, bint neox, int nthreads=1, float freq_scale=1
                 rope_forward_rows(xp, t, t + 1, H, D, pp64, pp32, theta_scale, freq_scale, ffp,
                                   half, sin_sign, neox, lvl)
     return x
+
+
+# ----------------------------------------------------------------------------- fp16 rounding (ggml)
+
+cdef extern from "f16_simd.h" nogil:
+    void slmx_f16_round(int lvl, float *x, long n)
+    void slmx_gelu_f16_init()
+    void slmx_geglu_f16(const float *g, const float *u, float *out, long n)
+
+slmx_gelu_f16_init()
+
+
+def round_f16(x, int nthreads=1):
+    """x := float32(float16(x)) in place, round to nearest even (an fp16 KV cache's values)"""
+    _f32c(x, "x")
+    cdef Py_ssize_t n = x.size, c, nchunks
+    if n == 0:
+        return x
+    cdef float[::1] xv = x.reshape(-1)
+    cdef float *p = &xv[0]
+    cdef int lvl = slmx_simd_level()
+    cdef int nt = _nt(n, nthreads)
+    nchunks = (n + CHUNK - 1) // CHUNK
+    with nogil:
+        if nt == 1:
+            slmx_f16_round(lvl, p, n)
+        else:
+            for c in prange(nchunks, num_threads=nt, schedule="static"):
+                slmx_f16_round(lvl, p + c * CHUNK, min(<Py_ssize_t>CHUNK, n - c * CHUNK))
+    return x
+
+
+def geglu_f16(gate, up, out, int nthreads=1):
+    """out = gelu16(gate) * up, GELU through an fp16 table as ggml's CPU backend computes it
+
+    gelu16(x) = 0 for x <= -10, x for x >= 10, else fp16(gelu_tanh(fp16(x))). gate, up, out equal
+    shapes; out may be either input.
+    """
+    _f32c(gate, "gate")
+    _f32c(up, "up")
+    _f32c(out, "out")
+    _same(gate, "gate", up, "up")
+    _same(gate, "gate", out, "out")
+    cdef Py_ssize_t n = gate.size, c, nchunks
+    if n == 0:
+        return out
+    cdef const float[::1] gv = gate.reshape(-1)
+    cdef const float[::1] uv = up.reshape(-1)
+    cdef float[::1] ov = out.reshape(-1)
+    cdef const float *gp = &gv[0]
+    cdef const float *up_ = &uv[0]
+    cdef float *op = &ov[0]
+    cdef int nt = _nt(n, nthreads)
+    nchunks = (n + CHUNK - 1) // CHUNK
+    with nogil:
+        if nt == 1:
+            slmx_geglu_f16(gp, up_, op, n)
+        else:
+            for c in prange(nchunks, num_threads=nt, schedule="static"):
+                slmx_geglu_f16(gp + c * CHUNK, up_ + c * CHUNK, op + c * CHUNK,
+                               min(<Py_ssize_t>CHUNK, n - c * CHUNK))
+    return out

@@ -138,6 +138,12 @@ class Workspace:
         return v
 
 
+# "ggml": round q, k, v to fp16 at the attention (the values an fp16 KV cache holds and ggml's fp16
+#         dot product sees) and take GELU through an fp16 table, as llama.cpp's CPU backend does;
+#         greedy output then follows llama.cpp's. "fp32": every activation stays fp32.
+NUMERICS = ("ggml", "fp32")
+
+
 class Transformer:
     """The forward pass of a decoder-only LM over its weights (tensors: name -> tensor).
 
@@ -145,8 +151,12 @@ class Transformer:
     the last one (1, vocab) — or of every token with all_logits=True (T, vocab).
     """
 
-    def __init__(self, cfg, tensors, threads=None, max_batch=256):
+    def __init__(self, cfg, tensors, threads=None, max_batch=256, numerics="ggml"):
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
         self.cfg = cfg
+        self.numerics = numerics
+        self._f16 = numerics == "ggml"
         self.threads = _cpu.resolve_threads(threads)
         self.max_batch = max_batch
         self.token_embd = _linear(tensors, "token_embd.weight", cfg.vocab_size, cfg.d_model)
@@ -193,6 +203,10 @@ class Transformer:
             _core.rmsnorm(v["kh"], L.k_norm, eps, v["kh"], nt)
         _core.rope(v["q"], v["pos"], L.rope_base, cfg.rope_neox, nt, cfg.rope_freq_scale)
         _core.rope(v["k"], v["pos"], L.rope_base, cfg.rope_neox, nt, cfg.rope_freq_scale)
+        if self._f16:
+            _core.round_f16(v["q"], nt)
+            _core.round_f16(v["k"], nt)
+            _core.round_f16(v["v"], nt)
         kc, vc = cache.k[li], cache.v[li]
         kc[pos:pos + t] = v["k"]
         vc[pos:pos + t] = v["v"]
@@ -205,9 +219,12 @@ class Transformer:
         L.w_gate(h, v["gate"], nt)
         L.w_up(h, v["up"], nt)
         if cfg.activation == "gelu_tanh":
-            _core.geglu(v["gate"], v["up"], v["gate"])
+            if self._f16:
+                _core.geglu_f16(v["gate"], v["up"], v["gate"], nt)
+            else:
+                _core.geglu(v["gate"], v["up"], v["gate"], nt)
         else:
-            _core.swiglu(v["gate"], v["up"], v["gate"])
+            _core.swiglu(v["gate"], v["up"], v["gate"], nt)
         L.w_down(v["gate"], o, nt)
         if L.post_ffn_norm is not None:
             _core.rmsnorm(o, L.post_ffn_norm, eps, o, nt)
