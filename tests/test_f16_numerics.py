@@ -35,9 +35,11 @@ def test_geglu_f16_is_gelu_through_fp16():
     ones = np.ones_like(u)
     got = np.empty_like(g)
     ops_core.geglu_f16(g, ones, got, 2)
-    # the table is built with float32 tanh: at most one fp16 ulp from the float64 value
+    # the table is built with float32 tanh (as ggml's): at most one fp16 ulp from the float64
+    # value, plus float32's cancellation in 1 + tanh(.) for x < -4 (|gelu| < 2e-6 there)
     ulp = np.abs(np.spacing(y.astype(np.float16))).astype(np.float32)
-    assert (np.abs(got - y) <= ulp).all()
+    assert (np.abs(got - y) <= ulp + 2e-6).all()
+    assert (np.abs(got - y) <= ulp)[np.abs(g) < 4].all()
     assert (got.astype(np.float16).astype(np.float32) == got).all()   # values are fp16 values
     out = np.empty_like(g)
     ops_core.geglu_f16(g, u, out, 2)
