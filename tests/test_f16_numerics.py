@@ -40,7 +40,8 @@ def test_geglu_f16_is_gelu_through_fp16():
     ulp = np.abs(np.spacing(y.astype(np.float16))).astype(np.float32)
     assert (np.abs(got - y) <= ulp + 2e-6).all()
     assert (np.abs(got - y) <= ulp)[np.abs(g) < 4].all()
-    assert (got.astype(np.float16).astype(np.float32) == got).all()   # values are fp16 values
+    inner = np.abs(g) < 10   # outside, ggml passes x (or 0) through unrounded
+    assert (got.astype(np.float16).astype(np.float32) == got)[inner].all()   # fp16 values
     out = np.empty_like(g)
     ops_core.geglu_f16(g, u, out, 2)
     assert np.array_equal(out, got * u)
