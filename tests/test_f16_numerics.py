@@ -23,7 +23,7 @@ def test_round_f16_matches_numpy(simd_level):
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-def test_geglu_f16_is_gelu_through_fp16():
+def test_geglu_f16_is_gelu_through_fp16(simd_level):
     rng = np.random.default_rng(1)
     g = (rng.standard_normal(40_000) * 4).astype(np.float32)
     g[:4] = [-10.0, 10.0, 12.5, -11.0]

@@ -77,7 +77,37 @@ static void slmx_gelu_f16_init(void) {
     slmx_gelu_f16_table_ready = 1;
 }
 
-static void slmx_geglu_f16(const float *g, const float *u, float *out, long n) {
+#if SLMX_X86
+/* F16C conversion of 8 lanes at a time, then 8 table look-ups. */
+SLMX_TARGET_AVX2 static void slmx_geglu_f16_f16c(const float *g, const float *u, float *out, long n) {
+    long i = 0;
+    const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+    uint16_t h[8];
+    float t[8];
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        for (int j = 0; j < 8; j++) t[j] = slmx_gelu_f16_table[h[j]];
+        __m256 y = _mm256_loadu_ps(t);
+        y = _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+        y = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LE_OQ), y);
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(y, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) {
+        float x = g[i], y;
+        if (x <= -10.0f) y = 0.0f;
+        else if (x >= 10.0f) y = x;
+        else y = slmx_gelu_f16_table[slmx_f32_to_f16_soft(x)];
+        out[i] = y * u[i];
+    }
+}
+#endif
+
+static void slmx_geglu_f16(int lvl, const float *g, const float *u, float *out, long n) {
+#if SLMX_X86
+    if (lvl >= SLMX_SIMD_AVX2) { slmx_geglu_f16_f16c(g, u, out, n); return; }
+#endif
+    (void)lvl;
     for (long i = 0; i < n; i++) {
         float x = g[i], y;
         if (x <= -10.0f) y = 0.0f;

@@ -385,7 +385,7 @@ def rope(x, positions, float base, bint neox, int nthreads=1, float freq_scale=1
 cdef extern from "f16_simd.h" nogil:
     void slmx_f16_round(int lvl, float *x, long n)
     void slmx_gelu_f16_init()
-    void slmx_geglu_f16(const float *g, const float *u, float *out, long n)
+    void slmx_geglu_f16(int lvl, const float *g, const float *u, float *out, long n)
 
 slmx_gelu_f16_init()
 
@@ -431,12 +431,13 @@ def geglu_f16(gate, up, out, int nthreads=1):
     cdef const float *up_ = &uv[0]
     cdef float *op = &ov[0]
     cdef int nt = _nt(n, nthreads)
+    cdef int lvl = slmx_simd_level()
     nchunks = (n + CHUNK - 1) // CHUNK
     with nogil:
         if nt == 1:
-            slmx_geglu_f16(gp, up_, op, n)
+            slmx_geglu_f16(lvl, gp, up_, op, n)
         else:
             for c in prange(nchunks, num_threads=nt, schedule="static"):
-                slmx_geglu_f16(gp + c * CHUNK, up_ + c * CHUNK, op + c * CHUNK,
+                slmx_geglu_f16(lvl, gp + c * CHUNK, up_ + c * CHUNK, op + c * CHUNK,
                                min(<Py_ssize_t>CHUNK, n - c * CHUNK))
     return out
