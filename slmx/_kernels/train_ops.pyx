@@ -419,7 +419,7 @@ cdef extern from "train_ops_simd.h" nogil:
     void tg_small_gemm(int lvl, int m, int n, int k, const float *A, long a_rs, long a_ks,
                        const float *B, long ldb, float *C, long ldc, int acc)
     float tg_row_max(int lvl, const float *x, long n)
-    double tg_exp_shift(int lvl, const float *x, float *y, long n, float shift, float scale)
+    double tg_exp_shift(int lvl, const float *x, float *y, long n, float mul, float shift, float scale)
     void tg_swiglu_fwd(int lvl, const float *g, const float *u, float *a, long n)
     void tg_swiglu_bwd(int lvl, const float *da, const float *g, const float *u, float *dg, float *du, long n)
     float tg_rmsnorm_fwd(int lvl, const float *x, const float *w, float *y, long n, float eps)
@@ -431,6 +431,8 @@ cdef extern from "train_ops_simd.h" nogil:
     void tg_scale_row(int lvl, float *x, long n, float s)
     void tg_add_row(int lvl, const float *a, float *y, long n)
     void tg_dsoftmax(int lvl, const float *p, float *dp, long n, float d, float scale)
+    void tg_copy_scale(int lvl, const float *x, float *y, long n, float s)
+    void tg_transpose(int lvl, const float *src, long lds, long rows, long cols, float *dst, long ldd)
 
 from libc.math cimport logf, expf, log, INFINITY
 from libc.string cimport memset, memcpy
@@ -779,11 +781,11 @@ def swiglu_backward(dout, gu, dgu, int nthreads=1):
 cdef double _ce_row(int lvl, float *x, Py_ssize_t V, int tgt, float scale, bint backward) noexcept nogil:
     """loss of one row; with backward x := (softmax(x) - onehot(tgt)) * scale"""
     cdef float mx = tg_row_max(lvl, x, V)
-    cdef double s = tg_exp_shift(lvl, x, NULL, V, mx, 1.0)
+    cdef double s = tg_exp_shift(lvl, x, NULL, V, 1.0, mx, 1.0)
     cdef double lse = <double>mx + log(s)
     cdef double loss = lse - <double>x[tgt]
     if backward:
-        tg_exp_shift(lvl, x, x, V, <float>lse, scale)
+        tg_exp_shift(lvl, x, x, V, 1.0, <float>lse, scale)
         x[tgt] -= scale
     return loss
 
@@ -831,56 +833,70 @@ def cross_entropy_forward(logits, targets, int nthreads=1):
 
 # ----------------------------------------------------------------------------- attention
 
+DEF SR = 16               # attention: rows per causal strip
+
+
 cdef void _attn_fwd_head(int lvl, const float *qkv, float *out, float *lse, Py_ssize_t T, Py_ssize_t W,
                          Py_ssize_t ldo, Py_ssize_t q_off, Py_ssize_t k_off, Py_ssize_t v_off,
                          Py_ssize_t hd, float scale, float *ws) noexcept nogil:
-    """One (batch, head): out (T, hd) rows of stride ldo, lse (T,); ws: hd*T + BQ*hd*2 + BQ*BK + 2*BQ"""
+    """One (batch, head): out (T, hd) rows of stride ldo, lse (T,).
+
+    K (transposed) and V are first copied into contiguous per-thread buffers; each 64 x 64 tile
+    runs in strips of 16 query rows whose key range stops at the strip's last causal key.
+    ws: 2*hd*T + 2*BQ*hd + BQ*BK + 2*BQ floats.
+    """
     cdef float *kt = ws                    # (hd, T)  K transposed
-    cdef float *qs = kt + hd * T           # (BQ, hd) scaled Q tile
+    cdef float *vc = kt + hd * T           # (T, hd)  V
+    cdef float *qs = vc + hd * T           # (BQ, hd) scaled Q tile
     cdef float *o = qs + BQ * hd           # (BQ, hd) output accumulator
     cdef float *s = o + BQ * hd            # (BQ, BK) scores / probabilities
     cdef float *mrow = s + BQ * BK         # (BQ,) running max
     cdef float *lrow = mrow + BQ           # (BQ,) running sum
-    cdef Py_ssize_t t, d, q0, k0, br, bc, i, j, valid, qi
+    cdef Py_ssize_t t, q0, k0, br, bc, i, valid, r0, r1, nc
     cdef float mx, mnew, alpha
     cdef double sm
+    tg_transpose(lvl, qkv + k_off, W, T, hd, kt, T)
     for t in range(T):
-        for d in range(hd):
-            kt[d * T + t] = qkv[t * W + k_off + d]
+        memcpy(vc + t * hd, qkv + t * W + v_off, hd * sizeof(float))
     q0 = 0
     while q0 < T:
         br = _imin(BQ, T - q0)
         for i in range(br):
-            for d in range(hd):
-                qs[i * hd + d] = qkv[(q0 + i) * W + q_off + d] * scale
+            tg_copy_scale(lvl, qkv + (q0 + i) * W + q_off, qs + i * hd, hd, scale)
             mrow[i] = -INFINITY
             lrow[i] = 0.0
         memset(o, 0, br * hd * sizeof(float))
         k0 = 0
         while k0 < q0 + br:
             bc = _imin(BK, q0 + br - k0)
-            tg_small_gemm(lvl, <int>br, <int>bc, <int>hd, qs, hd, 1, kt + k0, T, s, BK, 0)
-            for i in range(br):
-                qi = q0 + i
-                valid = _imin(bc, qi - k0 + 1)
-                if valid <= 0:
-                    memset(s + i * BK, 0, bc * sizeof(float))
-                    continue
-                mx = tg_row_max(lvl, s + i * BK, valid)
-                mnew = mx if mx > mrow[i] else mrow[i]
-                alpha = expf(mrow[i] - mnew)
-                sm = tg_exp_shift(lvl, s + i * BK, s + i * BK, valid, mnew, 1.0)
-                for j in range(valid, bc):
-                    s[i * BK + j] = 0.0
-                lrow[i] = lrow[i] * alpha + <float>sm
-                mrow[i] = mnew
-                if alpha != 1.0:
-                    tg_scale_row(lvl, o + i * hd, hd, alpha)
-            tg_small_gemm(lvl, <int>br, <int>hd, <int>bc, s, BK, 1, qkv + k0 * W + v_off, W, o, hd, 1)
+            r0 = 0
+            while r0 < br:
+                r1 = _imin(br, r0 + SR)
+                nc = _imin(bc, q0 + r1 - k0)           # keys any row of the strip may see
+                if nc > 0:
+                    tg_small_gemm(lvl, <int>(r1 - r0), <int>nc, <int>hd, qs + r0 * hd, hd, 1, kt + k0, T,
+                                  s + r0 * BK, BK, 0)
+                    for i in range(r0, r1):
+                        valid = _imin(nc, q0 + i - k0 + 1)
+                        if valid <= 0:
+                            memset(s + i * BK, 0, nc * sizeof(float))
+                            continue
+                        mx = tg_row_max(lvl, s + i * BK, valid)
+                        mnew = mx if mx > mrow[i] else mrow[i]
+                        alpha = expf(mrow[i] - mnew)
+                        sm = tg_exp_shift(lvl, s + i * BK, s + i * BK, valid, 1.0, mnew, 1.0)
+                        if valid < nc:
+                            memset(s + i * BK + valid, 0, (nc - valid) * sizeof(float))
+                        lrow[i] = lrow[i] * alpha + <float>sm
+                        mrow[i] = mnew
+                        if alpha != 1.0:
+                            tg_scale_row(lvl, o + i * hd, hd, alpha)
+                    tg_small_gemm(lvl, <int>(r1 - r0), <int>hd, <int>nc, s + r0 * BK, BK, 1, vc + k0 * hd, hd,
+                                  o + r0 * hd, hd, 1)
+                r0 = r1
             k0 = k0 + bc
         for i in range(br):
-            for d in range(hd):
-                out[(q0 + i) * ldo + d] = o[i * hd + d] / lrow[i]
+            tg_copy_scale(lvl, o + i * hd, out + (q0 + i) * ldo, hd, 1.0 / lrow[i])
             lse[q0 + i] = mrow[i] + logf(lrow[i])
         q0 = q0 + br
 
@@ -891,61 +907,85 @@ cdef void _attn_bwd_group(int lvl, const float *qkv, const float *out, const flo
                           float *ws) noexcept nogil:
     """One (batch, kv head): dQ of its G query heads h0..h0+G-1, and dK, dV summed over them.
 
-    ws: 2*hd*T + BQ*hd + 2*BQ*BK + T floats.
+    Operands are copied into contiguous per-thread buffers (K, V transposed and plain, Q and dO
+    of the current head) and the gradients accumulate there before being written out.
+    ws: 8*hd*T + 2*BQ*BK + T floats.
     """
-    cdef float *kt = ws                    # (hd, T)
-    cdef float *vt = kt + hd * T           # (hd, T)
-    cdef float *qs = vt + hd * T           # (BQ, hd) scaled Q tile
-    cdef float *p = qs + BQ * hd           # (BQ, BK) probabilities
+    cdef float *kt = ws                    # (hd, T)  K^T
+    cdef float *vt = kt + hd * T           # (hd, T)  V^T
+    cdef float *kc = vt + hd * T           # (T, hd)  K
+    cdef float *qc = kc + hd * T           # (T, hd)  Q of head h
+    cdef float *doc = qc + hd * T          # (T, hd)  dO of head h
+    cdef float *dq = doc + hd * T          # (T, hd)
+    cdef float *dk = dq + hd * T           # (T, hd)
+    cdef float *dv = dk + hd * T           # (T, hd)
+    cdef float *p = dv + hd * T            # (BQ, BK) probabilities
     cdef float *dp = p + BQ * BK           # (BQ, BK) dP, then dS
     cdef float *dd = dp + BQ * BK          # (T,) rowsum(dO * O)
-    cdef Py_ssize_t t, d, h, q0, k0, br, bc, i, valid, q_off, o_off
+    cdef const float *lh
+    cdef Py_ssize_t t, h, q0, k0, br, bc, i, valid, q_off, r0, r1, nc
+    tg_transpose(lvl, qkv + k_off, W, T, hd, kt, T)
+    tg_transpose(lvl, qkv + v_off, W, T, hd, vt, T)
     for t in range(T):
-        for d in range(hd):
-            kt[d * T + t] = qkv[t * W + k_off + d]
-            vt[d * T + t] = qkv[t * W + v_off + d]
-        memset(dqkv + t * W + k_off, 0, hd * sizeof(float))
-        memset(dqkv + t * W + v_off, 0, hd * sizeof(float))
+        memcpy(kc + t * hd, qkv + t * W + k_off, hd * sizeof(float))
+    memset(dk, 0, T * hd * sizeof(float))
+    memset(dv, 0, T * hd * sizeof(float))
     for h in range(h0, h0 + G):
         q_off = h * hd
-        o_off = h * hd
+        lh = lse + (h - h0) * T
         for t in range(T):
-            dd[t] = tg_dot(lvl, dout + t * ldo + o_off, out + t * ldo + o_off, hd)
-            memset(dqkv + t * W + q_off, 0, hd * sizeof(float))
+            memcpy(qc + t * hd, qkv + t * W + q_off, hd * sizeof(float))
+            memcpy(doc + t * hd, dout + t * ldo + q_off, hd * sizeof(float))
+            dd[t] = tg_dot(lvl, dout + t * ldo + q_off, out + t * ldo + q_off, hd)
+        memset(dq, 0, T * hd * sizeof(float))
         q0 = 0
         while q0 < T:
             br = _imin(BQ, T - q0)
-            for i in range(br):
-                for d in range(hd):
-                    qs[i * hd + d] = qkv[(q0 + i) * W + q_off + d] * scale
             k0 = 0
             while k0 < q0 + br:
                 bc = _imin(BK, q0 + br - k0)
-                # P = exp(scale Q K^T - lse), causal
-                tg_small_gemm(lvl, <int>br, <int>bc, <int>hd, qs, hd, 1, kt + k0, T, p, BK, 0)
-                for i in range(br):
-                    valid = _imin(bc, q0 + i - k0 + 1)
-                    if valid < 0:
-                        valid = 0
-                    if valid > 0:
-                        tg_exp_shift(lvl, p + i * BK, p + i * BK, valid, lse[(h - h0) * T + q0 + i], 1.0)
-                    if valid < bc:
-                        memset(p + i * BK + valid, 0, (bc - valid) * sizeof(float))
-                # dV += P^T dO
-                tg_small_gemm(lvl, <int>bc, <int>hd, <int>br, p, 1, BK, dout + q0 * ldo + o_off, ldo,
-                              dqkv + k0 * W + v_off, W, 1)
-                # dP = dO V^T;  dS = P (dP - D) scale
-                tg_small_gemm(lvl, <int>br, <int>bc, <int>hd, dout + q0 * ldo + o_off, ldo, 1, vt + k0, T,
-                              dp, BK, 0)
-                for i in range(br):
-                    tg_dsoftmax(lvl, p + i * BK, dp + i * BK, bc, dd[q0 + i], scale)
-                # dQ += dS K;  dK += dS^T Q
-                tg_small_gemm(lvl, <int>br, <int>hd, <int>bc, dp, BK, 1, qkv + k0 * W + k_off, W,
-                              dqkv + q0 * W + q_off, W, 1)
-                tg_small_gemm(lvl, <int>bc, <int>hd, <int>br, dp, 1, BK, qkv + q0 * W + q_off, W,
-                              dqkv + k0 * W + k_off, W, 1)
+                r0 = 0
+                while r0 < br:
+                    r1 = _imin(br, r0 + SR)
+                    nc = _imin(bc, q0 + r1 - k0)
+                    if nc <= 0:
+                        for i in range(r0, r1):
+                            memset(p + i * BK, 0, bc * sizeof(float))
+                            memset(dp + i * BK, 0, bc * sizeof(float))
+                        r0 = r1
+                        continue
+                    # P = exp(scale Q K^T - lse), causal
+                    tg_small_gemm(lvl, <int>(r1 - r0), <int>nc, <int>hd, qc + (q0 + r0) * hd, hd, 1, kt + k0, T,
+                                  p + r0 * BK, BK, 0)
+                    # dP = dO V^T
+                    tg_small_gemm(lvl, <int>(r1 - r0), <int>nc, <int>hd, doc + (q0 + r0) * hd, hd, 1, vt + k0, T,
+                                  dp + r0 * BK, BK, 0)
+                    for i in range(r0, r1):
+                        valid = _imin(nc, q0 + i - k0 + 1)
+                        if valid < 0:
+                            valid = 0
+                        if valid > 0:
+                            tg_exp_shift(lvl, p + i * BK, p + i * BK, valid, scale, lh[q0 + i], 1.0)
+                        if valid < bc:
+                            memset(p + i * BK + valid, 0, (bc - valid) * sizeof(float))
+                        # dS = P (dP - D) scale  (zero where P is)
+                        tg_dsoftmax(lvl, p + i * BK, dp + i * BK, nc, dd[q0 + i], scale)
+                        if nc < bc:
+                            memset(dp + i * BK + nc, 0, (bc - nc) * sizeof(float))
+                    # dQ += dS K
+                    tg_small_gemm(lvl, <int>(r1 - r0), <int>hd, <int>nc, dp + r0 * BK, BK, 1, kc + k0 * hd, hd,
+                                  dq + (q0 + r0) * hd, hd, 1)
+                    r0 = r1
+                # dV += P^T dO;  dK += dS^T Q
+                tg_small_gemm(lvl, <int>bc, <int>hd, <int>br, p, 1, BK, doc + q0 * hd, hd, dv + k0 * hd, hd, 1)
+                tg_small_gemm(lvl, <int>bc, <int>hd, <int>br, dp, 1, BK, qc + q0 * hd, hd, dk + k0 * hd, hd, 1)
                 k0 = k0 + bc
             q0 = q0 + br
+        for t in range(T):
+            memcpy(dqkv + t * W + q_off, dq + t * hd, hd * sizeof(float))
+    for t in range(T):
+        memcpy(dqkv + t * W + k_off, dk + t * hd, hd * sizeof(float))
+        memcpy(dqkv + t * W + v_off, dv + t * hd, hd * sizeof(float))
 
 
 cdef void _attn_check(qkv, out, lse, int B, int T, int n_heads, int n_kv_heads, int head_dim) except *:
@@ -976,7 +1016,7 @@ def attention_forward(qkv, out, lse, int B, int T, int n_heads, int n_kv_heads, 
         return out
     cdef Py_ssize_t W = (n_heads + 2 * n_kv_heads) * head_dim, ldo = n_heads * head_dim
     cdef Py_ssize_t hd = head_dim, G = n_heads // n_kv_heads, H = n_heads, Hkv = n_kv_heads
-    cdef Py_ssize_t per = hd * T + 2 * BQ * hd + BQ * BK + 2 * BQ + 16
+    cdef Py_ssize_t per = 2 * hd * T + 2 * BQ * hd + BQ * BK + 2 * BQ + 16
     cdef int nt = nthreads if nthreads > 1 and B * H > 1 else 1
     work = np.empty(nt * per, np.float32)
     cdef float[::1] wv = work
@@ -1013,7 +1053,7 @@ def attention_backward(qkv, out, dout, lse, dqkv, int B, int T, int n_heads, int
         return dqkv
     cdef Py_ssize_t W = (n_heads + 2 * n_kv_heads) * head_dim, ldo = n_heads * head_dim
     cdef Py_ssize_t hd = head_dim, G = n_heads // n_kv_heads, H = n_heads, Hkv = n_kv_heads
-    cdef Py_ssize_t per = 2 * hd * T + BQ * hd + 2 * BQ * BK + T + 16
+    cdef Py_ssize_t per = 8 * hd * T + 2 * BQ * BK + T + 16
     cdef int nt = nthreads if nthreads > 1 and B * Hkv > 1 else 1
     work = np.empty(nt * per, np.float32)
     cdef float[::1] wv = work

@@ -6,6 +6,7 @@
 #define SLMX_TRAIN_OPS_SIMD_H
 
 #include "simd.h"
+#include "train_gemm_simd.h"      /* tg_tr16x16_ps */
 #include <math.h>
 #include <float.h>
 #include <string.h>
@@ -73,6 +74,38 @@ SLMX_TARGET_AVX2 static inline float tg_hmax256(__m256 v) {
 }
 #endif
 
+/* ---------------------------------------------------------------- transpose
+ * dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (16 x 16 blocks on AVX-512) */
+
+static void tg_transpose_scalar(const float *src, long lds, long rows, long cols, float *dst, long ldd) {
+    for (long r0 = 0; r0 < rows; r0 += 16)
+        for (long c = 0; c < cols; c++)
+            for (long r = r0; r < rows && r < r0 + 16; r++) dst[c * ldd + r] = src[r * lds + c];
+}
+
+#if SLMX_X86
+SLMX_TARGET_AVX512 static void tg_transpose_avx512(const float *src, long lds, long rows, long cols, float *dst, long ldd) {
+    for (long r0 = 0; r0 < rows; r0 += 16) {
+        __mmask16 mr = tg_mask16(rows - r0);
+        for (long c0 = 0; c0 < cols; c0 += 16) {
+            __mmask16 mc = tg_mask16(cols - c0);
+            __m512 v[16];
+            for (int i = 0; i < 16; i++)
+                v[i] = r0 + i < rows ? _mm512_maskz_loadu_ps(mc, src + (r0 + i) * lds + c0) : _mm512_setzero_ps();
+            tg_tr16x16_ps(v);
+            for (int j = 0; j < 16 && c0 + j < cols; j++) _mm512_mask_storeu_ps(dst + (c0 + j) * ldd + r0, mr, v[j]);
+        }
+    }
+}
+#endif
+
+static inline void tg_transpose(int lvl, const float *src, long lds, long rows, long cols, float *dst, long ldd) {
+#if SLMX_X86
+    if (lvl >= SLMX_SIMD_AVX512) { tg_transpose_avx512(src, lds, rows, cols, dst, ldd); return; }
+#endif
+    tg_transpose_scalar(src, lds, rows, cols, dst, ldd);
+}
+
 /* ---------------------------------------------------------------- small products (attention tiles)
  * C (m x n) (+)= A (m x k) B (k x n),  a(r, kk) = A[r * a_rs + kk * a_ks], B and C row-major */
 
@@ -120,64 +153,65 @@ SLMX_TARGET_AVX2 static void tg_small_gemm_avx2(int m, int n, int k, const float
     if (n16 < n) tg_small_gemm_scalar(m, n - n16, k, A, a_rs, a_ks, B + n16, ldb, C + n16, ldc, acc);
 }
 
+/* C[:, j:j+16 NV] (+)= A B[:, j:j+16 NV] with NV vectors per row (the last one masked by mlast),
+ * RB rows per register block (RB x NV accumulators), leftover rows one at a time. */
+#define TG_SG_KERNEL(NV, RB)                                                                          \
+SLMX_TARGET_AVX512 static void tg_sg_nv##NV(int m, int k, const float *A, long a_rs, long a_ks,        \
+                                            const float *B, long ldb, float *C, long ldc, int acc,     \
+                                            __mmask16 mlast) {                                         \
+    __mmask16 mk[NV];                                                                                 \
+    for (int v = 0; v < NV; v++) mk[v] = v == NV - 1 ? mlast : (__mmask16)0xffff;                     \
+    int r = 0;                                                                                        \
+    for (; r + RB <= m; r += RB) {                                                                    \
+        __m512 c[RB][NV];                                                                             \
+        _Pragma("GCC unroll 16") for (int i = 0; i < RB; i++)                                         \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                      \
+                c[i][v] = acc ? _mm512_maskz_loadu_ps(mk[v], C + (r + i) * ldc + 16 * v) : _mm512_setzero_ps(); \
+        const float *a = A + r * a_rs;                                                                \
+        for (int kk = 0; kk < k; kk++) {                                                              \
+            const float *b = B + kk * ldb;                                                            \
+            __m512 bv[NV];                                                                            \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                      \
+                bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(mk[v], b + 16 * v) : _mm512_loadu_ps(b + 16 * v); \
+            _Pragma("GCC unroll 16") for (int i = 0; i < RB; i++) {                                   \
+                __m512 av = _mm512_set1_ps(a[i * a_rs + kk * a_ks]);                                  \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                  \
+                    c[i][v] = _mm512_fmadd_ps(av, bv[v], c[i][v]);                                    \
+            }                                                                                         \
+        }                                                                                             \
+        _Pragma("GCC unroll 16") for (int i = 0; i < RB; i++)                                         \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                      \
+                _mm512_mask_storeu_ps(C + (r + i) * ldc + 16 * v, mk[v], c[i][v]);                    \
+    }                                                                                                 \
+    for (; r < m; r++) {                                                                              \
+        __m512 c[NV];                                                                                 \
+        for (int v = 0; v < NV; v++)                                                                  \
+            c[v] = acc ? _mm512_maskz_loadu_ps(mk[v], C + r * ldc + 16 * v) : _mm512_setzero_ps();    \
+        for (int kk = 0; kk < k; kk++) {                                                              \
+            __m512 av = _mm512_set1_ps(A[r * a_rs + kk * a_ks]);                                      \
+            for (int v = 0; v < NV; v++)                                                              \
+                c[v] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk[v], B + kk * ldb + 16 * v), c[v]); \
+        }                                                                                             \
+        for (int v = 0; v < NV; v++) _mm512_mask_storeu_ps(C + r * ldc + 16 * v, mk[v], c[v]);       \
+    }                                                                                                 \
+}
+
+TG_SG_KERNEL(1, 8)
+TG_SG_KERNEL(2, 8)
+TG_SG_KERNEL(3, 6)
+TG_SG_KERNEL(4, 4)
+
 SLMX_TARGET_AVX512 static void tg_small_gemm_avx512(int m, int n, int k, const float *A, long a_rs, long a_ks,
                                                     const float *B, long ldb, float *C, long ldc, int acc) {
     for (int j = 0; j < n; j += 64) {
-        __mmask16 mk[4];
-        for (int v = 0; v < 4; v++) mk[v] = tg_mask16(n - j - 16 * v);
-        int nv = (n - j + 15) / 16;
-        if (nv > 4) nv = 4;
-        int r = 0;
-        for (; r + 4 <= m; r += 4) {
-            __m512 c[4][4];
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; v++)
-                    c[i][v] = acc ? _mm512_maskz_loadu_ps(mk[v], C + (r + i) * ldc + j + 16 * v) : _mm512_setzero_ps();
-            if (nv == 4) {
-                for (int kk = 0; kk < k; kk++) {
-                    const float *b = B + kk * ldb + j;
-                    __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32);
-                    __m512 b3 = _mm512_maskz_loadu_ps(mk[3], b + 48);
-#pragma GCC unroll 4
-                    for (int i = 0; i < 4; i++) {
-                        __m512 a = _mm512_set1_ps(A[(r + i) * a_rs + kk * a_ks]);
-                        c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-                        c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
-                        c[i][2] = _mm512_fmadd_ps(a, b2, c[i][2]);
-                        c[i][3] = _mm512_fmadd_ps(a, b3, c[i][3]);
-                    }
-                }
-            } else {
-                for (int kk = 0; kk < k; kk++) {
-                    const float *b = B + kk * ldb + j;
-                    __m512 bv[4];
-#pragma GCC unroll 4
-                    for (int v = 0; v < 4; v++) bv[v] = _mm512_maskz_loadu_ps(mk[v], b + 16 * v);
-#pragma GCC unroll 4
-                    for (int i = 0; i < 4; i++) {
-                        __m512 a = _mm512_set1_ps(A[(r + i) * a_rs + kk * a_ks]);
-                        for (int v = 0; v < nv; v++) c[i][v] = _mm512_fmadd_ps(a, bv[v], c[i][v]);
-                    }
-                }
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++)
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; v++)
-                    _mm512_mask_storeu_ps(C + (r + i) * ldc + j + 16 * v, mk[v], c[i][v]);
-        }
-        for (; r < m; r++) {
-            __m512 c[4];
-            for (int v = 0; v < 4; v++)
-                c[v] = acc ? _mm512_maskz_loadu_ps(mk[v], C + r * ldc + j + 16 * v) : _mm512_setzero_ps();
-            for (int kk = 0; kk < k; kk++) {
-                __m512 a = _mm512_set1_ps(A[r * a_rs + kk * a_ks]);
-                const float *b = B + kk * ldb + j;
-                for (int v = 0; v < 4; v++) c[v] = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(mk[v], b + 16 * v), c[v]);
-            }
-            for (int v = 0; v < 4; v++) _mm512_mask_storeu_ps(C + r * ldc + j + 16 * v, mk[v], c[v]);
+        int w = n - j < 64 ? n - j : 64;
+        int nv = (w + 15) / 16;
+        __mmask16 mlast = tg_mask16(w - 16 * (nv - 1));
+        switch (nv) {
+        case 1: tg_sg_nv1(m, k, A, a_rs, a_ks, B + j, ldb, C + j, ldc, acc, mlast); break;
+        case 2: tg_sg_nv2(m, k, A, a_rs, a_ks, B + j, ldb, C + j, ldc, acc, mlast); break;
+        case 3: tg_sg_nv3(m, k, A, a_rs, a_ks, B + j, ldb, C + j, ldc, acc, mlast); break;
+        default: tg_sg_nv4(m, k, A, a_rs, a_ks, B + j, ldb, C + j, ldc, acc, mlast); break;
         }
     }
 }
@@ -216,13 +250,13 @@ static inline float tg_row_max(int lvl, const float *x, long n) {
 }
 
 #if SLMX_X86
-/* y = exp(x - shift) * scale; returns sum of exp(x - shift) (y may be x; y NULL: no write) */
-SLMX_TARGET_AVX512 static double tg_exp_shift_avx512(const float *x, float *y, long n, float shift, float scale) {
-    __m512 s = _mm512_setzero_ps(), sh = _mm512_set1_ps(shift), sc = _mm512_set1_ps(scale);
+/* y = exp(x * mul - shift) * scale; returns sum of exp(x * mul - shift) (y may be x; NULL: no write) */
+SLMX_TARGET_AVX512 static double tg_exp_shift_avx512(const float *x, float *y, long n, float mul, float shift, float scale) {
+    __m512 s = _mm512_setzero_ps(), sh = _mm512_set1_ps(shift), sc = _mm512_set1_ps(scale), mu = _mm512_set1_ps(mul);
     long i = 0;
     for (; i < n; i += 16) {
         __mmask16 mk = tg_mask16(n - i);
-        __m512 e = tg_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), sh));
+        __m512 e = tg_exp512(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(mk, x + i), mu, sh));
         e = _mm512_maskz_mov_ps(mk, e);
         s = _mm512_add_ps(s, e);
         if (y) _mm512_mask_storeu_ps(y + i, mk, _mm512_mul_ps(e, sc));
@@ -230,17 +264,17 @@ SLMX_TARGET_AVX512 static double tg_exp_shift_avx512(const float *x, float *y, l
     return (double)_mm512_reduce_add_ps(s);
 }
 
-SLMX_TARGET_AVX2 static double tg_exp_shift_avx2(const float *x, float *y, long n, float shift, float scale) {
-    __m256 s = _mm256_setzero_ps(), sh = _mm256_set1_ps(shift), sc = _mm256_set1_ps(scale);
+SLMX_TARGET_AVX2 static double tg_exp_shift_avx2(const float *x, float *y, long n, float mul, float shift, float scale) {
+    __m256 s = _mm256_setzero_ps(), sh = _mm256_set1_ps(shift), sc = _mm256_set1_ps(scale), mu = _mm256_set1_ps(mul);
     long i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256 e = tg_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+        __m256 e = tg_exp256(_mm256_fmsub_ps(_mm256_loadu_ps(x + i), mu, sh));
         s = _mm256_add_ps(s, e);
         if (y) _mm256_storeu_ps(y + i, _mm256_mul_ps(e, sc));
     }
     double t = (double)tg_hsum256(s);
     for (; i < n; i++) {
-        float e = expf(x[i] - shift);
+        float e = expf(x[i] * mul - shift);
         t += e;
         if (y) y[i] = e * scale;
     }
@@ -248,14 +282,14 @@ SLMX_TARGET_AVX2 static double tg_exp_shift_avx2(const float *x, float *y, long 
 }
 #endif
 
-static inline double tg_exp_shift(int lvl, const float *x, float *y, long n, float shift, float scale) {
+static inline double tg_exp_shift(int lvl, const float *x, float *y, long n, float mul, float shift, float scale) {
 #if SLMX_X86
-    if (lvl >= SLMX_SIMD_AVX512) return tg_exp_shift_avx512(x, y, n, shift, scale);
-    if (lvl >= SLMX_SIMD_AVX2) return tg_exp_shift_avx2(x, y, n, shift, scale);
+    if (lvl >= SLMX_SIMD_AVX512) return tg_exp_shift_avx512(x, y, n, mul, shift, scale);
+    if (lvl >= SLMX_SIMD_AVX2) return tg_exp_shift_avx2(x, y, n, mul, shift, scale);
 #endif
     double t = 0.0;
     for (long i = 0; i < n; i++) {
-        float e = expf(x[i] - shift);
+        float e = expf(x[i] * mul - shift);
         t += e;
         if (y) y[i] = e * scale;
     }
@@ -398,6 +432,9 @@ static inline void tg_add_row(int lvl, const float *a, float *y, long n) {
 }
 static inline void tg_dsoftmax(int lvl, const float *p, float *dp, long n, float d, float scale) {
     TG_DISPATCH(lvl, tg_dsoftmax_row, p, dp, n, d, scale);
+}
+static inline void tg_copy_scale(int lvl, const float *x, float *y, long n, float s) {
+    TG_DISPATCH(lvl, tg_copy_scale_row, x, y, n, s);
 }
 
 #endif

@@ -71,3 +71,9 @@ TG_ATTR static void TG_SFX(tg_dsoftmax_row)(const float *restrict p, float *rest
 #pragma omp simd
     for (long i = 0; i < n; i++) dp[i] = p[i] * (dp[i] - d) * scale;
 }
+
+/* y = x * s */
+TG_ATTR static void TG_SFX(tg_copy_scale_row)(const float *restrict x, float *restrict y, long n, float s) {
+#pragma omp simd
+    for (long i = 0; i < n; i++) y[i] = x[i] * s;
+}
