@@ -1,0 +1,113 @@
+"""Kernel rates: fp32 GEMM GFLOP/s, attention, row kernels (2 threads); quantized products are in
+bench_quant.py.
+
+Each `track_` benchmark times its kernel (median of several calls after a warm-up) and reports a
+rate, so asv's dashboard shows GFLOP/s or GB/s over commits.
+"""
+import time
+
+import numpy as np
+
+from slmx._kernels import attention as _attention
+from slmx._kernels import gemm as _gemm
+from slmx._kernels import ops_core as _core
+
+THREADS = 2
+
+
+def _median_time(fn, min_time=0.2, max_reps=50):
+    fn()
+    ts = []
+    t_end = time.perf_counter() + min_time
+    while len(ts) < 3 or (time.perf_counter() < t_end and len(ts) < max_reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+class GemmF32:
+    """out = x @ w.T for x (M, K), w (N, K) fp32: GFLOP/s."""
+    params = ([1, 16, 128, 512], [(640, 2048), (2048, 640), (1024, 1024), (4096, 4096)])
+    param_names = ["M", "K_N"]
+    timeout = 300
+
+    def setup(self, M, KN):
+        K, N = KN
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((M, K), dtype=np.float32)
+        self.w = rng.standard_normal((N, K), dtype=np.float32)
+        self.out = np.empty((M, N), np.float32)
+
+    def track_gflops(self, M, KN):
+        K, N = KN
+        t = _median_time(lambda: _gemm.linear_f32(self.x, self.w, self.out, THREADS))
+        return 2.0 * M * K * N / t / 1e9
+    track_gflops.unit = "GFLOP/s"
+
+
+class Attention:
+    """Causal prefill attention, Gemma 3 shapes (H 4, H_kv 1, D 256): GFLOP/s (QK^T and PV)."""
+    params = ([512, 2048, 8192],)
+    param_names = ["T"]
+    timeout = 600
+
+    def setup(self, T):
+        rng = np.random.default_rng(0)
+        self.q = rng.standard_normal((T, 4, 256), dtype=np.float32)
+        self.k = rng.standard_normal((T, 1, 256), dtype=np.float32)
+        self.v = rng.standard_normal((T, 1, 256), dtype=np.float32)
+        self.out = np.empty_like(self.q)
+
+    def track_gflops(self, T):
+        t = _median_time(lambda: _attention.attention(self.q, self.k, self.v, self.out, 1 / 16, True, 0, 0,
+                                                      THREADS), min_time=0.5, max_reps=5)
+        return 2 * 2 * 4 * 256 * T * T / 2 / t / 1e9
+    track_gflops.unit = "GFLOP/s"
+
+    def peakmem_attention(self, T):
+        _attention.attention(self.q, self.k, self.v, self.out, 1 / 16, True, 0, 0, THREADS)
+
+
+class DecodeAttention:
+    """One query over a KV cache of S positions (Gemma 3 shapes): KV bytes read GB/s."""
+    params = ([512, 4096, 16384],)
+    param_names = ["S"]
+
+    def setup(self, S):
+        rng = np.random.default_rng(0)
+        self.q = rng.standard_normal((1, 4, 256), dtype=np.float32)
+        self.k = rng.standard_normal((S, 1, 256), dtype=np.float32)
+        self.v = rng.standard_normal((S, 1, 256), dtype=np.float32)
+        self.out = np.empty_like(self.q)
+
+    def track_gb_per_s(self, S):
+        t = _median_time(lambda: _attention.attention(self.q, self.k, self.v, self.out, 1 / 16, True, S - 1, 0,
+                                                      THREADS))
+        return (self.k.nbytes + self.v.nbytes) / t / 1e9
+    track_gb_per_s.unit = "GB/s"
+
+
+class RowKernels:
+    """RMSNorm, softmax, RoPE over (512, 2048) fp32: GB/s read + written."""
+    params = (["rmsnorm", "softmax", "rope", "geglu_f16"],)
+    param_names = ["kernel"]
+
+    def setup(self, kernel):
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((512, 2048), dtype=np.float32)
+        self.y = np.empty_like(self.x)
+        self.w = np.ones(2048, np.float32)
+        self.x3 = self.x.reshape(512, 8, 256)
+        self.pos = np.arange(512, dtype=np.int32)
+
+    def track_gb_per_s(self, kernel):
+        fns = {
+            "rmsnorm": lambda: _core.rmsnorm(self.x, self.w, 1e-6, self.y, THREADS),
+            "softmax": lambda: _core.softmax(self.x, self.y, THREADS),
+            "rope": lambda: _core.rope(self.x3, self.pos, 10000.0, True, THREADS),
+            "geglu_f16": lambda: _core.geglu_f16(self.x, self.x, self.y, THREADS),
+        }
+        t = _median_time(fns[kernel])
+        return 2 * self.x.nbytes / t / 1e9
+    track_gb_per_s.unit = "GB/s"
