@@ -109,6 +109,13 @@ def test_linear(level):
     y0 = y.copy()
     T.linear_forward(x, w, y, True, nthreads=2)
     assert rel(y, 2 * y0) < 1e-6
+    for bf16 in (False, True):
+        r = randn(M, N)
+        T.linear_forward(x, w, y, False, bf16, 2, r)
+        xr, wr = (bf16_round(x), bf16_round(w)) if bf16 else (x, w)
+        assert rel(y, r + xr.astype(np.float64) @ wr.T) < 1e-6
+    with pytest.raises(ValueError):
+        T.linear_forward(x, w, y, True, False, 1, r)
     dx = randn(M, K)
     dx0 = dx.copy()
     dw0 = randn(N, K)

@@ -157,14 +157,22 @@ cdef size_t _gemm_ws_bytes(int lvl, bint amx, Py_ssize_t kcb) noexcept nogil:
     return (<size_t>((MC_TARGET // MR) * MR) * kcb + <size_t>kcb * NC) * 4 + 128
 
 
+cdef inline void _copy_tile(const float *D, Py_ssize_t ldd, float *C, Py_ssize_t ldc, Py_ssize_t mr,
+                            Py_ssize_t nr) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(mr):
+        memcpy(C + i * ldc, D + i * ldd, nr * sizeof(float))
+
+
 cdef void _gemm_rect_f32(int lvl, int rnd, Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1,
                          Py_ssize_t K, Py_ssize_t kcb, const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
                          const float *B, Py_ssize_t b_rs, Py_ssize_t b_cs, float *C, Py_ssize_t ldc,
-                         int acc, char *ws) noexcept nogil:
+                         int acc, const float *D, Py_ssize_t ldd, char *ws) noexcept nogil:
     """C[m0:m1, n0:n1] (+)= a[m0:m1, :] b[:, n0:n1] on one thread (fp32 micro-kernels).
 
     The depth is walked in blocks of kcb: each block's products are summed in registers from
-    zero and then added to C, so C = (((C + s_0) + s_1) + ...) block by block.
+    zero and then added to C, so C = (((C + s_0) + s_1) + ...) block by block. D (ldd): a matrix
+    added to the product (C = D + a b), copied tile by tile into C just before its first block.
     """
     cdef int MR = tg_gemm_mr(lvl), NR = tg_gemm_nr(lvl)
     cdef Py_ssize_t MC = (MC_TARGET // MR) * MR
@@ -189,8 +197,11 @@ cdef void _gemm_rect_f32(int lvl, int rnd, Py_ssize_t m0, Py_ssize_t m1, Py_ssiz
                 while jr < nc:
                     ir = 0
                     while ir < mc:
+                        if D != NULL and pc == 0:
+                            _copy_tile(D + (ic + ir) * ldd + jc + jr, ldd, C + (ic + ir) * ldc + jc + jr, ldc,
+                                       _imin(MR, mc - ir), _imin(NR, nc - jr))
                         ukr(kc, wa + ir * kc, wb + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc,
-                            <int>_imin(MR, mc - ir), <int>_imin(NR, nc - jr), a2)
+                            <int>_imin(MR, mc - ir), <int>_imin(NR, nc - jr), 1 if D != NULL else a2)
                         ir += MR
                     jr += NR
                 ic += mc
@@ -202,7 +213,7 @@ cdef void _gemm_rect_f32(int lvl, int rnd, Py_ssize_t m0, Py_ssize_t m1, Py_ssiz
 cdef void _gemm_rect_amx(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t n1,
                          Py_ssize_t K, Py_ssize_t kcb, const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
                          const float *B, Py_ssize_t b_rs, Py_ssize_t b_cs, float *C, Py_ssize_t ldc,
-                         int acc, char *ws) noexcept nogil:
+                         int acc, const float *D, Py_ssize_t ldd, char *ws) noexcept nogil:
     """C[m0:m1, n0:n1] (+)= bf16(a) bf16(b) with fp32 accumulation, AMX tiles, one thread.
 
     kcb: depth block (each block is zero-padded to a multiple of 32 in the packed copies).
@@ -231,8 +242,11 @@ cdef void _gemm_rect_amx(Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t n0, Py_ssize_t
                 while jr < nc:
                     ir = 0
                     while ir < mc:
+                        if D != NULL and pc == 0:
+                            _copy_tile(D + (ic + ir) * ldd + jc + jr, ldd, C + (ic + ir) * ldc + jc + jr, ldc,
+                                       _imin(32, mc - ir), _imin(32, nc - jr))
                         tg_ukr_amx(kcp, wa + ir * kcp, wb + jr * kcp, C + (ic + ir) * ldc + jc + jr, ldc,
-                                   <int>_imin(32, mc - ir), <int>_imin(32, nc - jr), a2, tmp)
+                                   <int>_imin(32, mc - ir), <int>_imin(32, nc - jr), 1 if D != NULL else a2, tmp)
                         ir += 32
                     jr += 32
                 ic += mc
@@ -246,13 +260,14 @@ cdef void gemm_core(int lvl, int bf16, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                     const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs,
                     const float *B, Py_ssize_t b_rs, Py_ssize_t b_cs,
                     float *C, Py_ssize_t ldc, int acc, Py_ssize_t kc_block, char *ws,
-                    size_t ws_per_thread, int nthreads) noexcept nogil:
+                    size_t ws_per_thread, int nthreads, const float *D=NULL, Py_ssize_t ldd=0) noexcept nogil:
     """C (M, N) (+)= a (M, K) b (K, N), a(i,k) = A[i a_rs + k a_cs], b(k,n) = B[k b_rs + n b_cs].
 
     bf16: operands rounded to bf16 (AMX tiles when usable), fp32 accumulation. kc_block > 0 fixes
     the depth blocks (each summed from zero, then added to C; see _gemm_rect_f32), 0: default.
     The output is split into nthreads rectangles along its longer side; each thread packs its
-    own blocks. Every element of C is computed the same way whatever the split.
+    own blocks. Every element of C is computed the same way whatever the split. D (ldd), when
+    not NULL: C = D + a b (acc ignored).
     """
     cdef int amx = bf16 and _use_amx(lvl)
     cdef int unit_m = 32 if amx else tg_gemm_mr(lvl)
@@ -263,13 +278,17 @@ cdef void gemm_core(int lvl, int bf16, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     cdef bint split_n
     if M <= 0 or N <= 0:
         return
+    if D != NULL:
+        acc = 1
     # an output far larger than the caches is written with streaming stores (one pass over K)
     if acc == 0 and M * N >= STREAM_MIN_FLOATS and (<uintptr_t>C) % 64 == 0 and ldc % 16 == 0 \
             and K <= STREAM_MAX_K:
         acc = -1
         kcb = K
     if K <= 0:
-        if acc <= 0:
+        if D != NULL:
+            _copy_tile(D, ldd, C, ldc, M, N)
+        elif acc <= 0:
             for i in range(M):
                 for j in range(N):
                     C[i * ldc + j] = 0.0
@@ -282,9 +301,9 @@ cdef void gemm_core(int lvl, int bf16, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
         nt = <int>nu
     if nt <= 1:
         if amx:
-            _gemm_rect_amx(0, M, 0, N, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, ws)
+            _gemm_rect_amx(0, M, 0, N, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, D, ldd, ws)
         else:
-            _gemm_rect_f32(lvl, bf16, 0, M, 0, N, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, ws)
+            _gemm_rect_f32(lvl, bf16, 0, M, 0, N, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, D, ldd, ws)
         return
     for t in prange(nt, num_threads=nt, schedule="static"):
         if split_n:
@@ -298,10 +317,10 @@ cdef void gemm_core(int lvl, int bf16, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
             m0 = _imin(M, ((t * nu) // nt) * unit_m)
             m1 = _imin(M, (((t + 1) * nu) // nt) * unit_m)
         if amx:
-            _gemm_rect_amx(m0, m1, n0, n1, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc,
+            _gemm_rect_amx(m0, m1, n0, n1, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, D, ldd,
                            ws + t * ws_per_thread)
         else:
-            _gemm_rect_f32(lvl, bf16, m0, m1, n0, n1, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc,
+            _gemm_rect_f32(lvl, bf16, m0, m1, n0, n1, K, kcb, A, a_rs, a_cs, B, b_rs, b_cs, C, ldc, acc, D, ldd,
                            ws + t * ws_per_thread)
 
 
@@ -466,11 +485,12 @@ cdef void _shape(object a, tuple shape, str name) except *:
 
 # ----------------------------------------------------------------------------- linear
 
-def linear_forward(x, w, out, bint accumulate=False, bint bf16=False, int nthreads=1):
-    """out (M, N) (+)= x (M, K) @ w (N, K)^T
+def linear_forward(x, w, out, bint accumulate=False, bint bf16=False, int nthreads=1, residual=None):
+    """out (M, N) = x (M, K) @ w (N, K)^T  [+ out (accumulate)]  [+ residual (M, N)]
 
-    accumulate: out += ... (a residual add fused into the GEMM); bf16: operands rounded to
-    bfloat16 (AMX tiles when the OS grants them), fp32 accumulation.
+    accumulate: out += ...; residual: out = residual + x w^T (a residual add fused into the
+    GEMM, residual read tile by tile). bf16: operands rounded to bfloat16 (AMX tiles when the
+    OS grants them), fp32 accumulation.
     """
     _f32(x, "x", 2)
     _f32(w, "w", 2)
@@ -480,6 +500,16 @@ def linear_forward(x, w, out, bint accumulate=False, bint bf16=False, int nthrea
         raise ValueError(f"w: expected {K} columns to match x {x.shape}, got {w.shape}")
     _shape(out, (M, N), "out")
     _no_overlap(out, (x, w))
+    cdef float[:, ::1] rv
+    cdef const float *rp = NULL
+    if residual is not None:
+        if accumulate:
+            raise ValueError("give either accumulate or residual")
+        _f32(residual, "residual", 2)
+        _shape(residual, (M, N), "residual")
+        _no_overlap(out, (residual,))
+        rv = residual
+        rp = _p2(rv)
     cdef float[:, ::1] xv = x
     cdef float[:, ::1] wv = w
     cdef float[:, ::1] ov = out
@@ -487,7 +517,7 @@ def linear_forward(x, w, out, bint accumulate=False, bint bf16=False, int nthrea
     try:
         with nogil:
             gemm_core(plan.lvl, bf16, M, N, K, _p2(xv), K, 1, _p2(wv), 1, K, _p2(ov), N, accumulate, 0,
-                      plan.scratch.ptr, plan.per_thread, nthreads)
+                      plan.scratch.ptr, plan.per_thread, nthreads, rp, N)
     finally:
         plan.release()
     return out
