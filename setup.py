@@ -28,6 +28,7 @@ for pyx in sorted(glob.glob("slmx/_kernels/*.pyx")):
     extensions.append(Extension(
         name, [pyx],
         include_dirs=[np.get_include(), "slmx/_kernels"],
+        depends=sorted(glob.glob("slmx/_kernels/*.h") + glob.glob("slmx/_kernels/*.pxi")),
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
