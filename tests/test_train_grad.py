@@ -422,6 +422,20 @@ def test_gradient_accumulation_is_exact(bf16):
     assert np.array_equal(a.buf.params, b.buf.params)
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_gradients_do_not_depend_on_thread_count(bf16):
+    cfg = make_config("nano", vocab_size=300, d_model=96, ffn_dim=160)
+    x, y = batch(cfg.vocab_size, 4, 64, 3)
+    grads = []
+    for threads in (1, 2, 3):
+        m = TrainableLM(cfg, seed=1, threads=threads, bf16=bf16)
+        m.zero_grad()
+        m.forward_backward(x, y, 0.01)
+        grads.append(m.buf.grads.copy())
+        assert optim.grad_norm(m.buf, threads=threads) == optim.grad_norm(m.buf, threads=1)
+    assert np.array_equal(grads[0], grads[1]) and np.array_equal(grads[0], grads[2])
+
+
 def test_forward_backward_accumulates():
     cfg = make_config("nano", vocab_size=64)
     m = TrainableLM(cfg, seed=0, threads=1)

@@ -5,7 +5,7 @@ Shapes use N = B*T rows (tokens), C = d_model. Every backward ADDS (+=) into wei
 and writes (=) activation gradients unless its docstring says otherwise.
 
     gemm            c (M, N) (+)= op(a) (M, K) op(b) (K, N)        packed, cache-blocked, OpenMP
-    linear_forward  y = x W^T;  linear_backward  dx (+)= dy W, dW += dy^T x
+    linear_forward  y = x W^T (+ residual);  linear_backward  dx (+)= dy W, dW += dy^T x
     embedding_forward / embedding_backward (dE[ids[n]] += dx[n], race-free by vocabulary range)
     rmsnorm_forward (saves 1/rms) / rmsnorm_backward
     rope_forward / rope_backward (interleaved pairs (2i, 2i+1); backward rotates by -theta)
@@ -17,6 +17,9 @@ and writes (=) activation gradients unless its docstring says otherwise.
 
 The SIMD path (scalar / AVX2 / AVX-512; AMX for bf16 matmuls when the OS grants it) is chosen at
 run time from slmx_simd_level(); ``nthreads`` is the count resolved by cpu.resolve_threads.
+Reductions that feed weight gradients (the token sums of dW, the norm weights' row sums) run in
+a fixed order that does not depend on the thread count, so results are reproducible, and
+splitting a batch into micro-batches at sequence boundaries gives bit-identical sums.
 """
 import threading
 
@@ -45,30 +48,28 @@ cdef extern from "train_gemm_simd.h" nogil:
     void tg_ukr_amx(long kcp, const uint16_t *A, const uint16_t *B, float *C, long ldc,
                     int mr, int nr, int acc, float *tmp)
 
+# Blocking. fp32: the B panel (KC x 32 floats = 32 KiB) stays in L1 while A tiles stream from L2;
+# AMX: bf16 panels of KC_AMX x 32. Module variables so that _set_blocking can try other sizes.
 DEF KC_MAX = 1024
 DEF NC_MAX = 8192
-# fp32 blocking (tunable for experiments through _set_blocking)
-cdef Py_ssize_t KC = 256          # depth of a packed block (B panel KC x 32 floats = 32 KiB: L1)
-cdef Py_ssize_t MC_TARGET = 336   # rows of A packed at once (MC x KC floats ~ 336 KiB: L2)
-cdef Py_ssize_t NC = 4096         # columns of B packed at once
-
-
-def _set_blocking(kc, mc, nc):
-    """(testing) fp32 GEMM block sizes"""
-    global KC, MC_TARGET, NC
-    KC, MC_TARGET, NC = min(int(kc), KC_MAX), int(mc), min(int(nc), NC_MAX)
-cdef Py_ssize_t KC_AMX = 512   # AMX: depth of a packed bf16 block (B panel 512 x 32 bf16 = 32 KiB)
-cdef Py_ssize_t MC_AMX = 256   # AMX: rows of A packed at once (256 x 512 bf16 = 256 KiB)
-cdef Py_ssize_t NC_AMX = 2048
-
-
-def _set_blocking_amx(kc, mc, nc):
-    """(testing) AMX GEMM block sizes (kc, mc, nc multiples of 32)"""
-    global KC_AMX, MC_AMX, NC_AMX
-    KC_AMX, MC_AMX, NC_AMX = int(kc), int(mc), int(nc)
-DEF PAR_MIN_FMA = 262144   # M*N*K below this runs on one thread
+cdef Py_ssize_t KC = 256          # fp32: depth of a packed block
+cdef Py_ssize_t MC_TARGET = 336   # fp32: rows of A packed at once (336 x 256 floats: L2)
+cdef Py_ssize_t NC = 4096         # fp32: columns of B packed at once
+cdef Py_ssize_t KC_AMX = 512      # AMX: depth of a packed block
+cdef Py_ssize_t MC_AMX = 256      # AMX: rows of A packed at once (256 x 512 bf16 = 256 KiB)
+cdef Py_ssize_t NC_AMX = 2048     # AMX: columns of B packed at once
+DEF PAR_MIN_FMA = 262144          # M*N*K below this runs on one thread
 DEF STREAM_MIN_FLOATS = 8388608   # outputs of at least 32 MiB bypass the caches (streaming stores)
 DEF STREAM_MAX_K = 512            # ... when K fits one packed block
+
+
+def _set_blocking(kc=256, mc=336, nc=4096, kc_amx=512, mc_amx=256, nc_amx=2048):
+    """(tuning) GEMM block sizes; AMX sizes must be multiples of 32. Not thread-safe."""
+    global KC, MC_TARGET, NC, KC_AMX, MC_AMX, NC_AMX
+    if min(kc, mc, nc, kc_amx, mc_amx, nc_amx) <= 0 or (kc_amx | mc_amx | nc_amx) % 32:
+        raise ValueError("block sizes must be positive (AMX: multiples of 32)")
+    KC, MC_TARGET, NC = min(int(kc), KC_MAX), max(int(mc), 14), min(int(nc), NC_MAX)
+    KC_AMX, MC_AMX, NC_AMX = int(kc_amx), int(mc_amx), int(nc_amx)
 
 
 cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
