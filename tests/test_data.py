@@ -162,7 +162,9 @@ def test_validation_batches_fixed():
     assert [x.shape[0] for x, _ in D.validation_batches(toks[:60], 8, 16, 1000)] == [3]   # < one batch
     assert v[0][0][1, 0] == 16 and v[0][1][0, -1] == 16
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(v, D.validation_batches(toks, 3, 16, 1000)))
-    assert sum(x.size for x, _ in D.validation_batches(toks, 4, 16, max_tokens=64)) == 64
+    few = D.validation_batches(toks, 4, 16, max_tokens=64)
+    assert sum(x.size for x, _ in few) == 64
+    assert list(few[0][0][:, 0]) == [0, 6 * 16, 11 * 16, 17 * 16]        # spread over the split
     assert D.validation_batches(toks[:5], 3, 16) == []
 
 

@@ -439,18 +439,18 @@ def _jsonable(x):
 
 
 def validation_batches(tokens, batch_size, context, max_tokens=1 << 16):
-    """Fixed validation windows: consecutive non-overlapping windows of context+1 tokens from the
-    start of the validation split, at most max_tokens targets, in batches of batch_size (a smaller
-    last batch only when there is less than one batch). Returns a list of (inputs, targets) int32 arrays (the same on every call)."""
-    n_win = (len(tokens) - 1) // context if len(tokens) > context else 0
-    n_win = min(n_win, max(1, max_tokens // context))
+    """Fixed validation windows of context+1 tokens: the split cut into non-overlapping windows
+    (window w starts at w * context), of which at most max_tokens // context are used, spread
+    evenly over the whole split; in batches of batch_size (a smaller last batch only when there
+    is less than one batch). Returns a list of (inputs, targets) int32 arrays, the same each call."""
+    n_all = (len(tokens) - 1) // context if len(tokens) > context else 0
+    n_win = min(n_all, max(1, max_tokens // context))
     if n_win >= batch_size:
         n_win -= n_win % batch_size      # whole batches only: one activation shape for the model
+    picked = np.linspace(0, n_all - 1, n_win).round().astype(np.int64) if n_win else []
     out = []
     for b in range(0, n_win, batch_size):
-        rows = []
-        for w in range(b, min(n_win, b + batch_size)):
-            rows.append(np.asarray(tokens[w * context:w * context + context + 1], dtype=np.int32))
-        win = np.stack(rows)
+        win = np.stack([np.asarray(tokens[w * context:w * context + context + 1], dtype=np.int32)
+                        for w in picked[b:b + batch_size]])
         out.append((np.ascontiguousarray(win[:, :-1]), np.ascontiguousarray(win[:, 1:])))
     return out
