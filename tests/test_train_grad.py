@@ -288,6 +288,27 @@ def test_attention(level, B, Tn, H, Hkv, D):
     assert rel(dqkv, ref_d) < 1e-5
 
 
+@pytest.mark.parametrize("B,Tn,H,Hkv,D", [(2, 64, 4, 2, 16), (1, 100, 6, 2, 24), (1, 130, 2, 2, 64),
+                                          (1, 45, 3, 1, 40)])
+def test_attention_bf16(level, B, Tn, H, Hkv, D):
+    """bf16 mode: AMX tiles with bf16 operands at level 4 (when granted), else the fp32 kernels"""
+    qkv = randn(B * Tn, (H + 2 * Hkv) * D)
+    scale = 1.0 / np.sqrt(D)
+    dout = randn(B * Tn, H * D)
+    out = np.zeros((B * Tn, H * D), np.float32)
+    lse = np.zeros((B, H, Tn), np.float32)
+    T.attention_forward(qkv, out, lse, B, Tn, H, Hkv, D, scale, 2, True)
+    ref_out, ref_lse, ref_d = attention_reference(qkv, B, Tn, H, Hkv, D, scale, dout)
+    dqkv = np.full_like(qkv, np.nan)
+    T.attention_backward(qkv, out, dout, lse, dqkv, B, Tn, H, Hkv, D, scale, 2, True)
+    tol = 2e-2 if T.amx_usable() else 1e-5
+    assert rel(out, ref_out) < tol
+    assert rel(lse, ref_lse) < tol / 10
+    assert rel(dqkv, ref_d) < tol
+    for part in (slice(0, H * D), slice(H * D, (H + Hkv) * D), slice((H + Hkv) * D, None)):
+        assert rel(dqkv[:, part], ref_d[:, part]) < tol
+
+
 def test_attention_checks():
     qkv = randn(64, 8 * 16)
     with pytest.raises(ValueError):

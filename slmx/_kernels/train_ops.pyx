@@ -1019,6 +1019,154 @@ cdef void _attn_bwd_group(int lvl, const float *qkv, const float *out, const flo
         memcpy(dqkv + t * W + v_off, dv + t * hd, hd * sizeof(float))
 
 
+# ----------------------------------------------------------------------------- attention on AMX
+# bf16 mode with AMX: per strip of 32 queries, the scores against all the keys it may see
+# (32 x T, never T x T) on AMX tiles, an exact row softmax in fp32, and the products with V (and,
+# backward, dO, K, Q) on AMX tiles. Operands are packed once per task by the GEMM packers.
+
+cdef inline Py_ssize_t _r32(Py_ssize_t n) noexcept nogil:
+    return (n + 31) & ~31
+
+
+cdef size_t _attn_amx_ws(Py_ssize_t T, Py_ssize_t hd, bint backward) noexcept nogil:
+    """per-thread scratch bytes of the AMX attention kernels"""
+    cdef size_t Tp = _r32(T), hdp = _r32(hd)
+    if not backward:
+        return (2 * Tp * hdp + 32 * hdp + 32 * Tp) * 2 + (32 * Tp + 32 * hdp + 1024 + 64) * 4 + 256
+    return (5 * Tp * hdp + 2 * 32 * hdp + 3 * 32 * Tp) * 2 + (2 * 32 * Tp + 2 * Tp * hd + Tp + 1024) * 4 + 256
+
+
+cdef void _attn_fwd_head_amx(int lvl, const float *qkv, float *out, float *lse, Py_ssize_t T, Py_ssize_t W,
+                             Py_ssize_t ldo, Py_ssize_t q_off, Py_ssize_t k_off, Py_ssize_t v_off,
+                             Py_ssize_t hd, float scale, char *ws) noexcept nogil:
+    """attention_forward of one (batch, head) on AMX (bf16 operands, fp32 softmax and sums)"""
+    cdef Py_ssize_t Tp = _r32(T), hdp = _r32(hd)
+    cdef uint16_t *kpt = <uint16_t *>ws            # K^T as B: Tp/32 panels of hdp x 32
+    cdef uint16_t *vp = kpt + Tp * hdp             # V as B: hdp/32 panels of Tp x 32
+    cdef uint16_t *qa = vp + hdp * Tp              # Q strip as A: 32 x hdp
+    cdef uint16_t *pa = qa + 32 * hdp              # P strip as A: 32 x Tp
+    cdef float *sc = <float *>(pa + 32 * Tp)       # scores / probabilities (32, Tp)
+    cdef float *o = sc + 32 * Tp                   # (32, hd)
+    cdef float *mrow = o + 32 * hdp                # (32,)
+    cdef float *tmp = mrow + 64                    # 32 x 32 scratch of the micro-kernel
+    cdef Py_ssize_t q0, rows, L, Lp, p, i, dn, valid
+    cdef float mx
+    cdef double sm
+    tg_amx_begin()
+    tg_pack_b_amx(qkv + k_off, 1, W, hd, T, kpt)
+    tg_pack_b_amx(qkv + v_off, W, 1, T, hd, vp)
+    q0 = 0
+    while q0 < T:
+        rows = _imin(32, T - q0)
+        L = q0 + rows
+        Lp = _r32(L)
+        tg_pack_a_amx(qkv + q0 * W + q_off, W, 1, rows, hd, qa)
+        p = 0
+        while p < L:
+            tg_ukr_amx(hdp, qa, kpt + p * hdp, sc + p, Tp, <int>rows, <int>_imin(32, L - p), 0, tmp)
+            p += 32
+        for i in range(rows):
+            valid = q0 + i + 1
+            mx = tg_row_max(lvl, sc + i * Tp, valid) * scale
+            sm = tg_exp_shift(lvl, sc + i * Tp, sc + i * Tp, valid, scale, mx, 1.0)
+            if valid < Lp:
+                memset(sc + i * Tp + valid, 0, (Lp - valid) * sizeof(float))
+            mrow[i] = <float>(1.0 / sm)
+            lse[q0 + i] = mx + <float>log(sm)
+        tg_pack_a_amx(sc, Tp, 1, rows, L, pa)
+        dn = 0
+        while dn < hd:
+            tg_ukr_amx(Lp, pa, vp + dn * Tp, o + dn, hd, <int>rows, <int>_imin(32, hd - dn), 0, tmp)
+            dn += 32
+        for i in range(rows):
+            tg_copy_scale(lvl, o + i * hd, out + (q0 + i) * ldo, hd, mrow[i])
+        q0 += 32
+    tg_amx_end()
+
+
+cdef void _attn_bwd_group_amx(int lvl, const float *qkv, const float *out, const float *dout,
+                              const float *lse, float *dqkv, Py_ssize_t T, Py_ssize_t W, Py_ssize_t ldo,
+                              Py_ssize_t h0, Py_ssize_t G, Py_ssize_t k_off, Py_ssize_t v_off,
+                              Py_ssize_t hd, float scale, char *ws) noexcept nogil:
+    """attention_backward of one (batch, kv head) on AMX"""
+    cdef Py_ssize_t Tp = _r32(T), hdp = _r32(hd)
+    cdef uint16_t *kpt = <uint16_t *>ws            # K^T as B (S = Q K^T)
+    cdef uint16_t *vpt = kpt + Tp * hdp            # V^T as B (dP = dO V^T)
+    cdef uint16_t *kp = vpt + Tp * hdp             # K as B (dQ = dS K)
+    cdef uint16_t *qp = kp + Tp * hdp              # Q of head h as B (dK += dS^T Q)
+    cdef uint16_t *dop = qp + Tp * hdp             # dO of head h as B (dV += P^T dO)
+    cdef uint16_t *qa = dop + Tp * hdp             # Q strip as A
+    cdef uint16_t *doa = qa + 32 * hdp             # dO strip as A
+    cdef uint16_t *pt = doa + 32 * hdp             # P^T strip as A (Tp x 32)
+    cdef uint16_t *dsa = pt + 32 * Tp              # dS strip as A (32 x Tp)
+    cdef uint16_t *dst = dsa + 32 * Tp             # dS^T strip as A (Tp x 32)
+    cdef float *sc = <float *>(dst + 32 * Tp)      # P (32, Tp)
+    cdef float *dp = sc + 32 * Tp                  # dP, then dS (32, Tp)
+    cdef float *dk = dp + 32 * Tp                  # (Tp, hd)
+    cdef float *dv = dk + Tp * hd                  # (Tp, hd)
+    cdef float *dd = dv + Tp * hd                  # (Tp,) rowsum(dO * O)
+    cdef float *tmp = <float *>((<uintptr_t>(dd + Tp) + 63) & ~(<uintptr_t>63))
+    cdef const float *lh
+    cdef Py_ssize_t h, t, q0, rows, L, Lp, p, i, dn, kt, valid, q_off
+    tg_amx_begin()
+    tg_pack_b_amx(qkv + k_off, 1, W, hd, T, kpt)
+    tg_pack_b_amx(qkv + v_off, 1, W, hd, T, vpt)
+    tg_pack_b_amx(qkv + k_off, W, 1, T, hd, kp)
+    memset(dk, 0, Tp * hd * sizeof(float))
+    memset(dv, 0, Tp * hd * sizeof(float))
+    for h in range(h0, h0 + G):
+        q_off = h * hd
+        lh = lse + (h - h0) * T
+        tg_pack_b_amx(qkv + q_off, W, 1, T, hd, qp)
+        tg_pack_b_amx(dout + q_off, ldo, 1, T, hd, dop)
+        for t in range(T):
+            dd[t] = tg_dot(lvl, dout + t * ldo + q_off, out + t * ldo + q_off, hd)
+        q0 = 0
+        while q0 < T:
+            rows = _imin(32, T - q0)
+            L = q0 + rows
+            Lp = _r32(L)
+            tg_pack_a_amx(qkv + q0 * W + q_off, W, 1, rows, hd, qa)
+            tg_pack_a_amx(dout + q0 * ldo + q_off, ldo, 1, rows, hd, doa)
+            p = 0
+            while p < L:
+                tg_ukr_amx(hdp, qa, kpt + p * hdp, sc + p, Tp, <int>rows, <int>_imin(32, L - p), 0, tmp)
+                tg_ukr_amx(hdp, doa, vpt + p * hdp, dp + p, Tp, <int>rows, <int>_imin(32, L - p), 0, tmp)
+                p += 32
+            for i in range(rows):
+                valid = q0 + i + 1
+                tg_exp_shift(lvl, sc + i * Tp, sc + i * Tp, valid, scale, lh[q0 + i], 1.0)
+                tg_dsoftmax(lvl, sc + i * Tp, dp + i * Tp, valid, dd[q0 + i], scale)
+                if valid < Lp:
+                    memset(sc + i * Tp + valid, 0, (Lp - valid) * sizeof(float))
+                    memset(dp + i * Tp + valid, 0, (Lp - valid) * sizeof(float))
+            # dQ (rows of the strip) = dS K, written straight into dqkv
+            tg_pack_a_amx(dp, Tp, 1, rows, L, dsa)
+            dn = 0
+            while dn < hd:
+                tg_ukr_amx(Lp, dsa, kp + dn * Tp, dqkv + q0 * W + q_off + dn, W, <int>rows,
+                           <int>_imin(32, hd - dn), 0, tmp)
+                dn += 32
+            # dV += P^T dO,  dK += dS^T Q  (over the strip's rows)
+            tg_pack_a_amx(sc, 1, Tp, L, rows, pt)
+            tg_pack_a_amx(dp, 1, Tp, L, rows, dst)
+            kt = 0
+            while kt < L:
+                dn = 0
+                while dn < hd:
+                    tg_ukr_amx(32, pt + kt * 32, dop + dn * Tp + q0 * 32, dv + kt * hd + dn, hd,
+                               <int>_imin(32, L - kt), <int>_imin(32, hd - dn), 1, tmp)
+                    tg_ukr_amx(32, dst + kt * 32, qp + dn * Tp + q0 * 32, dk + kt * hd + dn, hd,
+                               <int>_imin(32, L - kt), <int>_imin(32, hd - dn), 1, tmp)
+                    dn += 32
+                kt += 32
+            q0 += 32
+    for t in range(T):
+        memcpy(dqkv + t * W + k_off, dk + t * hd, hd * sizeof(float))
+        memcpy(dqkv + t * W + v_off, dv + t * hd, hd * sizeof(float))
+    tg_amx_end()
+
+
 cdef void _attn_check(qkv, out, lse, int B, int T, int n_heads, int n_kv_heads, int head_dim) except *:
     _f32(qkv, "qkv", 2)
     _f32(out, "out", 2)
@@ -1033,12 +1181,13 @@ cdef void _attn_check(qkv, out, lse, int B, int T, int n_heads, int n_kv_heads, 
 
 
 def attention_forward(qkv, out, lse, int B, int T, int n_heads, int n_kv_heads, int head_dim,
-                      float scale, int nthreads=1):
+                      float scale, int nthreads=1, bint bf16=False):
     """Causal grouped-query attention, FlashAttention-style (tiles of 64 x 64, online softmax).
 
     qkv (B*T, (H + 2 Hkv) D): per row [q heads | k heads | v heads]; out (B*T, H D);
     lse (B, H, T) = log-sum-exp of each row of scale * q k^T (saved for the backward).
-    Query head h reads kv head h // (H / Hkv).
+    Query head h reads kv head h // (H / Hkv). bf16 (with AMX; scale > 0): the products run on
+    AMX tiles with bf16 operands, strip by strip of 32 queries (softmax and sums in fp32).
     """
     _attn_check(qkv, out, lse, B, T, n_heads, n_kv_heads, head_dim)
     _no_overlap(out, (qkv, lse))
@@ -1047,32 +1196,40 @@ def attention_forward(qkv, out, lse, int B, int T, int n_heads, int n_kv_heads, 
         return out
     cdef Py_ssize_t W = (n_heads + 2 * n_kv_heads) * head_dim, ldo = n_heads * head_dim
     cdef Py_ssize_t hd = head_dim, G = n_heads // n_kv_heads, H = n_heads, Hkv = n_kv_heads
+    cdef int lvl = slmx_simd_level()
+    cdef bint amx = bf16 and _use_amx(lvl) and scale > 0
     cdef Py_ssize_t per = 2 * hd * T + 2 * BQ * hd + BQ * BK + 2 * BQ + 16
+    if amx:
+        per = <Py_ssize_t>(_attn_amx_ws(T, hd, False) // 4 + 16)
     cdef int nt = nthreads if nthreads > 1 and B * H > 1 else 1
-    work = np.empty(nt * per, np.float32)
+    work = np.empty(nt * per + 16, np.float32)
     cdef float[::1] wv = work
+    cdef float *wp = <float *>((<uintptr_t>&wv[0] + 63) & ~(<uintptr_t>63))
     cdef float[:, ::1] qv = qkv
     cdef float[:, ::1] ov = out
     cdef float[:, :, ::1] lv = lse
-    cdef int lvl = slmx_simd_level()
     cdef Py_ssize_t task, b, h, g
     with nogil:
         for task in prange(B * H, num_threads=nt, schedule="dynamic"):
             b = task // H
             h = task % H
             g = h // G
-            _attn_fwd_head(lvl, &qv[b * T, 0], &ov[b * T, 0] + h * hd, &lv[b, h, 0], T, W, ldo,
-                           h * hd, (H + g) * hd, (H + Hkv + g) * hd, hd, scale,
-                           &wv[0] + threadid() * per)
+            if amx:
+                _attn_fwd_head_amx(lvl, &qv[b * T, 0], &ov[b * T, 0] + h * hd, &lv[b, h, 0], T, W, ldo,
+                                   h * hd, (H + g) * hd, (H + Hkv + g) * hd, hd, scale,
+                                   <char *>(wp + threadid() * per))
+            else:
+                _attn_fwd_head(lvl, &qv[b * T, 0], &ov[b * T, 0] + h * hd, &lv[b, h, 0], T, W, ldo,
+                               h * hd, (H + g) * hd, (H + Hkv + g) * hd, hd, scale, wp + threadid() * per)
     return out
 
 
 def attention_backward(qkv, out, dout, lse, dqkv, int B, int T, int n_heads, int n_kv_heads,
-                       int head_dim, float scale, int nthreads=1):
+                       int head_dim, float scale, int nthreads=1, bint bf16=False):
     """Gradient of attention_forward: dqkv (B*T, (H + 2 Hkv) D) = [dq | dk | dv] (overwritten).
 
     Recomputes the probabilities tile by tile from qkv and lse (no T x T buffer); dK and dV of a
-    kv head are summed over the H / Hkv query heads that read it.
+    kv head are summed over the H / Hkv query heads that read it. bf16: as attention_forward.
     """
     _attn_check(qkv, out, lse, B, T, n_heads, n_kv_heads, head_dim)
     _f32(dout, "dout", 2)
@@ -1084,22 +1241,31 @@ def attention_backward(qkv, out, dout, lse, dqkv, int B, int T, int n_heads, int
         return dqkv
     cdef Py_ssize_t W = (n_heads + 2 * n_kv_heads) * head_dim, ldo = n_heads * head_dim
     cdef Py_ssize_t hd = head_dim, G = n_heads // n_kv_heads, H = n_heads, Hkv = n_kv_heads
+    cdef int lvl = slmx_simd_level()
+    cdef bint amx = bf16 and _use_amx(lvl) and scale > 0
     cdef Py_ssize_t per = 8 * hd * T + 2 * BQ * BK + T + 16
+    if amx:
+        per = <Py_ssize_t>(_attn_amx_ws(T, hd, True) // 4 + 16)
     cdef int nt = nthreads if nthreads > 1 and B * Hkv > 1 else 1
-    work = np.empty(nt * per, np.float32)
+    work = np.empty(nt * per + 16, np.float32)
     cdef float[::1] wv = work
+    cdef float *wp = <float *>((<uintptr_t>&wv[0] + 63) & ~(<uintptr_t>63))
     cdef float[:, ::1] qv = qkv
     cdef float[:, ::1] ov = out
     cdef float[:, ::1] dov = dout
     cdef float[:, :, ::1] lv = lse
     cdef float[:, ::1] dv = dqkv
-    cdef int lvl = slmx_simd_level()
     cdef Py_ssize_t task, b, g
     with nogil:
         for task in prange(B * Hkv, num_threads=nt, schedule="dynamic"):
             b = task // Hkv
             g = task % Hkv
-            _attn_bwd_group(lvl, &qv[b * T, 0], &ov[b * T, 0], &dov[b * T, 0], &lv[b, g * G, 0],
-                            &dv[b * T, 0], T, W, ldo, g * G, G, (H + g) * hd, (H + Hkv + g) * hd, hd,
-                            scale, &wv[0] + threadid() * per)
+            if amx:
+                _attn_bwd_group_amx(lvl, &qv[b * T, 0], &ov[b * T, 0], &dov[b * T, 0], &lv[b, g * G, 0],
+                                    &dv[b * T, 0], T, W, ldo, g * G, G, (H + g) * hd, (H + Hkv + g) * hd,
+                                    hd, scale, <char *>(wp + threadid() * per))
+            else:
+                _attn_bwd_group(lvl, &qv[b * T, 0], &ov[b * T, 0], &dov[b * T, 0], &lv[b, g * G, 0],
+                                &dv[b * T, 0], T, W, ldo, g * G, G, (H + g) * hd, (H + Hkv + g) * hd, hd,
+                                scale, wp + threadid() * per)
     return dqkv

@@ -327,7 +327,7 @@ class TrainableLM:
             _ops.rmsnorm_forward(a.xs[l], P["n1"], eps, a.h1[l], a.r1[l], nt)
             _ops.linear_forward(a.h1[l], P["wqkv"], a.qkv[l], False, bf, nt)
             _ops.rope_forward(a.qkv[l], H + Hkv, D, a.pos, self._cos, self._sin, nt)
-            _ops.attention_forward(a.qkv[l], a.att[l], a.lse[l], a.B, a.T, H, Hkv, D, cfg.scale, nt)
+            _ops.attention_forward(a.qkv[l], a.att[l], a.lse[l], a.B, a.T, H, Hkv, D, cfg.scale, nt, bf)
             _ops.linear_forward(a.att[l], P["wo"], a.xmid[l], False, bf, nt, a.xs[l])
             _ops.rmsnorm_forward(a.xmid[l], P["n2"], eps, a.h2[l], a.r2[l], nt)
             _ops.linear_forward(a.h2[l], P["wgu"], a.gu[l], False, bf, nt)
@@ -357,7 +357,7 @@ class TrainableLM:
             _ops.rmsnorm_backward(a.dh, a.xmid[l], P["n2"], a.r2[l], a.dx, P["dn2"], True, nt)
             _ops.linear_backward(a.dx, a.att[l], P["wo"], a.datt, P["dwo"], False, bf, nt, blk)
             _ops.attention_backward(a.qkv[l], a.att[l], a.datt, a.lse[l], a.dqkv, a.B, T, H, Hkv, D,
-                                    cfg.scale, nt)
+                                    cfg.scale, nt, bf)
             _ops.rope_backward(a.dqkv, H + Hkv, D, a.pos, self._cos, self._sin, nt)
             _ops.linear_backward(a.dqkv, a.h1[l], P["wqkv"], a.dh, P["dwqkv"], False, bf, nt, blk)
             _ops.rmsnorm_backward(a.dh, a.xs[l], P["n1"], a.r1[l], a.dx, P["dn1"], True, nt)
