@@ -360,7 +360,7 @@ class Trainer:
                 step_times.append(dt)
                 if self.fit_steps_to_time and len(step_times) == 4:
                     self._fit_max_steps(float(np.median(step_times[1:])))
-                    refits = [0.2, 0.4, 0.6]           # re-fit early on, as the speed settles
+                    refits = [0.1, 0.2]    # re-fit while the cosine is still flat (lr changes little)
                     fit_t, fit_step = self._elapsed(), self.step
                 elif refits and self._elapsed() >= refits[0] * self.max_seconds and self.step > fit_step:
                     refits.pop(0)
