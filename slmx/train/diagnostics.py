@@ -141,7 +141,19 @@ def current_rss():
 
 
 def peak_rss():
-    """Peak resident set size in bytes (resource.getrusage; ru_maxrss is KiB on Linux)."""
+    """Peak resident set size of this process in bytes.
+
+    Linux: VmHWM from /proc/self/status (this address space's own high-water mark, which
+    reset_peak_rss() resets). getrusage's ru_maxrss is not used there: after fork + exec it starts
+    from the parent's peak, so a child of a large process would report its parent's memory.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024
 
