@@ -3,7 +3,17 @@ import os
 
 import pytest
 
+import slmx
 from slmx._kernels import cpu
+
+# Subprocesses the tests start (`python -m slmx.cli ...`) must import the same slmx as the tests:
+# the installed package in CI, an in-place build in a checkout. Python puts the working directory
+# (the repository, whose slmx/ has no compiled kernels after a plain `pip install .`) first on
+# sys.path for `-m` and `-c`; PYTHONSAFEPATH stops that, and PYTHONPATH names the right copy.
+_SLMX_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(slmx.__file__)))
+os.environ["PYTHONSAFEPATH"] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_SLMX_PARENT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 LEVELS = cpu.available_levels()
 
