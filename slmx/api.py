@@ -33,6 +33,8 @@ class LanguageModel:
                 f"n_layers={c.n_layers}, vocab={c.vocab_size}, n_ctx={self.n_ctx}, threads={self.threads})")
 
     def _ids(self, prompt, add_bos=None):
+        if prompt is None:
+            raise ValueError("prompt must be a string or a list of token ids, got None")
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt, add_bos=add_bos, parse_special=True)
         ids = [int(i) for i in prompt]
@@ -63,6 +65,26 @@ class LanguageModel:
         return self.transformer.forward(ids, 0, self.cache, all_logits=True)
 
 
+def _check_n_ctx(n_ctx, cfg):
+    """The KV-cache size: default min(context_length, 4096); bounded by the model and by memory."""
+    if n_ctx is None:
+        return min(cfg.context_length, 4096)
+    if isinstance(n_ctx, bool) or int(n_ctx) != n_ctx or n_ctx <= 0:
+        raise ValueError(f"n_ctx must be a positive integer, got {n_ctx}")
+    n_ctx = int(n_ctx)
+    if n_ctx > cfg.context_length:
+        raise ValueError(f"n_ctx {n_ctx} exceeds the model's context length {cfg.context_length}")
+    need = 2 * cfg.n_layers * n_ctx * cfg.kv_dim * 4
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    if ram and need > ram:
+        raise ValueError(f"n_ctx {n_ctx} needs a {need / 2**30:.1f} GiB KV cache; this machine has "
+                         f"{ram / 2**30:.1f} GiB")
+    return n_ctx
+
+
 def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics="ggml"):
     """Load a GGUF model by path or known name (e.g. "gemma3-270m"), or a model trained by
     `slmx train` (its output folder or a checkpoint folder). GGUF weights stay mmap'd.
@@ -86,6 +108,6 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics
         from .errors import FormatError
         raise FormatError(f"{path}: tokenizer has {tok.vocab_size} tokens but token_embd.weight has "
                           f"{cfg.vocab_size} rows")
-    n_ctx = int(n_ctx or min(cfg.context_length, 4096))
+    n_ctx = _check_n_ctx(n_ctx, cfg)
     tr = Transformer(cfg, f.tensors, threads=threads, numerics=numerics)
     return LanguageModel(path, f, cfg, tok, tr, n_ctx)

@@ -9,6 +9,12 @@ from .registry import DEFAULT_MODEL
 
 def _cmd_generate(a):
     from .api import load
+    from .infer import Sampler
+    if a.n < 0:
+        raise ValueError(f"-n/--max-new-tokens must be >= 0, got {a.n}")
+    if a.threads is not None and a.threads < 0:
+        raise ValueError(f"--threads must be >= 1 (or 0 for all usable cores), got {a.threads}")
+    Sampler(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)  # checks before output
     model = load(a.model, threads=a.threads, n_ctx=a.ctx)
     out = sys.stdout
 
@@ -240,7 +246,8 @@ def build_parser():
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (0.95)")
     g.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    g.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all usable)")
+    g.add_argument("-t", "--threads", type=int, default=None,
+                   help="kernel threads (default or 0: all usable cores)")
     g.add_argument("--ctx", type=int, default=None, help="context length / KV-cache size (default 4096)")
     g.add_argument("--no-echo", dest="prompt_echo", action="store_false", help="do not print the prompt")
     g.set_defaults(func=_cmd_generate)

@@ -58,3 +58,19 @@ def test_help():
     assert r.returncode == 0 and "generate" in r.stdout
     r = run("generate", "--help")
     assert "--top-p" in r.stdout and "--temperature" in r.stdout
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--top-p", "5"], "top_p"), (["--seed", "-1"], "seed"), (["-n", "-5"], "max-new-tokens"),
+    (["--ctx", "100000000"], "context length"), (["--ctx", "0"], "n_ctx"), (["--top-k", "-2"], "top_k"),
+])
+def test_bad_generate_options_one_line_before_any_output(gemma3_path, args, word):
+    r = run("generate", "-m", gemma3_path, "-p", "hi", *args)
+    assert r.returncode == 1, r
+    assert r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and word in r.stderr, r.stderr
+
+
+def test_context_exhaustion_is_reported(gemma3_path):
+    r = run("generate", "-m", gemma3_path, "-p", "hi", "-n", "20", "--ctx", "8", "--temperature", "0")
+    assert r.returncode == 0 and "finish: context" in r.stderr, r.stderr

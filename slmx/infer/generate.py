@@ -13,7 +13,7 @@ class GenerationResult:
     text: str
     token_ids: list
     prompt_ids: list
-    finish_reason: str               # "stop" (EOS or a stop string) or "length"
+    finish_reason: str               # "stop" (EOS or a stop string), "length" (max_new_tokens) or "context"
     prompt_tokens_per_s: float
     decode_tokens_per_s: float
     prompt_seconds: float = 0.0
@@ -41,10 +41,13 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
     if len(prompt_ids) >= cache.n_ctx:
         raise ValueError(f"generate: prompt of {len(prompt_ids)} tokens does not fit the context of "
                          f"{cache.n_ctx} tokens")
-    max_new = max(0, min(int(max_new_tokens), cache.n_ctx - len(prompt_ids)))
+    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
+    room = cache.n_ctx - len(prompt_ids)
+    max_new = min(int(max_new_tokens), room)
     stop = [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
     stop_ids = set(tokenizer.eos_ids if stop_ids is None else stop_ids)
-    decoder = StreamDecoder(tokenizer)
+    decoder = StreamDecoder(tokenizer, skip_special=True)   # control tokens are not text
 
     cache.reset()
     t0 = time.perf_counter()
@@ -82,6 +85,8 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
         pos += 1
         n_forward += 1
     t_decode = time.perf_counter() - t0
+    if finish == "length" and len(out_ids) >= max_new and max_new < max_new_tokens:
+        finish = "context"      # the KV cache (n_ctx) ran out before max_new_tokens
     if hit is None:
         pending += decoder.flush()
     text += pending

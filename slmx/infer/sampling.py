@@ -13,8 +13,10 @@ class Sampler:
     def __init__(self, temperature=0.8, top_k=40, top_p=0.95, seed=None):
         if temperature is None or temperature < 0 or not np.isfinite(temperature):
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+        if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0):
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
+        if seed is not None and (isinstance(seed, bool) or int(seed) != seed or seed < 0):
+            raise ValueError(f"seed must be an integer >= 0, got {seed}")
         if top_p is not None and not (0.0 < top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         self.temperature = float(temperature)
