@@ -298,8 +298,7 @@ def test_linear_against_numpy(t, simd_level):
 @pytest.mark.parametrize("t", BLOCK_TYPES, ids=lambda t: t.name)
 def test_linear_tiled_without_amx(t, simd_level):
     # on AMX machines the M = 33 runs above use tiles; this covers the VNNI M > 1 micro-kernels
-    if not quant._set_amx(True):
-        pytest.skip("no AMX at this level: test_linear_against_numpy covers the tiled path")
+    # (at levels without AMX it repeats what the test above checks, cheaply)
     quant._set_amx(False)
     try:
         sweep_linear(t, (1, 33), False)
