@@ -1,5 +1,12 @@
-"""The KV cache: keys and values of every layer, allocated once for n_ctx positions."""
+"""The KV cache: keys and values of every layer, allocated once for n_ctx positions.
+
+The transformer talks to a cache only through `store` (write the new tokens' k, v of a layer)
+and `attend` (attention of the new queries over what is cached), so other cache layouts
+(quantized blocks, ring buffers on sliding-window layers, paged) are drop-in replacements.
+"""
 import numpy as np
+
+from .._kernels import attention as _attention
 
 
 class KVCache:
@@ -25,3 +32,22 @@ class KVCache:
 
     def reset(self):
         self.length = 0
+
+    def truncate(self, length):
+        """Forget every position >= length (e.g. rejected draft tokens); later writes overwrite them."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"truncate: length {length} outside 0..{self.length}")
+        self.length = int(length)
+
+    def store(self, layer, pos, k, v):
+        """Write k, v (T, n_kv_heads, head_dim) of layer `layer` at positions pos..pos+T-1."""
+        t = k.shape[0]
+        self.k[layer, pos:pos + t] = k
+        self.v[layer, pos:pos + t] = v
+
+    def attend(self, layer, q, out, pos, scale, window, nthreads, softcap=0.0):
+        """out (T, H, D) = causal attention of queries q (T, H, D) at positions pos..pos+T-1
+        over cached positions 0..pos+T-1 of `layer` (only the last `window` when window > 0)."""
+        t = q.shape[0]
+        _attention.attention(q, self.k[layer], self.v[layer], out, scale, True, pos, window,
+                             nthreads, softcap, pos + t)

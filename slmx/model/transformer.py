@@ -19,7 +19,6 @@ logits = rmsnorm(x, output_norm) Wout^T   (Wout = token embedding table when tie
 import numpy as np
 
 from .. import qtypes
-from .._kernels import attention as _attention
 from .._kernels import cpu as _cpu
 from .._kernels import gemm as _gemm
 from .._kernels import ops_core as _core
@@ -207,10 +206,8 @@ class Transformer:
             _core.round_f16(v["q"], nt)
             _core.round_f16(v["k"], nt)
             _core.round_f16(v["v"], nt)
-        kc, vc = cache.k[li], cache.v[li]
-        kc[pos:pos + t] = v["k"]
-        vc[pos:pos + t] = v["v"]
-        _attention.attention(v["q"], kc, vc, v["att"], cfg.scale, True, pos, L.window, nt, 0.0, pos + t)
+        cache.store(li, pos, v["k"], v["v"])
+        cache.attend(li, v["q"], v["att"], pos, cfg.scale, L.window, nt)
         L.wo(v["att2"], o, nt)
         if L.post_attn_norm is not None:
             _core.rmsnorm(o, L.post_attn_norm, eps, o, nt)
