@@ -85,16 +85,25 @@ def _check_n_ctx(n_ctx, cfg):
     return n_ctx
 
 
-def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics="ggml"):
-    """Load a GGUF model by path or known name (e.g. "gemma3-270m"), or a model trained by
-    `slmx train` (its output folder or a checkpoint folder). GGUF weights stay mmap'd.
+def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics=None):
+    """Load a GGUF model by path or known name (e.g. "gemma3-270m"), a Hugging Face model
+    folder (config.json + model.safetensors or its sharded index + tokenizer.json), or a model
+    trained by `slmx train` (its output folder or a checkpoint folder). GGUF and safetensors
+    weights stay mmap'd (F32/F16/BF16 matrices are used in place).
 
     threads: kernel threads (default: SLMX_NUM_THREADS, OMP_NUM_THREADS, usable cores).
     n_ctx: KV-cache positions (default: the model's context length, at most 4096).
-    numerics: "ggml" (default for GGUF files) rounds attention inputs and GELU to fp16 as
-    llama.cpp's CPU backend does, so greedy output follows llama.cpp's; "fp32" keeps every
-    activation in fp32.
+    numerics: "ggml" (the default for GGUF files) rounds attention inputs and GELU to fp16 as
+    llama.cpp's CPU backend does, so greedy output follows llama.cpp's; "fp32" (the default for
+    HF folders, as transformers computes) keeps every activation in fp32.
     """
+    from .convert import is_hf_folder
+    if is_hf_folder(path_or_name):
+        from .convert import load_hf_folder
+        cfg, tensors, tok, weights = load_hf_folder(path_or_name)
+        n_ctx = _check_n_ctx(n_ctx, cfg)
+        tr = Transformer(cfg, tensors, threads=threads, numerics=numerics or "fp32")
+        return LanguageModel(os.fspath(path_or_name), weights, cfg, tok, tr, n_ctx)
     if os.path.isdir(os.fspath(path_or_name)):
         # a model trained by `slmx train`: its output folder or one of its ckpt-* folders
         from .train.checkpoint import load_for_inference
@@ -109,5 +118,5 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics
         raise FormatError(f"{path}: tokenizer has {tok.vocab_size} tokens but token_embd.weight has "
                           f"{cfg.vocab_size} rows")
     n_ctx = _check_n_ctx(n_ctx, cfg)
-    tr = Transformer(cfg, f.tensors, threads=threads, numerics=numerics)
+    tr = Transformer(cfg, f.tensors, threads=threads, numerics=numerics or "ggml")
     return LanguageModel(path, f, cfg, tok, tr, n_ctx)

@@ -1,10 +1,14 @@
-"""llama, qwen2 and gemma3 forwards against Hugging Face transformers on small random models.
+"""Hugging Face model folders: llama, mistral, qwen2 and gemma3 against transformers.
 
-Each test builds a randomly initialised model with transformers (fp32), writes it as an F32 GGUF
-the way llama.cpp's converter lays such files out (tensor names; Llama's q/k rows permuted for the
-interleaved RoPE pairing; Gemma's norm weights with the +1 folded in), loads that with slmx and
-compares logits at every position, on a prompt longer than the sliding window where there is one.
+Each test builds a small randomly initialised model with transformers (fp32), saves it with
+save_pretrained (model.safetensors, or shards and an index), adds a byte-level BPE
+tokenizer.json trained by the `tokenizers` library, and loads the folder with slmx — directly
+(`slmx.load(folder)`) and through `slmx convert` to GGUF (llama.cpp's layout: Llama's q/k rows
+permuted, Gemma's norms with +1 folded in). Logits at every position must match transformers'
+within 1e-4, on a prompt longer than the sliding window where there is one (gemma3, mistral).
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -12,85 +16,23 @@ import torch
 import transformers
 
 import slmx
-from slmx.formats import gguf
+from slmx.convert import convert_hf_to_gguf
 
 V = 320
+ARCHS = ["llama", "mistral", "qwen2", "gemma3"]
 
 
-def _tokenizer_meta():
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tokens += [f"\u2581w{i}" for i in range(V - len(tokens))]
-    types = [2, 3, 3] + [6] * 256 + [1] * (V - 259)
-    return {
-        "tokenizer.ggml.model": "llama",
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.scores": np.zeros(V, np.float32),
-        "tokenizer.ggml.token_type": gguf.typed(types, "array", "int32"),
-        "tokenizer.ggml.bos_token_id": gguf.typed(1, "uint32"),
-        "tokenizer.ggml.eos_token_id": gguf.typed(2, "uint32"),
-        "tokenizer.ggml.unknown_token_id": gguf.typed(0, "uint32"),
-    }
-
-
-def _permute(w, n_head):
-    # HF stores q/k for rotate-half RoPE; GGUF llama uses interleaved pairs.
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _to_gguf(hf, arch, path):
-    c = hf.config
-    sd = {k: v.detach().numpy().astype(np.float32) for k, v in hf.state_dict().items()}
-    L = c.num_hidden_layers
-    a = arch + "."
-    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    rp = getattr(c, "rope_parameters", None) or {}
-    meta = {
-        "general.architecture": arch,
-        a + "context_length": c.max_position_embeddings,
-        a + "embedding_length": c.hidden_size,
-        a + "block_count": L,
-        a + "feed_forward_length": c.intermediate_size,
-        a + "attention.head_count": c.num_attention_heads,
-        a + "attention.head_count_kv": c.num_key_value_heads,
-        a + "attention.key_length": hd,
-        a + "attention.value_length": hd,
-        a + "attention.layer_norm_rms_epsilon": float(c.rms_norm_eps),
-    }
-    if arch == "gemma3":
-        meta[a + "rope.freq_base"] = float(rp["full_attention"]["rope_theta"])
-        meta[a + "attention.sliding_window"] = c.sliding_window
-    else:
-        meta[a + "rope.freq_base"] = float(rp.get("rope_theta", 10000.0))
-    meta.update(_tokenizer_meta())
-    one = 1.0 if arch == "gemma3" else 0.0
-    t = {"token_embd.weight": sd["model.embed_tokens.weight"],
-         "output_norm.weight": sd["model.norm.weight"] + one}
-    if "lm_head.weight" in sd and not c.tie_word_embeddings:
-        t["output.weight"] = sd["lm_head.weight"]
-    for i in range(L):
-        p, q = f"model.layers.{i}.", f"blk.{i}."
-        wq, wk = sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"]
-        if arch == "llama":
-            wq, wk = _permute(wq, c.num_attention_heads), _permute(wk, c.num_key_value_heads)
-        t[q + "attn_q.weight"], t[q + "attn_k.weight"] = wq, wk
-        t[q + "attn_v.weight"] = sd[p + "self_attn.v_proj.weight"]
-        t[q + "attn_output.weight"] = sd[p + "self_attn.o_proj.weight"]
-        for b in ("q", "k", "v"):
-            if p + f"self_attn.{b}_proj.bias" in sd:
-                t[q + f"attn_{b}.bias"] = sd[p + f"self_attn.{b}_proj.bias"]
-        t[q + "attn_norm.weight"] = sd[p + "input_layernorm.weight"] + one
-        t[q + "ffn_gate.weight"] = sd[p + "mlp.gate_proj.weight"]
-        t[q + "ffn_up.weight"] = sd[p + "mlp.up_proj.weight"]
-        t[q + "ffn_down.weight"] = sd[p + "mlp.down_proj.weight"]
-        if arch == "gemma3":
-            t[q + "attn_q_norm.weight"] = sd[p + "self_attn.q_norm.weight"] + one
-            t[q + "attn_k_norm.weight"] = sd[p + "self_attn.k_norm.weight"] + one
-            t[q + "post_attention_norm.weight"] = sd[p + "post_attention_layernorm.weight"] + one
-            t[q + "ffn_norm.weight"] = sd[p + "pre_feedforward_layernorm.weight"] + one
-            t[q + "post_ffw_norm.weight"] = sd[p + "post_feedforward_layernorm.weight"] + one
-        else:
-            t[q + "ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
-    gguf.write(path, meta, t)
+def _tokenizer(folder):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tr = trainers.BpeTrainer(vocab_size=V - 8, special_tokens=["<|endoftext|>"],
+                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    text = ["the quick brown fox jumps over the lazy dog", "def f(x):\n    return x + 1\n"] * 20
+    tok.train_from_iterator(text, tr)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    return tok
 
 
 def _build(arch):
@@ -98,15 +40,17 @@ def _build(arch):
     common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256)
     if arch == "llama":
-        cfg = transformers.LlamaConfig(num_hidden_layers=2, tie_word_embeddings=False, **common)
-        m = transformers.LlamaForCausalLM(cfg)
+        m = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            num_hidden_layers=2, tie_word_embeddings=False, **common))
+    elif arch == "mistral":
+        m = transformers.MistralForCausalLM(transformers.MistralConfig(
+            num_hidden_layers=2, sliding_window=8, tie_word_embeddings=False, **common))
     elif arch == "qwen2":
-        cfg = transformers.Qwen2Config(num_hidden_layers=2, tie_word_embeddings=True, **common)
-        m = transformers.Qwen2ForCausalLM(cfg)
+        m = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+            num_hidden_layers=2, tie_word_embeddings=True, **common))
     else:
-        cfg = transformers.Gemma3TextConfig(num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16,
-                                            sliding_window=8, **common)
-        m = transformers.Gemma3ForCausalLM(cfg)
+        m = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+            num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16, sliding_window=8, **common))
     with torch.no_grad():   # random (not zero) norms and biases, so the test sees them
         for name, p in m.named_parameters():
             if "norm" in name:
@@ -116,15 +60,28 @@ def _build(arch):
     return m.eval().float()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-def test_logits_match_transformers(tmp_path, arch):
-    hf = _build(arch)
-    path = tmp_path / f"{arch}.gguf"
-    _to_gguf(hf, arch, str(path))
-    ids = np.random.default_rng(1).integers(3, V, 40)   # 40 tokens: past gemma3's window of 8
-    with torch.no_grad():
-        want = hf(torch.tensor(ids[None])).logits[0].numpy()
-    model = slmx.load(str(path), n_ctx=128, numerics="fp32")
+_CACHE = {}
+
+
+def _model(arch, tmp_path_factory, sharded=False):
+    key = (arch, sharded)
+    if key not in _CACHE:
+        hf = _build(arch)
+        folder = str(tmp_path_factory.mktemp(f"{arch}{'-sharded' if sharded else ''}"))
+        hf.save_pretrained(folder, max_shard_size="40KB" if sharded else "5GB")
+        _tokenizer(folder)
+        ids = np.random.default_rng(1).integers(3, V, 40)   # 40 tokens: past the window of 8
+        with torch.no_grad():
+            want = hf(torch.tensor(ids[None])).logits[0].numpy()
+        _CACHE[key] = (folder, ids, want)
+    return _CACHE[key]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hf_folder_logits_match_transformers(tmp_path_factory, arch):
+    folder, ids, want = _model(arch, tmp_path_factory)
+    model = slmx.load(folder, n_ctx=128)
+    assert model.transformer.numerics == "fp32"          # the default for HF folders
     assert model.config.arch == arch
     got = model.logits(ids.tolist())
     err = np.abs(got - want).max()
@@ -134,3 +91,43 @@ def test_logits_match_transformers(tmp_path, arch):
     for i, tok in enumerate(ids):
         step = np.array(model.transformer.forward([int(tok)], i, model.cache)[0])
     assert np.abs(step - want[-1]).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_sharded_folder(tmp_path_factory, arch):
+    folder, ids, want = _model(arch, tmp_path_factory, sharded=True)
+    assert os.path.isfile(os.path.join(folder, "model.safetensors.index.json"))
+    assert len([f for f in os.listdir(folder) if f.endswith(".safetensors")]) > 1
+    got = slmx.load(folder, n_ctx=128).logits(ids.tolist())
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_weights_are_zero_copy(tmp_path_factory):
+    folder, _, _ = _model("llama", tmp_path_factory)
+    model = slmx.load(folder, n_ctx=16)
+    w = model.transformer.layers[0].wq.data
+    assert not w.flags.owndata and not w.flags.writeable     # a view of the safetensors mmap
+    assert model.config.rope_neox                            # HF's pairing: q/k rows as stored
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_converted_gguf_logits_match_transformers(tmp_path_factory, tmp_path, arch):
+    folder, ids, want = _model(arch, tmp_path_factory)
+    out = str(tmp_path / "m.gguf")
+    r = convert_hf_to_gguf(folder, out, type="F32")
+    assert r["arch"] == arch and os.path.getsize(out) == r["bytes"]
+    model = slmx.load(out, n_ctx=128, numerics="fp32")
+    assert model.config.arch == ("llama" if arch == "mistral" else arch)
+    got = model.logits(ids.tolist())
+    err = np.abs(got - want).max()
+    assert err < 1e-4, f"{arch}: max abs logit difference {err}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tokenizer_ids_match_tokenizers(tmp_path_factory, arch):
+    from tokenizers import Tokenizer
+    folder, _, _ = _model(arch, tmp_path_factory)
+    ref = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    tok = slmx.load(folder, n_ctx=16).tokenizer
+    for text in ("the quick brown fox", "def g(y):\n\treturn y * 2  # ünïcödé 日本", "<|endoftext|>x"):
+        assert tok.encode(text, add_bos=False, parse_special=True) == ref.encode(text).ids

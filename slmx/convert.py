@@ -1,0 +1,278 @@
+"""Model files both ways: Hugging Face folders in, GGUF (and HF) out.
+
+    cfg, tensors, tok, weights = load_hf_folder("smollm-135m/")     # config + mmap'd weights + tokenizer
+    convert_hf_to_gguf("smollm-135m/", "smollm.gguf", type="F16")   # llama.cpp loads the result
+    export_checkpoint("runs/tiny", "tiny.gguf", format="gguf")      # slmx training checkpoint -> GGUF
+    export_checkpoint("runs/tiny", "tiny-hf/", format="hf")         # -> config.json + model.safetensors
+                                                                     #    + tokenizer.json (transformers loads it)
+
+GGUF output carries the metadata llama.cpp reads for the architecture (hyper-parameters,
+``general.file_type``, the tokenizer as ``tokenizer.ggml.*``) and llama.cpp's tensor layout
+(Llama/Mistral q/k rows permuted for its RoPE pairing). Weight matrices get ``type``; norms and
+biases stay F32, as llama.cpp's converter does. Every file is written atomically.
+"""
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from . import qtypes
+from .errors import FormatError
+from .formats import gguf, hf
+from .formats import safetensors as st
+
+__all__ = ["load_hf_folder", "is_hf_folder", "gguf_model_metadata", "gguf_tensors",
+           "convert_hf_to_gguf", "export_checkpoint", "write_gguf", "CONVERT_TYPES"]
+
+# output types with a quantizer in slmx; llama_ftype (general.file_type) of each
+_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "BF16": 32,
+              "Q4_K": 15, "Q5_K": 17, "Q6_K": 18}
+CONVERT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q4_0")
+
+
+def is_hf_folder(path):
+    """True for a folder holding a HF ``config.json`` and safetensors weights."""
+    p = os.fspath(path)
+    return (os.path.isfile(os.path.join(p, "config.json"))
+            and (os.path.isfile(os.path.join(p, st.SINGLE_NAME))
+                 or os.path.isfile(os.path.join(p, st.INDEX_NAME))))
+
+
+def _hf_tokenizer(folder, cfg):
+    from .tokenizer.hf_json import load_json
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise FormatError(f"{folder}: no tokenizer.json")
+    tok = load_json(path)
+    if tok.vocab_size > cfg.vocab_size:
+        raise FormatError(f"{path}: {tok.vocab_size} tokens but the model's embedding has "
+                          f"{cfg.vocab_size} rows")
+    gen = hf.read_json(os.path.join(folder, "generation_config.json"), required=False)
+    if gen:
+        e = gen.get("eos_token_id")
+        ids = e if isinstance(e, list) else [e]
+        extra = {int(i) for i in ids if isinstance(i, int) and not isinstance(i, bool)
+                 and 0 <= i < tok.vocab_size}
+        tok.eos_ids = frozenset(tok.eos_ids | extra)
+    return tok
+
+
+def load_hf_folder(folder, layout="hf"):
+    """A HF model folder -> (ModelConfig, GGUF-named tensors, tokenizer, the open weights).
+
+    layout "hf": tensors for slmx's forward, zero-copy views of the mmap'd safetensors;
+    layout "gguf": llama.cpp's layout (the config says so too). Keep the returned weights object
+    alive as long as the tensors are used (it owns the mmaps). FormatError on anything malformed.
+    """
+    folder = os.fspath(folder)
+    d = hf.read_json(os.path.join(folder, "config.json"))
+    weights = st.read_folder(folder)
+    try:
+        cfg = hf.config_from_hf(d, where=os.path.join(folder, "config.json"), tensors=weights.tensors)
+        r = hf.tensors_from_hf(cfg, weights.tensors, layout=layout)
+        cfg, tensors = r if layout == "gguf" else (cfg, r)
+        tok = _hf_tokenizer(folder, cfg)
+    except BaseException:
+        weights.close()
+        raise
+    return cfg, tensors, tok, weights
+
+
+# --- GGUF writing ---------------------------------------------------------------------------
+
+def gguf_model_metadata(cfg, name=None, file_type=0):
+    """``general.*`` and ``<arch>.*`` GGUF metadata for a ModelConfig in llama.cpp's layout.
+
+    Raises ValueError for configs llama.cpp's architecture cannot express."""
+    arch = cfg.arch
+    if arch == "mistral":
+        arch = "llama"                      # llama.cpp runs Mistral as llama
+    if arch in ("llama",) and cfg.rope_neox:
+        raise ValueError("gguf_model_metadata: a llama config with rope_neox: permute q/k first "
+                         "(slmx.formats.hf.tensors_from_hf(layout='gguf'))")
+    if arch in ("qwen2", "gemma3") and not cfg.rope_neox:
+        raise ValueError(f"gguf_model_metadata: {arch} uses NeoX RoPE")
+    if arch == "gemma3":
+        if cfg.sliding_pattern != 6 or (cfg.rope_base_local or 10000.0) != 10000.0:
+            raise ValueError("gguf_model_metadata: llama.cpp's gemma3 has 5 sliding layers in 6 and a "
+                             "local RoPE base of 10000")
+        if not math.isclose(cfg.scale, 1.0 / math.sqrt(cfg.head_dim), rel_tol=1e-6):
+            raise ValueError("gguf_model_metadata: llama.cpp's gemma3 scales attention by 1/sqrt(head_dim)")
+    elif cfg.attn_scale is not None and not math.isclose(cfg.scale, 1 / math.sqrt(cfg.head_dim), rel_tol=1e-6):
+        raise ValueError(f"gguf_model_metadata: {arch} with a custom attention scale")
+    a = arch + "."
+    m = {
+        "general.architecture": arch,
+        "general.name": name or arch,
+        "general.file_type": gguf.typed(int(file_type), "uint32"),
+        a + "context_length": gguf.typed(cfg.context_length, "uint32"),
+        a + "embedding_length": gguf.typed(cfg.d_model, "uint32"),
+        a + "block_count": gguf.typed(cfg.n_layers, "uint32"),
+        a + "feed_forward_length": gguf.typed(cfg.ffn_dim, "uint32"),
+        a + "attention.head_count": gguf.typed(cfg.n_heads, "uint32"),
+        a + "attention.head_count_kv": gguf.typed(cfg.n_kv_heads, "uint32"),
+        a + "attention.key_length": gguf.typed(cfg.head_dim, "uint32"),
+        a + "attention.value_length": gguf.typed(cfg.head_dim, "uint32"),
+        a + "attention.layer_norm_rms_epsilon": gguf.typed(float(cfg.norm_eps), "float32"),
+        a + "rope.freq_base": gguf.typed(float(cfg.rope_base), "float32"),
+        a + "rope.dimension_count": gguf.typed(cfg.head_dim, "uint32"),
+        a + "vocab_size": gguf.typed(cfg.vocab_size, "uint32"),
+    }
+    if cfg.rope_freq_scale != 1.0:
+        m[a + "rope.scaling.type"] = "linear"
+        m[a + "rope.scaling.factor"] = gguf.typed(1.0 / cfg.rope_freq_scale, "float32")
+    if cfg.sliding_window and (arch == "gemma3" or cfg.sliding_pattern == -1):
+        m[a + "attention.sliding_window"] = gguf.typed(cfg.sliding_window, "uint32")
+    if cfg.final_logit_softcap:
+        m[a + "final_logit_softcapping"] = gguf.typed(float(cfg.final_logit_softcap), "float32")
+    if file_type not in (0, 1, 32):
+        m["general.quantization_version"] = gguf.typed(2, "uint32")
+    return m
+
+
+def _f32(t, name):
+    return np.ascontiguousarray(hf.to_f32(t, name), dtype=np.float32)
+
+
+def gguf_tensors(tensors, type="F32", threads=None):
+    """GGUF-named tensors -> list of (name, ggml type, shape, data) for :func:`gguf.write`.
+
+    Matrices become ``type`` (F32 and same-type inputs pass through without a copy; a matrix
+    whose row length is not a multiple of the block size falls back to F16); vectors stay F32.
+    """
+    from .ops import quantize
+    q = qtypes.qtype(type)
+    if q.name not in CONVERT_TYPES:
+        raise ValueError(f"type {type!r}: slmx converts to {', '.join(CONVERT_TYPES)}")
+    out = []
+    for name, t in tensors.items():
+        shape = tuple(t.shape)
+        if len(shape) == 1 or q.id == qtypes.F32:
+            if t.type == qtypes.F32:
+                out.append((name, qtypes.F32, shape, np.asarray(t.data)))
+            else:
+                out.append((name, qtypes.F32, shape, _f32(t, name)))
+            continue
+        tq = q if shape[-1] % q.block_size == 0 else qtypes.qtype("F16")
+        if t.type == tq.id:
+            out.append((name, tq.id, shape, np.asarray(t.data)))
+            continue
+        blocks = quantize(_f32(t, name), tq.name, threads=threads)
+        out.append((name, tq.id, shape, blocks))
+    return out
+
+
+def write_gguf(path, cfg, tensors, tokenizer, type="F32", name=None, threads=None):
+    """Write a GGUF model file atomically: metadata for ``cfg`` (llama.cpp's layout), the
+    tokenizer, the tensors at ``type``. Returns the file size."""
+    from .tokenizer.gguf_meta import gguf_metadata
+    tq = qtypes.qtype(type)
+    meta = gguf_model_metadata(cfg, name=name, file_type=_FILE_TYPE[tq.name])
+    meta.update(gguf_metadata(tokenizer, vocab_size=cfg.vocab_size))
+    return gguf.write(path, meta, gguf_tensors(tensors, tq.name, threads=threads))
+
+
+def convert_hf_to_gguf(in_dir, out_path, type="F32", name=None, threads=None):
+    """A HF model folder -> a GGUF file llama.cpp and slmx load. Returns a summary dict."""
+    qtypes.qtype(type)
+    if qtypes.qtype(type).name not in CONVERT_TYPES:
+        raise ValueError(f"--type {type}: slmx converts to {', '.join(CONVERT_TYPES)}")
+    cfg, tensors, tok, weights = load_hf_folder(in_dir, layout="gguf")
+    try:
+        size = write_gguf(out_path, cfg, tensors, tok, type=type,
+                          name=name or os.path.basename(os.path.abspath(in_dir)), threads=threads)
+    finally:
+        weights.close()
+    return {"path": os.fspath(out_path), "arch": cfg.arch, "type": qtypes.qtype(type).name,
+            "tensors": len(tensors), "bytes": size}
+
+
+# --- slmx training checkpoints --------------------------------------------------------------
+
+def _checkpoint(ckpt_dir):
+    from .model.config import ModelConfig
+    from .train.checkpoint import load_checkpoint
+    from .train.trainer import load_tokenizer
+    c = load_checkpoint(ckpt_dir, optimizer=False)
+    mc = c.state.get("model_config")
+    if not mc:
+        raise FormatError(f"{c.path}: state.json has no model_config")
+    cfg = ModelConfig(**mc)
+    if not c.tokenizer_path or not os.path.isfile(c.tokenizer_path):
+        raise FormatError(f"{c.path}: the checkpoint has no tokenizer.json")
+    tok = load_tokenizer(c.tokenizer_path)
+    tensors = {k: hf.ArrayTensor(k, qtypes.F32, np.ascontiguousarray(v, np.float32))
+               for k, v in c.tensors.items()}
+    return c, cfg, tok, tensors
+
+
+def _write_safetensors_atomic(path, arrays, metadata=None):
+    from safetensors.numpy import save_file
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _write_json_atomic(path, obj):
+    import json
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_hf_folder(out_dir, cfg, tensors, tokenizer):
+    """config.json + generation_config.json + model.safetensors (F32) + tokenizer.json and
+    tokenizer_config.json into OUT_DIR (created), each written atomically."""
+    from .tokenizer.hf_json import save_json
+    os.makedirs(out_dir, exist_ok=True)
+    arrays = hf.tensors_to_hf(cfg, {k: (t if isinstance(t, np.ndarray) else hf.to_f32(t, k))
+                                    for k, t in tensors.items()})
+    _write_safetensors_atomic(os.path.join(out_dir, st.SINGLE_NAME), arrays, {"format": "pt"})
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    _write_json_atomic(os.path.join(out_dir, "config.json"), hf.config_to_hf(cfg, bos, eos))
+    gen = {"bos_token_id": bos, "eos_token_id": eos}
+    _write_json_atomic(os.path.join(out_dir, "generation_config.json"),
+                       {k: v for k, v in gen.items() if v is not None})
+    save_json(tokenizer, os.path.join(out_dir, "tokenizer.json"), write_config=True)
+    return out_dir
+
+
+def export_checkpoint(ckpt_dir, out, format="gguf", type="F32", threads=None):
+    """An slmx training checkpoint (a ckpt-* folder or a training output folder) -> a GGUF file
+    (``format="gguf"``, weights at ``type``) or a HF folder (``format="hf"``, F32). Returns a
+    summary dict."""
+    if format not in ("gguf", "hf"):
+        raise ValueError(f"format must be 'gguf' or 'hf', got {format!r}")
+    c, cfg, tok, tensors = _checkpoint(ckpt_dir)
+    if format == "gguf":
+        size = write_gguf(out, cfg, tensors, tok, type=type, name=f"slmx-{os.path.basename(c.path)}",
+                          threads=threads)
+        return {"path": os.fspath(out), "format": "gguf", "type": qtypes.qtype(type).name,
+                "step": c.step, "bytes": size}
+    if qtypes.qtype(type).name != "F32":
+        raise ValueError("--format hf writes F32 weights (no --type)")
+    write_hf_folder(out, cfg, tensors, tok)
+    return {"path": os.fspath(out), "format": "hf", "step": c.step}
