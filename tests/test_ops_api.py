@@ -24,6 +24,16 @@ def test_matmul_and_linear_f32(rng):
         ops.linear(a, w.T.copy())
 
 
+@pytest.mark.parametrize("tname", ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "F16", "BF16"])
+def test_quantize_same_bytes_as_kernel(rng, tname):
+    """ops.quantize gives the kernel's bytes (bit-exact with gguf-py / llama.cpp, see test_quant)."""
+    from slmx._kernels import quant
+    w = rng.standard_normal((3, 4, 512), dtype=np.float32)
+    got = ops.quantize(w, tname)
+    assert got.shape == (3, 4, qtypes.row_bytes(tname, 512))
+    assert np.array_equal(got.reshape(12, -1), quant.quantize(w.reshape(12, 512), qtypes.qtype(tname).id))
+
+
 @pytest.mark.parametrize("tname", ["Q8_0", "Q4_0", "Q5_0"])
 def test_quantize_dequantize_linear(rng, tname):
     w = rng.standard_normal((64, 256), dtype=np.float32)

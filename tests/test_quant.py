@@ -1,5 +1,8 @@
 """slmx._kernels.quant against gguf-py (bit-exact decode / encode) and numpy references (linear)."""
 import functools
+import json
+import os
+import sys
 
 import gguf
 import numpy as np
@@ -7,6 +10,10 @@ import pytest
 from gguf import GGMLQuantizationType as G
 
 from slmx._kernels import quant
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kquant_cases  # noqa: E402
+import llamacpp_quant  # noqa: E402
 
 BLOCK_TYPES = [G.Q8_0, G.Q4_0, G.Q5_0, G.Q4_K, G.Q5_K, G.Q6_K]
 FLOAT_TYPES = [G.F32, G.F16, G.BF16]
@@ -164,19 +171,69 @@ def test_quantize_roundtrip_through_dequantize():
                               bits(gguf.quants.dequantize(q, t).reshape(-1)))
 
 
-def test_quantize_k_quants_not_implemented_and_bad_inputs():
+def test_quantize_bad_inputs():
     x = np.zeros((2, 256), np.float32)
-    for t in K_TYPES:
-        with pytest.raises(NotImplementedError, match=t.name):
-            quant.quantize(x, int(t))
     with pytest.raises(ValueError):
         quant.quantize(x.astype(np.float64), int(G.Q8_0))
     with pytest.raises(ValueError):
         quant.quantize(np.zeros((2, 48), np.float32), int(G.Q8_0))
+    for t in K_TYPES:                                    # rows must hold whole 256-blocks
+        with pytest.raises(ValueError, match="multiple"):
+            quant.quantize(np.zeros((2, 384), np.float32), int(t))
     with pytest.raises(ValueError):
         quant.quantize(np.zeros((4, 64), np.float32)[:, ::2], int(G.Q8_0))
     with pytest.raises(ValueError):
         quant.quantize(x, 7)                             # Q5_1: unsupported
+
+
+# ----------------------------------------------------------------------------- K-quants vs llama.cpp
+
+KQ_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "kquant_llamacpp.json")
+
+
+@functools.lru_cache(maxsize=1)
+def _kq_cases():
+    return kquant_cases.cases()
+
+
+@pytest.mark.parametrize("t", K_TYPES, ids=lambda t: t.name)
+def test_k_quantize_matches_recorded_llamacpp(t, simd_level):
+    """Bytes equal to llama.cpp's (fixture: sha256 per case, tests/tools/kquant_reference.py)."""
+    with open(KQ_FIXTURE) as f:
+        ref = json.load(f)["cases"]
+    cases = _kq_cases()
+    assert sorted(ref) == sorted(cases)
+    for name, x in cases.items():
+        assert kquant_cases.sha256(x) == ref[name]["input_sha256"], f"input {name} changed"
+        got = quant.quantize(x, int(t))
+        assert got.shape == (x.shape[0], x.shape[1] // 256 * gguf.GGML_QUANT_SIZES[t][1])
+        assert kquant_cases.sha256(got) == ref[name][t.name], f"{t.name} {name}"
+
+
+@pytest.mark.skipif(not llamacpp_quant.available(), reason="llama-cpp-python is not installed")
+@pytest.mark.parametrize("t", K_TYPES, ids=lambda t: t.name)
+def test_k_quantize_matches_live_llamacpp(t, simd_level):
+    """Fresh random inputs against ggml_quantize_chunk (what llama_model_quantize runs per tensor)."""
+    rng = np.random.default_rng(int(t) * 1000 + simd_level)
+    x = rng.standard_normal((32, 512)).astype(np.float32) * np.float32(0.03)
+    x[::5] *= rng.random((7, 512)).astype(np.float32) < 0.3      # sparse rows
+    x[3, :256] = 0.0                                             # a zero block
+    x[7, ::17] = 25.0                                            # outliers
+    ref = llamacpp_quant.quantize(x, int(t))
+    got = quant.quantize(x, int(t))
+    bad = np.nonzero((got != ref).any(axis=1))[0]
+    assert bad.size == 0, f"rows {bad[:8]} differ"
+
+
+@pytest.mark.parametrize("t", K_TYPES, ids=lambda t: t.name)
+def test_k_quantize_threads_and_roundtrip(t):
+    x = np.random.default_rng(9).standard_normal((64, 1024)).astype(np.float32)
+    one = quant.quantize(x, int(t), nthreads=1)
+    assert np.array_equal(quant.quantize(x, int(t), nthreads=2), one)
+    assert np.array_equal(quant.quantize(x.reshape(-1), int(t)), one.reshape(-1))
+    y = quant.dequantize(one, int(t), x.size).reshape(x.shape)
+    rel = np.linalg.norm(y - x) / np.linalg.norm(x)
+    assert rel < {G.Q4_K: 0.12, G.Q5_K: 0.06, G.Q6_K: 0.03}[t], rel
 
 
 # ----------------------------------------------------------------------------- activations

@@ -51,7 +51,8 @@ slmx_f16_table_init()
 # Types each entry point handles (ggml ids).
 DEQUANT_TYPES = (qtypes.F32, qtypes.F16, qtypes.BF16, qtypes.Q8_0, qtypes.Q4_0, qtypes.Q5_0,
                  qtypes.Q4_K, qtypes.Q5_K, qtypes.Q6_K)
-QUANT_TYPES = (qtypes.F32, qtypes.F16, qtypes.BF16, qtypes.Q8_0, qtypes.Q4_0, qtypes.Q5_0)
+QUANT_TYPES = (qtypes.F32, qtypes.F16, qtypes.BF16, qtypes.Q8_0, qtypes.Q4_0, qtypes.Q5_0,
+               qtypes.Q4_K, qtypes.Q5_K, qtypes.Q6_K)
 LINEAR_TYPES = DEQUANT_TYPES
 
 # Work below this many bytes (weights streamed, elements converted) runs on one thread.
@@ -60,6 +61,8 @@ DEF PAR_MIN_BYTES = 65536
 DEF X_PASS_BYTES = 1048576
 # Blocks per parallel work item of dequantize / quantize.
 DEF BLOCK_CHUNK = 2048
+# ... of quantize for K-quants (256-element blocks, compute-bound).
+DEF K_BLOCK_CHUNK = 16
 
 # linear may use AMX tiles for M >= 16 when the CPU and OS allow (tests switch it off and on).
 cdef int _amx_allowed = 1
@@ -189,27 +192,28 @@ def dequantize(src, int type_id, Py_ssize_t n, int nthreads=-1):
 cdef void quantize_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks, int nthreads) noexcept nogil:
     """dst (nblocks * type_size bytes) = blocks of type t encoding x (nblocks * block_size,)."""
     cdef int bs = slmx_block_size(t), ts = slmx_type_size(t)
-    cdef int64_t nch = (nblocks + BLOCK_CHUNK - 1) // BLOCK_CHUNK, c, b0, nb
-    if nthreads <= 1 or nch <= 1 or nblocks * bs * 4 < PAR_MIN_BYTES:
+    # K-quant encoders are compute-bound (~100x the work per byte): smaller chunks balance threads.
+    cdef int64_t chunk = K_BLOCK_CHUNK if slmx_is_k(t) else BLOCK_CHUNK
+    cdef int64_t nch = (nblocks + chunk - 1) // chunk, c, b0, nb
+    cdef int64_t min_bytes = PAR_MIN_BYTES // 64 if slmx_is_k(t) else PAR_MIN_BYTES
+    if nthreads <= 1 or nch <= 1 or nblocks * bs * 4 < min_bytes:
         slmx_quant_blocks(t, x, dst, nblocks)
         return
-    for c in prange(nch, schedule='static', num_threads=nthreads):
-        b0 = c * BLOCK_CHUNK
+    for c in prange(nch, schedule='dynamic', num_threads=nthreads):
+        b0 = c * chunk
         nb = nblocks - b0
-        if nb > BLOCK_CHUNK:
-            nb = BLOCK_CHUNK
+        if nb > chunk:
+            nb = chunk
         slmx_quant_blocks(t, x + b0 * bs, dst + b0 * ts, nb)
 
 
 def quantize(x, int type_id, int nthreads=-1):
     """uint8 (..., row_bytes) = x float32 (..., K) encoded row by row as type_id blocks.
 
-    Bit-identical to ``gguf.quants.quantize`` for F32, F16, BF16, Q8_0, Q4_0, Q5_0.
+    Bit-identical to ``gguf.quants.quantize`` for F32, F16, BF16, Q8_0, Q4_0, Q5_0, and to
+    llama.cpp's quantizer without an importance matrix for Q4_K, Q5_K, Q6_K.
     K must be a multiple of the block size.
     """
-    if type_id in (qtypes.Q4_K, qtypes.Q5_K, qtypes.Q6_K):
-        raise NotImplementedError(f"quantize: {_tname(type_id)} quantization is not implemented "
-                                  "(dequantize and linear support it)")
     _check_type(type_id, QUANT_TYPES, "quantize")
     _array(x, "quantize: x")
     if x.dtype != np.float32:

@@ -312,7 +312,9 @@ static void slmx_quant_q5_0(const float *x, uint8_t *b) {
     memcpy(b + 2, &qh, 4);
 }
 
-/* nblocks blocks of type t from x into dst. Types: F32, F16, BF16, Q8_0, Q4_0, Q5_0. */
+#include "quant_kq.h"
+
+/* nblocks blocks of type t from x into dst. Types: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K. */
 static void slmx_quant_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks) {
     int64_t i;
     switch (t) {
@@ -322,6 +324,7 @@ static void slmx_quant_blocks(int t, const float *x, uint8_t *dst, int64_t nbloc
     case SLMX_T_Q8_0: for (i = 0; i < nblocks; i++) slmx_quant_q8_0(x + 32 * i, dst + 34 * i); break;
     case SLMX_T_Q4_0: for (i = 0; i < nblocks; i++) slmx_quant_q4_0(x + 32 * i, dst + 18 * i); break;
     case SLMX_T_Q5_0: for (i = 0; i < nblocks; i++) slmx_quant_q5_0(x + 32 * i, dst + 22 * i); break;
+    case SLMX_T_Q4_K: case SLMX_T_Q5_K: case SLMX_T_Q6_K: slmx_quant_k_blocks(t, x, dst, nblocks); break;
     }
 }
 
