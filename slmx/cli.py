@@ -168,6 +168,46 @@ def _cmd_perplexity(a):
     return 0
 
 
+def _cmd_convert(a):
+    from .convert import convert_hf_to_gguf
+    r = convert_hf_to_gguf(a.input, a.output, type=a.type, threads=a.threads)
+    print(f"{r['path']}: {r['arch']}, {r['tensors']} tensors, matrices {r['type']}, {r['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
+def _cmd_export(a):
+    from .convert import export_checkpoint
+    r = export_checkpoint(a.checkpoint, a.output, format=a.format, type=a.type, threads=a.threads)
+    size = f", {r['bytes'] / 2**20:.1f} MiB" if "bytes" in r else ""
+    print(f"{r['path']}: step {r['step']} exported as {r['format']}{size}")
+    return 0
+
+
+def _add_file_parsers(sub):
+    c = sub.add_parser("convert", help="convert a Hugging Face model folder to GGUF",
+                       description="Convert a Hugging Face model folder (config.json, model.safetensors or a "
+                                   "sharded index, tokenizer.json) of a llama, mistral, qwen2 or gemma3 model "
+                                   "to a GGUF file llama.cpp and slmx load (written atomically).")
+    c.add_argument("input", metavar="IN_DIR", help="the Hugging Face model folder")
+    c.add_argument("output", metavar="OUT.gguf", help="the GGUF file to write")
+    c.add_argument("--type", default="F32", help="type of the weight matrices: F32, F16, BF16, Q8_0, Q5_0, "
+                                                  "Q4_0 (norms stay F32) (F32)")
+    c.add_argument("-t", "--threads", type=int, default=None, help="quantizer threads")
+    c.set_defaults(func=_cmd_convert)
+
+    e = sub.add_parser("export", help="export an slmx training checkpoint to GGUF or a HF folder",
+                       description="Export a checkpoint of `slmx train` (a ckpt-* folder, or the training output "
+                                   "folder for its latest) to a GGUF file (llama.cpp loads it) or to a Hugging "
+                                   "Face folder (config.json, model.safetensors, tokenizer.json; transformers "
+                                   "loads it).")
+    e.add_argument("checkpoint", metavar="CKPT_DIR", help="checkpoint folder or training output folder")
+    e.add_argument("output", metavar="OUT", help="GGUF file (--format gguf) or folder (--format hf)")
+    e.add_argument("--format", default="gguf", choices=["gguf", "hf"], help="(gguf)")
+    e.add_argument("--type", default="F32", help="GGUF weight type: F32, F16, BF16, Q8_0, Q5_0, Q4_0 (F32)")
+    e.add_argument("-t", "--threads", type=int, default=None, help="quantizer threads")
+    e.set_defaults(func=_cmd_export)
+
+
 def _add_training_parsers(sub):
     t = sub.add_parser("train", help="train a small language model from scratch",
                        description="Train a Llama-style model from scratch on text (default: the Python "
@@ -270,6 +310,7 @@ def build_parser():
     b.set_defaults(func=_cmd_bench)
 
     _add_training_parsers(sub)
+    _add_file_parsers(sub)
     return p
 
 

@@ -66,6 +66,10 @@ def load_hf_folder(folder, layout="hf"):
     alive as long as the tensors are used (it owns the mmaps). FormatError on anything malformed.
     """
     folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FormatError(f"{folder}: not a folder (a Hugging Face model folder is expected)")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FormatError(f"{folder}: no config.json (not a Hugging Face model folder)")
     d = hf.read_json(os.path.join(folder, "config.json"))
     weights = st.read_folder(folder)
     try:
@@ -179,6 +183,11 @@ def convert_hf_to_gguf(in_dir, out_path, type="F32", name=None, threads=None):
     if qtypes.qtype(type).name not in CONVERT_TYPES:
         raise ValueError(f"--type {type}: slmx converts to {', '.join(CONVERT_TYPES)}")
     cfg, tensors, tok, weights = load_hf_folder(in_dir, layout="gguf")
+    if cfg.arch == "mistral" and cfg.sliding_window:
+        import warnings
+        warnings.warn(f"{in_dir}: Mistral's sliding window ({cfg.sliding_window}) is written as "
+                      "llama.attention.sliding_window; slmx honours it, llama.cpp's llama architecture "
+                      "does not (its output differs beyond the window)")
     try:
         size = write_gguf(out_path, cfg, tensors, tok, type=type,
                           name=name or os.path.basename(os.path.abspath(in_dir)), threads=threads)
@@ -216,6 +225,7 @@ def _write_safetensors_atomic(path, arrays, metadata=None):
         save_file(arrays, tmp, metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~gguf._umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -234,6 +244,7 @@ def _write_json_atomic(path, obj):
             json.dump(obj, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~gguf._umask())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -15,6 +15,8 @@ import pytest
 import torch
 import transformers
 
+torch.set_num_threads(1)
+
 import slmx
 from slmx.convert import convert_hf_to_gguf
 
@@ -80,7 +82,7 @@ def _model(arch, tmp_path_factory, sharded=False):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_hf_folder_logits_match_transformers(tmp_path_factory, arch):
     folder, ids, want = _model(arch, tmp_path_factory)
-    model = slmx.load(folder, n_ctx=128)
+    model = slmx.load(folder, n_ctx=128, threads=1)
     assert model.transformer.numerics == "fp32"          # the default for HF folders
     assert model.config.arch == arch
     got = model.logits(ids.tolist())
@@ -98,13 +100,13 @@ def test_sharded_folder(tmp_path_factory, arch):
     folder, ids, want = _model(arch, tmp_path_factory, sharded=True)
     assert os.path.isfile(os.path.join(folder, "model.safetensors.index.json"))
     assert len([f for f in os.listdir(folder) if f.endswith(".safetensors")]) > 1
-    got = slmx.load(folder, n_ctx=128).logits(ids.tolist())
+    got = slmx.load(folder, n_ctx=128, threads=1).logits(ids.tolist())
     assert np.abs(got - want).max() < 1e-4
 
 
 def test_weights_are_zero_copy(tmp_path_factory):
     folder, _, _ = _model("llama", tmp_path_factory)
-    model = slmx.load(folder, n_ctx=16)
+    model = slmx.load(folder, n_ctx=16, threads=1)
     w = model.transformer.layers[0].wq.data
     assert not w.flags.owndata and not w.flags.writeable     # a view of the safetensors mmap
     assert model.config.rope_neox                            # HF's pairing: q/k rows as stored
@@ -114,9 +116,13 @@ def test_weights_are_zero_copy(tmp_path_factory):
 def test_converted_gguf_logits_match_transformers(tmp_path_factory, tmp_path, arch):
     folder, ids, want = _model(arch, tmp_path_factory)
     out = str(tmp_path / "m.gguf")
-    r = convert_hf_to_gguf(folder, out, type="F32")
+    if arch == "mistral":     # llama.cpp's llama architecture has no sliding window: said aloud
+        with pytest.warns(UserWarning, match="sliding window"):
+            r = convert_hf_to_gguf(folder, out, type="F32")
+    else:
+        r = convert_hf_to_gguf(folder, out, type="F32")
     assert r["arch"] == arch and os.path.getsize(out) == r["bytes"]
-    model = slmx.load(out, n_ctx=128, numerics="fp32")
+    model = slmx.load(out, n_ctx=128, numerics="fp32", threads=1)
     assert model.config.arch == ("llama" if arch == "mistral" else arch)
     got = model.logits(ids.tolist())
     err = np.abs(got - want).max()
@@ -128,6 +134,87 @@ def test_tokenizer_ids_match_tokenizers(tmp_path_factory, arch):
     from tokenizers import Tokenizer
     folder, _, _ = _model(arch, tmp_path_factory)
     ref = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
-    tok = slmx.load(folder, n_ctx=16).tokenizer
+    tok = slmx.load(folder, n_ctx=16, threads=1).tokenizer
     for text in ("the quick brown fox", "def g(y):\n\treturn y * 2  # ünïcödé 日本", "<|endoftext|>x"):
         assert tok.encode(text, add_bos=False, parse_special=True) == ref.encode(text).ids
+
+
+@pytest.mark.parametrize("arch,type", [("llama", "F32"), ("qwen2", "F16"), ("gemma3", "F32")])
+def test_converted_gguf_runs_in_llama_cpp(tmp_path_factory, tmp_path, arch, type):
+    """llama.cpp loads the converted file; its logits and greedy tokens match slmx's on that file."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    folder, ids, _ = _model(arch, tmp_path_factory)
+    out = str(tmp_path / "m.gguf")
+    convert_hf_to_gguf(folder, out, type=type)
+    model = slmx.load(out, n_ctx=128, threads=1)        # ggml numerics, as llama.cpp computes
+    L = llama_cpp.Llama(model_path=out, n_ctx=128, logits_all=True, vocab_only=False, verbose=False,
+                        n_threads=1, n_threads_batch=1)
+    text = "the quick brown fox\n    return x"
+    assert L.tokenize(text.encode(), add_bos=False, special=False) == model.tokenizer.encode(text, add_bos=False)
+    L.eval(ids.tolist())
+    lc = np.array(L.scores[:len(ids)])
+    got = model.logits(ids.tolist())
+    assert np.abs(lc - got).max() < 2e-3
+    prompt = ids[:10].tolist()
+    want = []
+    model.cache.reset()
+    lg = model.transformer.forward(prompt, 0, model.cache)[0]
+    for i in range(16):
+        want.append(int(np.argmax(lg)))
+        lg = model.transformer.forward([want[-1]], len(prompt) + i, model.cache)[0]
+    got_ids = []
+    for t in L.generate(prompt, temp=0.0, top_k=1, reset=True):
+        got_ids.append(t)
+        if len(got_ids) == len(want):
+            break
+    assert got_ids == want
+
+
+def _cfg(**kw):
+    d = dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, intermediate_size=96, vocab_size=V, hidden_act="silu")
+    d.update(kw)
+    return {k: v for k, v in d.items() if v is not None}
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(num_attention_heads=5), "hidden_size 64 is not divisible by num_attention_heads 5"),
+    (dict(num_key_value_heads=3), "not a multiple of num_key_value_heads 3"),
+    (dict(hidden_size=None), "missing required field 'hidden_size'"),
+    (dict(num_hidden_layers="2"), "'num_hidden_layers' must be an integer"),
+    (dict(num_hidden_layers=0), "n_layers must be a positive integer"),
+    (dict(model_type="bert"), "model_type 'bert' is not supported"),
+    (dict(hidden_act="relu"), "activation 'relu' is not supported"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "RoPE scaling 'yarn' is not supported"),
+    (dict(rms_norm_eps=-1.0), "norm_eps must be positive"),
+    (dict(attention_bias=True), "attention_bias = true is not supported"),
+    (dict(model_type="gemma3_text", hidden_activation="gelu_pytorch_tanh",
+          layer_types=["full_attention", "sliding_attention"]), "repeating pattern"),
+])
+def test_bad_config_json(kw, words):
+    from slmx.errors import FormatError
+    from slmx.formats.hf import config_from_hf
+    with pytest.raises(FormatError, match=words):
+        config_from_hf(_cfg(**kw))
+
+
+def test_bad_folder_files(tmp_path_factory, tmp_path):
+    import json
+    import shutil
+    from slmx.errors import FormatError
+    folder, _, _ = _model("llama", tmp_path_factory)
+    bad = str(tmp_path / "m")
+    shutil.copytree(folder, bad)
+    cfg = json.load(open(os.path.join(bad, "config.json")))
+    cfg["vocab_size"] = V + 1              # contradicts the embedding's rows
+    json.dump(cfg, open(os.path.join(bad, "config.json"), "w"))
+    with pytest.raises(FormatError, match="contradicts model.embed_tokens.weight"):
+        slmx.load(bad, threads=1)
+    with open(os.path.join(bad, "config.json"), "w") as f:
+        f.write('{"model_type": "llama", "model_type": "qwen2"}')
+    with pytest.raises(FormatError, match="duplicate key 'model_type'"):
+        slmx.load(bad, threads=1)
+    with open(os.path.join(bad, "config.json"), "w") as f:
+        f.write("{nope")
+    with pytest.raises(FormatError, match="not valid JSON"):
+        slmx.load(bad, threads=1)

@@ -163,6 +163,8 @@ def _write_atomic(path, text):
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        from slmx.formats.gguf import _umask
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,0 +1,126 @@
+"""Exporting slmx training checkpoints: to GGUF (slmx and llama.cpp load it; llama.cpp's greedy
+tokens equal slmx's on the same file) and to a HF folder (transformers loads it and gives slmx's
+logits). The checkpoint is a nano model trained here for a few dozen steps on a small text."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import slmx
+from slmx.convert import export_checkpoint
+from slmx.infer import KVCache
+from slmx.train.checkpoint import load_for_inference, save_checkpoint
+from slmx.train.model import TrainableLM, make_config
+from slmx.train.optim import AdamW
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT = ("def add(a, b):\n    return a + b\n\n"
+        "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n") * 12
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from slmx.tokenizer import save_json, train_bpe
+    d = tmp_path_factory.mktemp("run")
+    tok = train_bpe([TEXT], vocab_size=300, progress=False)
+    tok_path = str(d / "tokenizer.json")
+    save_json(tok, tok_path)
+    cfg = make_config("nano", vocab_size=tok.vocab_size, context_length=64)
+    model = TrainableLM(cfg, seed=0, threads=1)   # the machine is shared: one thread is fastest
+    opt = AdamW(model.buf, lr=3e-3, decay_mask=model.buf.decay_mask, threads=1)
+    ids = np.array(tok.encode(TEXT), np.int32)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        starts = rng.integers(0, len(ids) - 33, 4)
+        x = np.stack([ids[s:s + 32] for s in starts])
+        y = np.stack([ids[s + 1:s + 33] for s in starts])
+        model.zero_grad()
+        model.forward_backward(x, y, 1.0 / y.size)
+        opt.step()
+    p = save_checkpoint(str(d / "out"), 40, model.state_tensors(), opt.state_dict(),
+                        {"model_config": cfg.to_dict()}, tok_path)
+    return p, ids
+
+
+def _slmx_logits(path, ids):
+    _, cfg, _, tr = load_for_inference(path, threads=1)
+    tr.numerics, tr._f16 = "fp32", False
+    return tr.forward(ids, 0, KVCache(cfg, 64), all_logits=True)
+
+
+def test_export_gguf_loads_in_slmx(ckpt, tmp_path):
+    path, ids = ckpt
+    out = str(tmp_path / "m.gguf")
+    r = export_checkpoint(path, out, format="gguf")
+    assert r["step"] == 40 and os.path.getsize(out) == r["bytes"]
+    want = _slmx_logits(path, ids[:48])
+    m = slmx.load(out, n_ctx=64, numerics="fp32", threads=1)
+    assert m.config.arch == "llama" and not m.config.rope_neox
+    assert np.abs(m.logits(ids[:48].tolist()) - want).max() < 1e-4
+    text = "class Point:\n    def"
+    assert m.tokenizer.encode(text) == load_for_inference(path, threads=1)[2].encode(text)
+    # quantized export loads too and stays close
+    q = str(tmp_path / "q8.gguf")
+    export_checkpoint(path, q, format="gguf", type="Q8_0")
+    mq = slmx.load(q, n_ctx=64, numerics="fp32", threads=1)
+    assert mq.transformer.layers[0].wq.type == 8
+    assert np.abs(mq.logits(ids[:48].tolist()) - want).max() < 0.05
+
+
+def test_export_hf_matches_transformers(ckpt, tmp_path):
+    import torch
+    import transformers
+    path, ids = ckpt
+    out = str(tmp_path / "hf")
+    export_checkpoint(path, out, format="hf")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(out))
+    hfm = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        want = hfm(torch.tensor(ids[None, :48].astype(np.int64))).logits[0].numpy()
+    got = _slmx_logits(path, ids[:48])
+    assert np.abs(got - want).max() < 1e-4
+    # and the exported folder loads back into slmx
+    assert np.abs(slmx.load(out, n_ctx=64, threads=1).logits(ids[:48].tolist()) - want).max() < 1e-4
+    # transformers' fast tokenizer reads the exported tokenizer with the same ids
+    ht = transformers.AutoTokenizer.from_pretrained(out)
+    text = "def add(a, b):\n    return  a+b"
+    assert ht(text, add_special_tokens=False)["input_ids"] == slmx.load(out, n_ctx=64, threads=1).tokenizer.encode(text)
+
+
+def test_export_gguf_llama_cpp_greedy(ckpt, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path, ids = ckpt
+    out = str(tmp_path / "m.gguf")
+    export_checkpoint(path, out, format="gguf")
+    m = slmx.load(out, n_ctx=64, threads=1)              # ggml numerics, as llama.cpp computes
+    L = llama_cpp.Llama(model_path=out, n_ctx=64, vocab_only=False, verbose=False, n_threads=1, n_threads_batch=1)
+    text = "class Point:\n    def __init__(self"
+    assert L.tokenize(text.encode(), add_bos=False, special=False) == m.tokenizer.encode(text, add_bos=False)
+    for start in (0, 20):
+        prompt = ids[start:start + 12].tolist()
+        r = m.generate(prompt, max_new_tokens=24, temperature=0)
+        want = r.token_ids
+        got = []
+        for t in L.generate(prompt, temp=0.0, top_k=1, reset=True):
+            if len(got) == len(want):
+                break
+            got.append(t)
+        assert len(want) > 0 and got == want
+
+
+def test_cli_export_and_errors(ckpt, tmp_path):
+    path, _ = ckpt
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONSAFEPATH="1")
+    out = str(tmp_path / "c.gguf")
+    r = subprocess.run([sys.executable, "-m", "slmx", "export", path, out, "--type", "F16"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert slmx.load(out, n_ctx=16, threads=1).transformer.layers[0].wq.type == 1
+    bad = subprocess.run([sys.executable, "-m", "slmx", "export", str(tmp_path / "nope"), out],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "no such checkpoint" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "slmx", "convert", str(tmp_path), out],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "config.json" in bad.stderr and bad.stderr.count("\n") == 1
