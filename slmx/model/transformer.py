@@ -143,11 +143,33 @@ class Workspace:
 NUMERICS = ("ggml", "fp32")
 
 
+class _RowCaches:
+    """The cache interface over B sequences, one row each: row b is sequence b at position
+    positions[b] with its own cache caches[b]. Lets forward_batch reuse the layer code: the
+    linear layers see all B rows at once, store/attend split them per sequence."""
+
+    __slots__ = ("caches", "positions", "rows")
+
+    def __init__(self, caches, positions):
+        self.caches = caches
+        self.positions = positions
+        self.rows = [slice(b, b + 1) for b in range(len(caches))]
+
+    def store(self, layer, pos, k, v):
+        for c, p, r in zip(self.caches, self.positions, self.rows):
+            c.store(layer, p, k[r], v[r])
+
+    def attend(self, layer, q, out, pos, scale, window, nthreads, softcap=0.0):
+        for c, p, r in zip(self.caches, self.positions, self.rows):
+            c.attend(layer, q[r], out[r], p, scale, window, nthreads, softcap)
+
+
 class Transformer:
     """The forward pass of a decoder-only LM over its weights (tensors: name -> tensor).
 
     forward(ids, pos, cache) runs T = len(ids) tokens at positions pos.. and returns the logits of
     the last one (1, vocab) — or of every token with all_logits=True (T, vocab).
+    forward_batch(ids, positions, caches) runs one token for each of B sequences in one pass.
     """
 
     def __init__(self, cfg, tensors, threads=None, max_batch=256, numerics="ggml"):
@@ -166,6 +188,7 @@ class Transformer:
         else:
             self.output = _linear(tensors, "output.weight", cfg.vocab_size, cfg.d_model)
         self._ws = {}
+        self._batch_logits = None   # (B, vocab) logits of forward_batch, grown to the largest B
 
     @property
     def weight_bytes(self):
@@ -266,6 +289,52 @@ class Transformer:
         _core.rmsnorm(v["x"][t - 1:t], self.output_norm, self.cfg.norm_eps, ws.last, nt)
         self.output(ws.last, ws.logits, nt)
         return self._softcap(ws.logits)
+
+    def forward_batch(self, ids, positions, caches):
+        """One new token for each of B independent sequences, in one batched pass.
+
+        ids (B,): the token of sequence b; positions (B,): its position; caches: B caches, one per
+        sequence (distinct objects). Embeddings, norms, RoPE (per-row positions) and every linear
+        layer run on all B rows at once (each weight is read once per step); the attention runs
+        per sequence over its own cache. Sets caches[b].length = positions[b] + 1.
+        Returns (B, vocab) logits: a view of a reused buffer (copy rows to keep them).
+        Row b equals forward([ids[b]], positions[b], caches[b]) up to float rounding.
+        """
+        ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+        positions = [int(p) for p in np.asarray(positions).reshape(-1)]
+        caches = list(caches)
+        B = ids.size
+        if B == 0:
+            raise ValueError("forward_batch: no sequences")
+        if len(positions) != B or len(caches) != B:
+            raise ValueError(f"forward_batch: {B} ids but {len(positions)} positions and {len(caches)} caches")
+        if B > self.max_batch:
+            raise ValueError(f"forward_batch: {B} sequences exceed max_batch {self.max_batch}")
+        if len({id(c) for c in caches}) != B:
+            raise ValueError("forward_batch: every sequence needs its own cache (a cache appears twice)")
+        if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
+            raise ValueError(f"forward_batch: token ids must be in [0, {self.cfg.vocab_size})")
+        for p, c in zip(positions, caches):
+            if p < 0 or p >= c.n_ctx:
+                raise ValueError(f"forward_batch: position {p} is outside the context of {c.n_ctx} tokens")
+        nt = self.threads
+        ws = self.workspace(B)
+        v = ws.views(B)
+        v["ids"][:] = ids
+        v["pos"][:] = positions
+        rc = _RowCaches(caches, positions)
+        self._embed(v["ids"], v["x"], nt)
+        for li, L in enumerate(self.layers):
+            self._block(L, li, v, B, 0, rc, nt)
+        for p, c in zip(positions, caches):
+            c.length = p + 1
+        lg = self._batch_logits
+        if lg is None or lg.shape[0] < B:
+            lg = self._batch_logits = np.zeros((B, self.cfg.vocab_size), np.float32)
+        lg, h = lg[:B], v["h"]
+        _core.rmsnorm(v["x"], self.output_norm, self.cfg.norm_eps, h, nt)
+        self.output(h, lg, nt)
+        return self._softcap(lg)
 
     def _softcap(self, lg):
         c = self.cfg.final_logit_softcap

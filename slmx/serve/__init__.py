@@ -1,0 +1,1 @@
+"""HTTP serving: an OpenAI-compatible server over a continuous-batching engine."""
