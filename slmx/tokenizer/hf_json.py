@@ -15,8 +15,11 @@ What is read: the same, plus the other ways those families write it: ``ByteLevel
 own (GPT-2) regex, ``Digits``, ``Split`` with a string pattern, an NFC/NFKC/NFD/NFKD
 normalizer, merges as "a b" strings, added tokens outside the model's vocabulary, and a
 ``tokenizer_config.json`` next to the file (bos/eos/unk/pad tokens, add_bos/add_eos, chat
-template). Anything that changes the ids in a way slmx does not model (a prefix space,
-a ``Split`` that removes or merges its matches, byte fallback, subword prefixes, other
+template). SentencePiece-style BPE (``byte_fallback``: Llama 2 / TinyLlama with a Prepend "▁" +
+Replace " " -> "▁" normalizer or a Metaspace pre-tokenizer, Gemma with the Replace only) is
+read into an :class:`slmx.tokenizer.spm.SPMTokenizer` (token score = minus the rank of the merge
+that makes the token). Anything that changes the ids in a way slmx does not model (a prefix
+space on byte-level BPE, a ``Split`` that removes or merges its matches, subword prefixes, other
 normalizers) raises :class:`slmx.errors.FormatError`.
 """
 import json
@@ -319,7 +322,7 @@ def from_json_dict(d, config=None, where="tokenizer.json"):
     if kind != "BPE":
         raise FormatError(f"model.type: {kind!r} is not supported (byte-level BPE only)")
     if _get(model, "byte_fallback", bool, "model", default=False):
-        raise FormatError("model.byte_fallback: byte fallback (SentencePiece-style BPE) is not supported")
+        return _spm_from_json_dict(d, model, config, where)
     for key in ("continuing_subword_prefix", "end_of_word_suffix"):
         if _get(model, key, str, "model", default=""):
             raise FormatError(f"model.{key}: not supported")
@@ -437,6 +440,146 @@ def from_json_dict(d, config=None, where="tokenizer.json"):
     tok = cls(tokens, types, merges, pre=label, pre_patterns=patterns, ignore_merges=ignore,
               add_bos=add_bos, add_eos=add_eos, **extra, **kw)
     return tok
+
+
+# ---------------------------------------------------------------------------------------
+# SentencePiece-style BPE (Llama 2 / TinyLlama, Gemma): byte fallback, "▁" for spaces
+# ---------------------------------------------------------------------------------------
+
+_SPACE = "\u2581"
+
+
+def _is_str_pattern(node, s):
+    pat = node.get("pattern") if isinstance(node, dict) else None
+    return isinstance(pat, dict) and pat.get("String") == s
+
+
+def _spm_prefix(d, where):
+    """Whether a tokenizer.json of the SentencePiece family adds a "▁" before the text: from its
+    normalizer (Prepend "▁" + Replace " " -> "▁": Llama 2) or pre-tokenizer (Metaspace); Gemma
+    has only the Replace. Anything else that rewrites the text raises FormatError."""
+    norm = d.get("normalizer")
+    pre = d.get("pre_tokenizer")
+    prefix = False
+    replaced = False
+    nodes = []
+    if norm is not None:
+        nodes = norm.get("normalizers", []) if _get(norm, "type", str, "normalizer", required=True) == "Sequence" else [norm]
+    for k, nd in enumerate(nodes):
+        t = _get(nd, "type", str, f"normalizer[{k}]", required=True)
+        if t == "Prepend" and nd.get("prepend") == _SPACE and not replaced:
+            prefix = True
+        elif t == "Replace" and _is_str_pattern(nd, " ") and nd.get("content") == _SPACE:
+            replaced = True
+        else:
+            raise FormatError(f"normalizer[{k}]: {t} is not supported for SentencePiece-style BPE")
+    if pre is not None:
+        steps = pre.get("pretokenizers", []) if _get(pre, "type", str, "pre_tokenizer", required=True) == "Sequence" else [pre]
+        for k, st in enumerate(steps):
+            t = _get(st, "type", str, f"pre_tokenizer[{k}]", required=True)
+            if t == "Metaspace" and st.get("replacement", _SPACE) == _SPACE and not st.get("split", False):
+                scheme = st.get("prepend_scheme", "always" if st.get("add_prefix_space", True) else "never")
+                if scheme not in ("first", "always", "never"):
+                    raise FormatError(f"pre_tokenizer[{k}]: Metaspace prepend_scheme {scheme!r} is not supported")
+                prefix = prefix or scheme != "never"
+                replaced = True
+            elif t == "Split" and _is_str_pattern(st, " ") and st.get("behavior") == "MergedWithPrevious":
+                raise FormatError(f"pre_tokenizer[{k}]: Split on spaces is not supported")
+            else:
+                raise FormatError(f"pre_tokenizer[{k}]: {t} is not supported for SentencePiece-style BPE")
+    if not replaced:
+        raise FormatError(f"{where}: byte-fallback BPE without the ' ' -> '▁' replacement is not supported")
+    return prefix
+
+
+def _spm_from_json_dict(d, model, config, where):
+    """An :class:`SPMTokenizer` for a byte-fallback BPE tokenizer.json. HF merges pairs by rank;
+    slmx's SPM merges by token score, so each token scores minus the rank of the first merge that
+    makes it (the order sentencepiece's own scores give these vocabularies)."""
+    from slmx.tokenizer.base import TOKEN_BYTE
+    from slmx.tokenizer.spm import SPMTokenizer
+    import numpy as np
+    vocab = _get(model, "vocab", dict, "model", required=True)
+    merges_raw = _get(model, "merges", list, "model", default=[])
+    added = _get(d, "added_tokens", list, where, default=[])
+    id_of = {}
+    for t, i in vocab.items():
+        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+            raise FormatError(f"model.vocab[{t!r}]: expected a non-negative integer id, got {i!r}"[:200])
+        id_of[t] = i
+    added_types = {}
+    for k, a in enumerate(added):
+        w = f"added_tokens[{k}]"
+        i = _get(a, "id", int, w, required=True)
+        t = _get(a, "content", str, w, required=True)
+        if t in id_of and id_of[t] != i:
+            raise FormatError(f"{w}: {t!r} has id {i} but the vocabulary gives it {id_of[t]}")
+        id_of[t] = i
+        added_types[i] = TOKEN_CONTROL if _get(a, "special", bool, w, default=False) else TOKEN_USER_DEFINED
+    if not id_of:
+        raise FormatError("model.vocab: the vocabulary is empty")
+    n = max(id_of.values()) + 1
+    if n > len(id_of) + 65536:
+        raise FormatError(f"token ids go up to {n - 1} for {len(id_of)} tokens (too sparse)")
+    tokens = [None] * n
+    for t, i in id_of.items():
+        if tokens[i] is not None:
+            raise FormatError(f"token id {i} is given to both {tokens[i]!r} and {t!r}"[:200])
+        tokens[i] = t
+    types = [TOKEN_NORMAL] * n
+    for i in range(n):
+        t = tokens[i]
+        if t is None:
+            tokens[i], types[i] = f"[PAD{i}]", TOKEN_UNUSED
+        elif len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+            try:
+                int(t[3:5], 16)
+                types[i] = TOKEN_BYTE
+            except ValueError:
+                pass
+    for i, ty in added_types.items():
+        if types[i] != TOKEN_BYTE:
+            types[i] = ty
+    scores = np.full(n, -1e9, np.float32)
+    for k, m in enumerate(merges_raw):
+        if isinstance(m, str):
+            j = m.find(" ", 1)
+            pair = (m[:j], m[j + 1:]) if j > 0 else None
+        elif isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m):
+            pair = (m[0], m[1])
+        else:
+            pair = None
+        if pair is None or not pair[1]:
+            raise FormatError(f"model.merges[{k}]: {m!r} is not a pair"[:200])
+        i = id_of.get(pair[0] + pair[1])
+        if i is None or pair[0] not in id_of or pair[1] not in id_of:
+            raise FormatError(f"model.merges[{k}]: {m!r} names a piece that is not a token"[:200])
+        if scores[i] == -1e9:
+            scores[i] = -float(k)
+    try:
+        prefix = _spm_prefix(d, where)
+    except FormatError as e:
+        raise FormatError(f"model.byte_fallback is set (SentencePiece-style BPE) but {e}") from None
+    cfg = config or {}
+    bos_t, eos_t = _template(_get(d, "post_processor", dict, where))
+    add_bos = cfg["add_bos_token"] if isinstance(cfg.get("add_bos_token"), bool) else bos_t is not None
+    add_eos = cfg["add_eos_token"] if isinstance(cfg.get("add_eos_token"), bool) else eos_t is not None
+    kw = {}
+    names = {"bos": _config_token(cfg, "bos_token") or bos_t,
+             "eos": _config_token(cfg, "eos_token") or eos_t,
+             "unk": _config_token(cfg, "unk_token") or _get(model, "unk_token", str, "model"),
+             "pad": _config_token(cfg, "pad_token")}
+    for key, t in names.items():
+        if t is not None:
+            if t not in id_of:
+                raise FormatError(f"{key}_token {t!r} is not a token")
+            kw[key + "_id"] = id_of[t]
+    if "unk_id" in kw and types[kw["unk_id"]] == TOKEN_NORMAL:
+        types[kw["unk_id"]] = TOKEN_UNKNOWN
+    if isinstance(cfg.get("chat_template"), str):
+        kw["chat_template"] = cfg["chat_template"]
+    return SPMTokenizer(tokens, scores, types, add_space_prefix=prefix,
+                        add_bos=add_bos and "bos_id" in kw, add_eos=add_eos and "eos_id" in kw, **kw)
 
 
 def load_json(path):
