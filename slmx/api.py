@@ -6,6 +6,8 @@ import numpy as np
 from . import registry
 from .formats import gguf
 from .infer import KVCache, Sampler, generate as _generate
+from .infer.beam import beam_search, check_beam_options
+from .infer.generate import check_logprobs
 from .model.config import config_from_gguf
 from .model.transformer import Transformer
 from .tokenizer import Tokenizer
@@ -44,17 +46,74 @@ class LanguageModel:
         return ids
 
     def generate(self, prompt, max_new_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=None,
-                 stop=None, on_text=None, add_bos=None):
+                 stop=None, on_text=None, add_bos=None, *, min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
+                 repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, logit_bias=None,
+                 logprobs=False, top_logprobs=0, num_beams=1, length_penalty=1.0, early_stopping=False):
         """Continue `prompt` (a string, or a list of token ids used as they are).
 
-        temperature 0 is greedy. stop: a string or list of strings ending generation.
-        on_text(str) is called with text as it is produced (streaming).
-        Returns GenerationResult(.text, .token_ids (new only), .prompt_tokens_per_s, .decode_tokens_per_s).
+        Sampling (slmx.infer.sampling, in this order): repeat_penalty / frequency_penalty /
+        presence_penalty over the last repeat_last_n tokens (prompt included; 0 = none, -1 = all),
+        logit_bias {token id: bias}, temperature (0 = greedy), top_k (0 = off), top_p, min_p,
+        typical_p; seed makes the draws reproducible.
+        stop: a string or list of strings ending generation. on_text(str) is called with text as it
+        is produced (streaming). logprobs / top_logprobs: .logprobs gets a TokenLogprob per new token
+        (the model's own log-softmax, before penalties and temperature) with the top_logprobs best
+        alternatives.
+        num_beams > 1: beam search instead of sampling (slmx.infer.beam: Hugging Face semantics of
+        length_penalty and early_stopping True / False / "never"); the sampling options do not apply;
+        .beams holds every returned Beam (tokens, score, sum_logprob), best first, and the result
+        is the best one; stop strings cut its text, on_text receives it once at the end.
+        Returns GenerationResult(.text, .token_ids (new only), .finish_reason, .logprobs, .beams,
+        .prompt_tokens_per_s, .decode_tokens_per_s).
         """
         ids = self._ids(prompt, add_bos)
-        sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
+                          typical_p=typical_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                          frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                          logit_bias=logit_bias)
+        want_lp, top_n = check_logprobs(logprobs, top_logprobs, self.config.vocab_size)
+        check_beam_options(num_beams, length_penalty, early_stopping)
+        if num_beams > 1:
+            return self._beam_generate(ids, max_new_tokens, num_beams, length_penalty, early_stopping,
+                                       stop, on_text, want_lp, top_n)
         return _generate(self.transformer, self.tokenizer, self.cache, ids, max_new_tokens=max_new_tokens,
-                         sampler=sampler, stop=stop, on_text=on_text)
+                         sampler=sampler, stop=stop, on_text=on_text, logprobs=want_lp, top_logprobs=top_n)
+
+    def _beam_generate(self, ids, max_new_tokens, num_beams, length_penalty, early_stopping, stop, on_text,
+                       want_lp, top_n):
+        import time
+        from .infer.generate import GenerationResult
+        if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1 for beam search, got {max_new_tokens}")
+        if len(ids) >= self.n_ctx:
+            raise ValueError(f"generate: prompt of {len(ids)} tokens does not fit the context of "
+                             f"{self.n_ctx} tokens")
+        max_new = min(int(max_new_tokens), self.n_ctx - len(ids))
+        t0 = time.perf_counter()
+        beams = beam_search(self.transformer, lambda n: KVCache(self.config, n), ids, num_beams=num_beams,
+                            max_new_tokens=max_new, length_penalty=length_penalty,
+                            early_stopping=early_stopping, eos_ids=self.tokenizer.eos_ids, first_cache=self.cache,
+                            logprobs=want_lp, top_logprobs=top_n)
+        dt = time.perf_counter() - t0
+        stops = [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
+        hit = None
+        for b in beams:
+            b.text = self.tokenizer.decode(b.token_ids, skip_special=True)
+        best = beams[0]
+        text = best.text
+        for s in stops:
+            j = text.find(s)
+            if j >= 0 and (hit is None or j < len(text)):
+                text, hit = text[:j], s
+        finish = "stop" if best.finish_reason == "stop" or hit else (
+            "context" if max_new < max_new_tokens and len(best.token_ids) >= max_new else "length")
+        lps = best.logprobs
+        if on_text and text:
+            on_text(text)
+        n_tok = sum(len(b.token_ids) for b in beams)
+        return GenerationResult(text=text, token_ids=list(best.token_ids), prompt_ids=ids, finish_reason=finish,
+                                prompt_tokens_per_s=0.0, decode_tokens_per_s=n_tok / dt if dt > 0 else 0.0,
+                                decode_seconds=dt, stop=hit, logprobs=lps, beams=beams)
 
     def logits(self, ids, last_only=False):
         """float32 logits (T, vocab) for token ids (T,) from position 0 (or (vocab,) with last_only)."""

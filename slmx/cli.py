@@ -9,12 +9,13 @@ from .registry import DEFAULT_MODEL
 
 def _cmd_generate(a):
     from .api import load
-    from .infer import Sampler
+    from .cli_generate import check_options, generate_kwargs, print_extras
     if a.n < 0:
         raise ValueError(f"-n/--max-new-tokens must be >= 0, got {a.n}")
     if a.threads is not None and a.threads < 0:
         raise ValueError(f"--threads must be >= 1 (or 0 for all usable cores), got {a.threads}")
-    Sampler(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)  # checks before output
+    kw = generate_kwargs(a)
+    check_options(kw)                                          # checks before any output
     model = load(a.model, threads=a.threads, n_ctx=a.ctx)
     out = sys.stdout
 
@@ -24,9 +25,9 @@ def _cmd_generate(a):
 
     if a.prompt_echo:
         emit(a.prompt)
-    r = model.generate(a.prompt, max_new_tokens=a.n, temperature=a.temperature, top_k=a.top_k,
-                       top_p=a.top_p, seed=a.seed, stop=a.stop, on_text=emit)
+    r = model.generate(a.prompt, max_new_tokens=a.n, stop=a.stop, on_text=emit, **kw)
     emit("\n")
+    print_extras(r, model.tokenizer, sys.stderr)
     print(f"[prompt: {len(r.prompt_ids)} tokens, {r.prompt_tokens_per_s:.1f} tokens/s | "
           f"decode: {len(r.token_ids)} tokens, {r.decode_tokens_per_s:.1f} tokens/s | "
           f"threads: {model.threads} | finish: {r.finish_reason}]", file=sys.stderr)
@@ -285,6 +286,8 @@ def build_parser():
     g.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = off (40)")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (0.95)")
     g.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    from .cli_generate import add_generate_flags
+    add_generate_flags(g)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("-t", "--threads", type=int, default=None,
                    help="kernel threads (default or 0: all usable cores)")

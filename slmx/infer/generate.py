@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .sampling import Sampler
+from .sampling import Sampler, token_logprobs
 
 
 @dataclass
@@ -20,17 +20,32 @@ class GenerationResult:
     decode_seconds: float = 0.0
     stop: str = None
     extra: dict = field(default_factory=dict)
+    logprobs: list = None            # with logprobs=True: a TokenLogprob per token of token_ids
+    beams: list = None               # with num_beams > 1: every returned Beam, best first
 
     def __str__(self):
         return self.text
 
 
+def check_logprobs(logprobs, top_logprobs, vocab_size):
+    """(want logprobs, top n) from the options; top_logprobs > 0 implies logprobs."""
+    if top_logprobs is None:
+        top_logprobs = 0
+    if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, (int, np.integer)) or \
+            not 0 <= top_logprobs <= vocab_size:
+        raise ValueError(f"top_logprobs must be an integer in [0, {vocab_size}], got {top_logprobs!r}")
+    return bool(logprobs) or top_logprobs > 0, int(top_logprobs)
+
+
 def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, sampler=None, stop=None,
-             stop_ids=None, on_text=None):
+             stop_ids=None, on_text=None, logprobs=False, top_logprobs=0):
     """Continue `prompt_ids` with up to max_new_tokens tokens.
 
     stop: strings that end generation (not included in .text); stop_ids: token ids that end it
     (default: the tokenizer's end-of-sequence ids). on_text(str) receives text as it is decoded.
+    logprobs / top_logprobs: record a TokenLogprob (log-softmax of the model's raw logits, before
+    penalties and temperature) for each new token, with the top_logprobs most likely alternatives.
+    The sampler's penalties see the prompt and the generated ids.
     """
     from ..tokenizer import StreamDecoder
 
@@ -47,6 +62,9 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
     max_new = min(int(max_new_tokens), room)
     stop = [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
     stop_ids = set(tokenizer.eos_ids if stop_ids is None else stop_ids)
+    want_lp, top_n = check_logprobs(logprobs, top_logprobs, getattr(tokenizer, "vocab_size", 1 << 30))
+    lps = [] if want_lp else None
+    history = list(prompt_ids) if sampler.uses_history else None
     decoder = StreamDecoder(tokenizer, skip_special=True)   # control tokens are not text
 
     cache.reset()
@@ -61,11 +79,15 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
     pos = len(prompt_ids)
     n_forward = 0           # decode forwards timed (the first new token comes from the prefill)
     for step in range(max_new):
-        tok = sampler(logits[0])
+        tok = sampler(logits[0], history)
         if tok in stop_ids:
             finish = "stop"
             break
         out_ids.append(tok)
+        if history is not None:
+            history.append(tok)
+        if lps is not None:
+            lps.append(token_logprobs(logits[0], tok, top_n))
         piece = decoder.push(tok)
         if piece:
             pending += piece
@@ -96,4 +118,4 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
         text=text, token_ids=out_ids, prompt_ids=prompt_ids, finish_reason=finish,
         prompt_tokens_per_s=len(prompt_ids) / t_prompt if t_prompt > 0 else float("inf"),
         decode_tokens_per_s=n_forward / t_decode if t_decode > 0 and n_forward else 0.0,
-        prompt_seconds=t_prompt, decode_seconds=t_decode, stop=hit)
+        prompt_seconds=t_prompt, decode_seconds=t_decode, stop=hit, logprobs=lps)

@@ -1,0 +1,100 @@
+"""model.generate's sampling options and log-probabilities (tiny random Llama, fp32), and the
+`slmx generate` flags of the same names: reproducible with a seed, logprobs that are the model's
+log-softmax, bias and penalties that act, bad values as one-line errors before any output."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import slmx
+from slmx.infer.sampling import log_softmax
+
+_spec = importlib.util.spec_from_file_location(
+    "_arch_hf", os.path.join(os.path.dirname(__file__), "test_arch_hf.py"))
+_arch_hf = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_arch_hf)
+
+PROMPT = [1, 17, 200, 33, 45, 101]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("gen") / "tiny-llama.gguf")
+    _arch_hf._to_gguf(_arch_hf._build("llama"), "llama", path)
+    return slmx.load(path, n_ctx=64, numerics="fp32", threads=1), path
+
+
+def test_seeded_generate_reproducible_with_every_option(tiny):
+    m, _ = tiny
+    kw = dict(max_new_tokens=16, temperature=0.9, top_k=50, top_p=0.9, min_p=0.01, typical_p=0.95,
+              repeat_penalty=1.3, repeat_last_n=8, frequency_penalty=0.2, presence_penalty=0.1,
+              logit_bias={5: 1.0, 7: -np.inf}, seed=11)
+    a, b = m.generate(PROMPT, **kw), m.generate(PROMPT, **kw)
+    assert a.token_ids == b.token_ids and len(a.token_ids) > 0
+    assert 7 not in a.token_ids
+    c = m.generate(PROMPT, **{**kw, "seed": 12})
+    assert c.token_ids != a.token_ids
+
+
+def test_logprobs_are_the_models_log_softmax(tiny):
+    m, _ = tiny
+    r = m.generate(PROMPT, max_new_tokens=10, temperature=1.5, top_k=0, top_p=1.0, repeat_penalty=1.5,
+                   seed=3, logprobs=True, top_logprobs=3)
+    assert len(r.logprobs) == len(r.token_ids) == 10
+    lg = m.logits(PROMPT + r.token_ids)
+    for j, t in enumerate(r.logprobs):
+        ref = log_softmax(lg[len(PROMPT) - 1 + j])      # raw logits: before penalties and temperature
+        assert t.token_id == r.token_ids[j] and abs(t.logprob - ref[t.token_id]) < 1e-4
+        assert [i for i, _ in t.top] == np.argsort(-ref)[:3].tolist()
+    g = m.generate(PROMPT, max_new_tokens=5, temperature=0, logprobs=True, top_logprobs=1)
+    assert all(t.top[0][0] == t.token_id and t.top[0][1] == t.logprob for t in g.logprobs)
+    assert m.generate(PROMPT, max_new_tokens=3, temperature=0).logprobs is None
+
+
+def test_bias_and_penalty_act_on_greedy(tiny):
+    m, _ = tiny
+    g = m.generate(PROMPT, max_new_tokens=12, temperature=0)
+    first = g.token_ids[0]
+    banned = m.generate(PROMPT, max_new_tokens=12, temperature=0, logit_bias={first: -np.inf})
+    assert banned.token_ids[0] != first and first not in banned.token_ids
+    forced = m.generate(PROMPT, max_new_tokens=4, temperature=0, logit_bias={42: 100.0})
+    assert forced.token_ids == [42] * 4
+    # a huge presence penalty over the whole history: no token repeats (prompt included)
+    p = m.generate(PROMPT, max_new_tokens=12, temperature=0, presence_penalty=1e4, repeat_last_n=-1)
+    seen = PROMPT + p.token_ids
+    assert len(set(seen)) == len(seen)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "slmx.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_flags(tiny):
+    _, path = tiny
+    args = ["generate", "-m", path, "-p", "w5 w9", "-n", "6", "--temperature", "0.9", "--seed", "4",
+            "--min-p", "0.02", "--repeat-penalty", "1.2", "--presence-penalty", "0.3", "--logit-bias", "300=-inf",
+            "--logit-bias", '{"301": 0.5}', "--typical-p", "0.9", "--logprobs", "--top-logprobs", "2"]
+    r1, r2 = run(*args), run(*args)
+    assert r1.returncode == 0, r1.stderr
+    assert r1.stdout == r2.stdout
+    assert sum(line.startswith("logprob ") for line in r1.stderr.splitlines()) >= 1
+    r = run("generate", "-m", path, "-p", "w5 w9", "-n", "5", "--num-beams", "3", "--length-penalty", "0.8",
+            "--early-stopping", "never")
+    assert r.returncode == 0, r.stderr
+    assert sum(line.startswith("beam ") for line in r.stderr.splitlines()) == 3
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--min-p", "2"], "min_p"), (["--typical-p", "0"], "typical_p"), (["--repeat-penalty", "0"], "repeat_penalty"),
+    (["--repeat-last-n", "-5"], "repeat_last_n"), (["--logit-bias", "abc"], "logit-bias"),
+    (["--logit-bias", "x=1"], "token id"), (["--logit-bias", "5=inf"], "logit_bias"),
+    (["--num-beams", "0"], "num_beams"), (["--early-stopping", "maybe"], "early-stopping"),
+    (["--top-logprobs", "-1"], "top_logprobs"), (["--frequency-penalty", "nan"], "frequency_penalty"),
+])
+def test_cli_bad_flags_one_line_before_output(args, word):
+    r = run("generate", "-m", "/nonexistent.gguf", "-p", "hi", *args)
+    assert r.returncode == 1 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and word in r.stderr, r.stderr
