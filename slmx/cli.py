@@ -209,6 +209,17 @@ def _add_file_parsers(sub):
     e.set_defaults(func=_cmd_export)
 
 
+def _cmd_quantize(a):
+    from .quantize import quantize_model
+    pure = True if a.pure else (False if a.mixed else None)
+    r = quantize_model(a.input, a.output, a.type, pure=pure, threads=a.threads,
+                       allow_requantize=a.allow_requantize)
+    counts = ", ".join(f"{n} {t}" for t, n in sorted(r["counts"].items(), key=lambda kv: -kv[1]))
+    print(f"{r['path']}: {r['type']} (file type {r['file_type']}), {r['n_tensors']} tensors ({counts}), "
+          f"{r['bytes'] / 1e6:.2f} MB")
+    return 0
+
+
 def _add_training_parsers(sub):
     t = sub.add_parser("train", help="train a small language model from scratch",
                        description="Train a Llama-style model from scratch on text (default: the Python "
@@ -314,6 +325,27 @@ def build_parser():
 
     _add_training_parsers(sub)
     _add_file_parsers(sub)
+
+    q = sub.add_parser("quantize", help="quantize a model file to GGUF (llama.cpp's types and recipes)",
+                       description="Quantize a GGUF file or a Hugging Face model folder into a GGUF file "
+                                   "llama.cpp and slmx load. A tensor type (F32 F16 BF16 Q8_0 Q4_0 Q5_0 "
+                                   "Q4_K Q5_K Q6_K) puts every weight matrix in that type (llama-quantize "
+                                   "--pure); a recipe (Q4_K_S Q4_K_M Q5_K_S Q5_K_M) keeps sensitive tensors "
+                                   "(output/tied embeddings, some attn_v and ffn_down) at higher precision by "
+                                   "llama.cpp's rules. Same tensor bytes as llama.cpp for the same input; "
+                                   "norms and other vectors stay as they are.")
+    q.add_argument("input", help="GGUF file or Hugging Face model folder")
+    q.add_argument("output", help="GGUF file to write (atomically)")
+    q.add_argument("--type", required=True, type=str.upper, metavar="TYPE",
+                   help="Q8_0 Q4_0 Q5_0 Q4_K Q5_K Q6_K F16 BF16 F32, or Q4_K_S Q4_K_M Q5_K_S Q5_K_M")
+    mode = q.add_mutually_exclusive_group()
+    mode.add_argument("--pure", action="store_true", help="every quantizable tensor at the recipe's base type")
+    mode.add_argument("--mixed", action="store_true",
+                      help="llama.cpp's rules for a plain type too (e.g. Q4_0 with output.weight Q6_K)")
+    q.add_argument("--allow-requantize", action="store_true",
+                   help="accept already quantized input tensors (decoded first; loses quality)")
+    q.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
+    q.set_defaults(func=_cmd_quantize)
     return p
 
 

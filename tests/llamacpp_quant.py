@@ -44,3 +44,19 @@ def quantize(x, type_id):
     n = _chunk()(type_id, x.ctypes.data, out.ctypes.data, 0, rows, k, None)
     assert n == out.size
     return out
+
+
+FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16,
+          "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
+
+
+def model_quantize(src, dst, ftype, pure=False, nthread=2):
+    """llama_model_quantize(src, dst) with llama.cpp's file type ftype (name of FTYPES or int)."""
+    import llama_cpp
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = FTYPES[ftype] if isinstance(ftype, str) else int(ftype)
+    p.nthread = nthread
+    p.pure = bool(pure)
+    rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(p))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize({src}, ftype {ftype}) failed: {rc}")
