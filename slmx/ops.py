@@ -18,7 +18,7 @@ from ._kernels import gemm as _gemm
 from ._kernels import ops_core as _core
 from ._kernels import quant as _quant
 
-__all__ = ["matmul", "linear", "rmsnorm", "softmax", "gelu", "silu", "geglu", "swiglu", "rope",
+__all__ = ["matmul", "linear", "to_bf16", "from_bf16", "rmsnorm", "softmax", "gelu", "silu", "geglu", "swiglu", "rope",
            "attention", "quantize", "dequantize", "get_rows", "QuantizedTensor"]
 
 
@@ -75,8 +75,57 @@ def _weight(w):
     raise ValueError(f"weight array must be float32 or float16 (or a quantized tensor), got {w.dtype}")
 
 
-def matmul(a, b, out=None, threads=None):
-    """a @ b for float32 a (M, K), b (K, N) -> (M, N), by the packed, cache-blocked GEMM."""
+def to_bf16(x):
+    """bfloat16 bits of float32 ``x`` as a uint16 array of the same shape (round to nearest even).
+
+    bf16 values travel through ``slmx.ops`` as uint16 arrays of their bit patterns (the upper
+    16 bits of the float32); an ``ml_dtypes.bfloat16`` array is accepted wherever bf16 is."""
+    x = _f32(x, "x")
+    out = np.empty(x.shape, np.uint16)
+    _gemm.f32_to_bf16(x, out)
+    return out
+
+
+def from_bf16(b):
+    """float32 values (exact) of bf16 ``b`` (uint16 bits or an ml_dtypes.bfloat16 array)."""
+    b = _bf16_bits(b, "b")
+    out = np.empty(b.shape, np.float32)
+    _gemm.bf16_to_f32(b, out)
+    return out
+
+
+def _bf16_bits(a, name):
+    """uint16 bf16 bits of a (uint16 bits, an ml_dtypes.bfloat16 array, or float32 to round)."""
+    a = np.asarray(a)
+    if a.dtype == np.uint16:
+        return np.ascontiguousarray(a)
+    if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:
+        return np.ascontiguousarray(a).view(np.uint16)
+    if a.dtype == np.float32:
+        return to_bf16(a)
+    raise ValueError(f"{name}: bf16 operands are uint16 bits, ml_dtypes.bfloat16 or float32 (rounded); "
+                     f"got {a.dtype}")
+
+
+def _check_dtype(dtype):
+    if dtype not in (None, "fp32", "float32", "bf16", "bfloat16"):
+        raise ValueError(f"dtype: expected None, 'fp32' or 'bf16', got {dtype!r}")
+    return dtype in ("bf16", "bfloat16")
+
+
+def matmul(a, b, out=None, threads=None, dtype=None):
+    """a @ b for a (M, K), b (K, N) -> float32 (M, N).
+
+    dtype None / "fp32": float32 operands, the packed cache-blocked GEMM. dtype "bf16": bf16
+    operands (uint16 bits, ml_dtypes.bfloat16, or float32 rounded to bf16), exact products and
+    fp32 accumulation (AMX tiles when the OS grants them); b is transposed into a (N, K) copy,
+    so for a fixed weight prefer ``linear(x, w, dtype="bf16")`` with w (N, K) converted once."""
+    bf16 = _check_dtype(dtype)
+    if bf16:
+        a2, b2 = np.asarray(a), np.asarray(b)
+        if a2.ndim != 2 or b2.ndim != 2 or a2.shape[1] != b2.shape[0]:
+            raise ValueError(f"matmul: shapes {a2.shape} and {b2.shape} do not chain")
+        return linear(a2, np.ascontiguousarray(_bf16_bits(b2, "b").T), out=out, threads=threads, dtype="bf16")
     a, b = _f32(a, "a"), _f32(b, "b")
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not chain")
@@ -86,8 +135,33 @@ def matmul(a, b, out=None, threads=None):
     return out
 
 
-def linear(x, w, out=None, threads=None):
-    """x @ w.T: x float32 (M, K) or (K,), w (N, K) float32/float16 array or quantized tensor -> (M, N)."""
+def _linear_bf16(x, w, out, threads):
+    x = _bf16_bits(x, "x")
+    w = _bf16_bits(w, "w")
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D (N, K), got shape {w.shape}")
+    squeeze = x.ndim == 1
+    x2 = x.reshape(1, -1) if squeeze else x.reshape(-1, x.shape[-1])
+    n, k = w.shape
+    if x2.shape[1] != k:
+        raise ValueError(f"linear: x has {x2.shape[1]} features, weight expects {k}")
+    res = np.empty((x2.shape[0], n), np.float32) if out is None else out
+    if not isinstance(res, np.ndarray) or res.shape != (x2.shape[0], n) or res.dtype != np.float32:
+        raise ValueError(f"linear: out must be float32 {(x2.shape[0], n)}, got {res.dtype} {res.shape}")
+    _gemm.linear_bf16(np.ascontiguousarray(x2), w, res, _threads(threads))
+    if out is not None:
+        return out
+    return res[0] if squeeze else res.reshape(x.shape[:-1] + (n,))
+
+
+def linear(x, w, out=None, threads=None, dtype=None):
+    """x @ w.T: x float32 (M, K) or (K,), w (N, K) float32/float16 array or quantized tensor -> (M, N).
+
+    dtype "bf16": x and w (N, K) in bf16 (uint16 bits from ``to_bf16``, ml_dtypes.bfloat16, or
+    float32 rounded on the fly), exact products summed in fp32 -> float32 (M, N); AMX tiles when
+    the OS grants them, else AVX512_BF16 / AVX-512 / AVX2 / portable dot products."""
+    if _check_dtype(dtype):
+        return _linear_bf16(x, w, out, threads)
     x = _f32(x, "x")
     squeeze = x.ndim == 1
     x2 = x.reshape(1, -1) if squeeze else x.reshape(-1, x.shape[-1])

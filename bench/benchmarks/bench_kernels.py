@@ -15,7 +15,7 @@ from slmx._kernels import ops_core as _core
 THREADS = 2
 
 
-def _median_time(fn, min_time=0.2, max_reps=50):
+def _median_time(fn, min_time=0.2, max_reps=200):
     fn()
     ts = []
     t_end = time.perf_counter() + min_time
@@ -26,23 +26,53 @@ def _median_time(fn, min_time=0.2, max_reps=50):
     return float(np.median(ts))
 
 
+KN_SIZES = [640, 1024, 2048, 4096]
+
+
+def _gemm_operands(M, K, N):
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((M, K), dtype=np.float32), rng.standard_normal((N, K), dtype=np.float32),
+            np.empty((M, N), np.float32))
+
+
 class GemmF32:
-    """out = x @ w.T for x (M, K), w (N, K) fp32: GFLOP/s."""
-    params = ([1, 16, 128, 512], [(640, 2048), (2048, 640), (1024, 1024), (4096, 4096)])
-    param_names = ["M", "K_N"]
-    timeout = 300
+    """out = x @ w.T for x (M, K), w (N, K) fp32 (the linear path of slmx.ops): GFLOP/s, and the
+    ratio to numpy's x @ w.T timed alternately in the same process. The shapes of
+    ``python bench/gemm_table.py`` (which adds PyTorch)."""
+    params = ([1, 16, 128, 512], KN_SIZES, KN_SIZES)
+    param_names = ["M", "K", "N"]
+    timeout = 600
 
-    def setup(self, M, KN):
-        K, N = KN
-        rng = np.random.default_rng(0)
-        self.x = rng.standard_normal((M, K), dtype=np.float32)
-        self.w = rng.standard_normal((N, K), dtype=np.float32)
-        self.out = np.empty((M, N), np.float32)
+    def setup(self, M, K, N):
+        self.x, self.w, self.out = _gemm_operands(M, K, N)
+        self.wt = self.w.T
 
-    def track_gflops(self, M, KN):
-        K, N = KN
+    def track_gflops(self, M, K, N):
         t = _median_time(lambda: _gemm.linear_f32(self.x, self.w, self.out, THREADS))
         return 2.0 * M * K * N / t / 1e9
+    track_gflops.unit = "GFLOP/s"
+
+    def track_ratio_to_numpy(self, M, K, N):
+        ts, tn = [], []
+        for _ in range(3):
+            ts.append(_median_time(lambda: _gemm.linear_f32(self.x, self.w, self.out, THREADS), 0.05))
+            tn.append(_median_time(lambda: np.matmul(self.x, self.wt, out=self.out), 0.05))
+        return float(np.median(tn) / np.median(ts))
+    track_ratio_to_numpy.unit = "x numpy"
+
+
+class GemmVocab:
+    """The vocabulary projection x (M, 640) @ W^T, W (262144, 640) fp32 (671 MB): GFLOP/s."""
+    params = ([1, 16, 128, 512],)
+    param_names = ["M"]
+    timeout = 600
+
+    def setup(self, M):
+        self.x, self.w, self.out = _gemm_operands(M, 640, 262144)
+
+    def track_gflops(self, M):
+        t = _median_time(lambda: _gemm.linear_f32(self.x, self.w, self.out, THREADS), 0.5, 10)
+        return 2.0 * M * 640 * 262144 / t / 1e9
     track_gflops.unit = "GFLOP/s"
 
 

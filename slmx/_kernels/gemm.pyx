@@ -21,7 +21,8 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uintptr_t, uint16_t
+from libc.string cimport memset, memcpy
 from openmp cimport omp_get_thread_num
 
 include "simd.pxi"
@@ -43,6 +44,24 @@ cdef extern from "gemm_simd.h" nogil:
                    float *C, long ldc, long n0, long n1)
     void slmx_gevm(int lvl, int M, long K, const float *X, long ldx, const float *W, long ldw,
                    float *C, long ldc, long n0, long n1)
+
+cdef extern from "gemm_bf16_simd.h" nogil:
+    int SLMX_BF16_KC
+    void slmx_f32_to_bf16_n(const float *src, uint16_t *dst, long n)
+    void slmx_bf16_to_f32_n(const uint16_t *src, float *dst, long n)
+    void slmx_bf16_dot(int lvl, long K, const uint16_t *X, long ldx, const uint16_t *W, long ldw,
+                       float *C, long ldc, long m0, long m1, long n0, long n1)
+    void slmx_bf16_amx_config()
+    void slmx_bf16_amx_release()
+    void slmx_bf16_pack_b(const uint16_t *W, long ldw, long N, long K, long n0, long k0, long kc, uint16_t *Bp)
+    void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp)
+    void slmx_bf16_amx_panel(const uint16_t *Xp, long nks, long k0, long kc, const uint16_t *Bp, float *C,
+                             long ldc, long m0, long m1, long n0, int two_n, int acc)
+
+cdef extern from "simd.h" nogil:
+    ctypedef struct slmx_cpu_features_t:
+        int amx_bf16
+    const slmx_cpu_features_t *slmx_cpu_features()
 
 DEF NR = 32
 DEF MC_OUTER = 2048       # rows of A packed at once (MC_OUTER x KC floats)
@@ -77,6 +96,14 @@ def _block_sizes(l1, l2):
 def block_sizes():
     """(KC, MC_ROWS, MC_OUTER, NR) in use"""
     return KC, MC_ROWS, MC_OUTER, NR
+
+
+def _set_block_sizes(kc, mc):
+    """Override (KC, MC_ROWS) for tuning experiments; PackedB objects keep their own kc."""
+    global KC, MC_ROWS
+    if kc < 16 or kc % 16 or mc < 1:
+        raise ValueError(f"block sizes: kc must be a multiple of 16 >= 16 and mc >= 1, got {kc}, {mc}")
+    KC, MC_ROWS = kc, mc
 
 
 def _init_block_sizes():
@@ -413,4 +440,188 @@ def matmul_packed(a, PackedB packed, out, int nthreads=1):
     cdef float[:, ::1] ov = out
     gemm_forward(_ptr(av), K, packed.ptr, 0, B_PACKED, packed.kc, packed.npad, <float *>_ptr(ov), N,
                  M, N, K, nthreads)
+    return out
+
+
+# ----------------------------------------------------------------------------- bf16 GEMM
+# bf16 values travel as uint16 bit patterns (the upper half of a float32).
+
+cdef int _amx_bf16_allowed = 1
+
+
+def _set_amx(bint allowed):
+    """Allow or forbid the AMX path of linear_bf16 (tests); returns whether AMX is now used."""
+    global _amx_bf16_allowed
+    _amx_bf16_allowed = allowed
+    return bool(_use_amx_bf16(slmx_simd_level()))
+
+
+cdef int _use_amx_bf16(int lvl) noexcept nogil:
+    return _amx_bf16_allowed and lvl >= SLMX_SIMD_BF16 and slmx_cpu_features().amx_bf16 and slmx_amx_usable()
+
+
+def amx_bf16_used():
+    """True when linear_bf16 runs on AMX tiles (AMX-BF16 present, granted by the OS, level bf16)."""
+    return bool(_use_amx_bf16(slmx_simd_level()))
+
+
+cdef object _u16(object a, str name):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.uint16:
+        raise ValueError(f"{name}: expected bf16 bits as uint16, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous")
+    return a
+
+
+def f32_to_bf16(src, dst):
+    """dst = bf16(src), round to nearest even: src float32, dst uint16, same number of elements"""
+    if not (isinstance(src, np.ndarray) and src.dtype == np.float32 and src.flags.c_contiguous):
+        raise ValueError("src: expected a C-contiguous float32 array")
+    if not (isinstance(dst, np.ndarray) and dst.dtype == np.uint16 and dst.flags.c_contiguous):
+        raise ValueError("dst: expected a C-contiguous uint16 array")
+    if src.size != dst.size:
+        raise ValueError(f"dst: expected {src.size} elements, got {dst.size}")
+    if src.size == 0:
+        return dst
+    cdef const float[::1] sv = src.reshape(-1)
+    cdef uint16_t[::1] dv = dst.reshape(-1)
+    with nogil:
+        slmx_f32_to_bf16_n(&sv[0], &dv[0], sv.shape[0])
+    return dst
+
+
+def bf16_to_f32(src, dst):
+    """dst = float32(src): src uint16 bf16 bits, dst float32, same number of elements (exact)"""
+    if not (isinstance(src, np.ndarray) and src.dtype == np.uint16 and src.flags.c_contiguous):
+        raise ValueError("src: expected a C-contiguous uint16 array")
+    if not (isinstance(dst, np.ndarray) and dst.dtype == np.float32 and dst.flags.c_contiguous):
+        raise ValueError("dst: expected a C-contiguous float32 array")
+    if src.size != dst.size:
+        raise ValueError(f"dst: expected {src.size} elements, got {dst.size}")
+    if src.size == 0:
+        return dst
+    cdef const uint16_t[::1] sv = src.reshape(-1)
+    cdef float[::1] dv = dst.reshape(-1)
+    with nogil:
+        slmx_bf16_to_f32_n(&sv[0], &dv[0], sv.shape[0])
+    return dst
+
+
+cdef void _bf16_dot_par(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
+                        const uint16_t *W, float *C, int nt) noexcept nogil:
+    """C = X W^T by the dot-product kernels: N split into chunks of rows of W (or M when N is small)"""
+    cdef Py_ssize_t chunk, nch, c, a0, a1
+    if nt == 1:
+        slmx_bf16_dot(lvl, K, X, K, W, K, C, N, 0, M, 0, N)
+        return
+    if N >= 64 * nt:
+        chunk = 64
+        nch = _cdiv(N, chunk)
+        for c in prange(nch, num_threads=nt, schedule="static"):
+            a0 = c * chunk
+            a1 = min(N, a0 + chunk)
+            slmx_bf16_dot(lvl, K, X, K, W, K, C, N, 0, M, a0, a1)
+    else:
+        chunk = max(4, _cdiv(M, 4 * nt) * 4)
+        nch = _cdiv(M, chunk)
+        for c in prange(nch, num_threads=nt, schedule="static"):
+            a0 = c * chunk
+            a1 = min(M, a0 + chunk)
+            slmx_bf16_dot(lvl, K, X, K, W, K, C, N, a0, a1, 0, N)
+
+
+cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X, uint16_t *Xp, Py_ssize_t Mp,
+                    Py_ssize_t Kp, const uint16_t *W, float *C, Py_ssize_t ldc, uint16_t *bws,
+                    int nt) noexcept nogil:
+    """C (Mp x ldc) = X W^T on AMX tiles; Xp: room for X packed into Mp x Kp tiles; bws: 32 x KC
+    bf16 per thread"""
+    cdef Py_ssize_t npan = _cdiv(N, 32), kb, kc, p, mb
+    cdef Py_ssize_t nks = Kp // 32
+    for mb in prange(Mp // 16, num_threads=nt, schedule="static"):
+        slmx_bf16_pack_x(X, M, K, mb, mb + 1, Xp)
+    cdef uint16_t *bp = NULL
+    kb = kc = 0
+    with parallel(num_threads=nt):
+        bp = bws + omp_get_thread_num() * 32 * SLMX_BF16_KC
+        slmx_bf16_amx_config()
+        kb = 0
+        while kb < Kp:
+            kc = min(<Py_ssize_t>SLMX_BF16_KC, Kp - kb)
+            # the same static partition for every depth block: each thread owns its panels of C
+            for p in prange(npan, schedule="static"):
+                slmx_bf16_pack_b(W, K, N, K, p * 32, kb, kc, bp)
+                slmx_bf16_amx_panel(Xp, nks, kb, kc, bp, C, ldc, 0, Mp, p * 32, N - p * 32 > 16, kb > 0)
+            kb = kb + kc
+        slmx_bf16_amx_release()
+
+
+def linear_bf16(x, w, out, int nthreads=1):
+    """out = x @ w.T    x (M, K), w (N, K) bf16 bits (uint16), out (M, N) float32; exact bf16
+    products, fp32 accumulation (AMX tiles when granted, else AVX512_BF16 / AVX-512 / AVX2 / scalar)"""
+    _u16(x, "x")
+    _u16(w, "w")
+    _mat(out, "out")
+    cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[0]
+    if w.shape[1] != K:
+        raise ValueError(f"w: expected {K} columns to match x {x.shape}, got {w.shape}")
+    if out.shape[0] != M or out.shape[1] != N:
+        raise ValueError(f"out: expected shape ({M}, {N}), got {out.shape}")
+    if np.may_share_memory(out, x) or np.may_share_memory(out, w):
+        raise ValueError("out must not overlap an input")
+    if M == 0 or N == 0:
+        return out
+    cdef float[:, ::1] ov = out
+    cdef float *C = &ov[0, 0]
+    if K == 0:
+        out[...] = 0
+        return out
+    cdef const uint16_t[:, ::1] xv = x
+    cdef const uint16_t[:, ::1] wv = w
+    cdef const uint16_t *X = &xv[0, 0]
+    cdef const uint16_t *W = &wv[0, 0]
+    cdef int lvl = slmx_simd_level()
+    cdef int nt = nthreads if nthreads > 1 and M * N * K >= PAR_MIN_FMA // 4 else 1
+    cdef Py_ssize_t Mp, Kp, Np, r
+    cdef uint16_t *xp
+    cdef uint16_t *bws
+    cdef float *cp
+    if not _use_amx_bf16(lvl):
+        with nogil:
+            _bf16_dot_par(lvl, M, N, K, X, W, C, nt)
+        return out
+    Mp = _cdiv(M, 16) * 16
+    Kp = _cdiv(K, 32) * 32
+    Np = _cdiv(N, 32) * 32
+    cdef bint pad_c = Mp != M or (N % 16) != 0
+    cdef void *xraw = NULL
+    cdef void *craw = NULL
+    cdef void *braw = malloc(<size_t>max(1, nt) * 32 * SLMX_BF16_KC * 2 + 64)
+    try:
+        if braw == NULL:
+            raise MemoryError("bf16 gemm workspace")
+        bws = <uint16_t *>_aligned(braw)
+        xraw = malloc(<size_t>Mp * Kp * 2 + 64)
+        if xraw == NULL:
+            raise MemoryError("bf16 gemm workspace")
+        xp = <uint16_t *>_aligned(xraw)
+        if pad_c:
+            craw = malloc(<size_t>Mp * Np * 4 + 64)
+            if craw == NULL:
+                raise MemoryError("bf16 gemm workspace")
+            cp = _aligned(craw)
+        else:
+            cp = C
+        with nogil:
+            _bf16_amx(M, N, K, X, xp, Mp, Kp, W, cp, Np if pad_c else N, bws, nt)
+            if pad_c:
+                for r in range(M):
+                    memcpy(C + r * N, cp + r * Np, N * 4)
+    finally:
+        free(braw)
+        free(xraw)
+        free(craw)
     return out

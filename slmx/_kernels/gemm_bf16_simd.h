@@ -1,0 +1,359 @@
+/* slmx bf16 GEMM: C (M, N) fp32 = X (M, K) bf16 . W (N, K)^T bf16, fp32 accumulation.
+ *
+ * bf16 values are uint16 bit patterns (the upper half of an IEEE float32). Every path computes
+ * the exact products of the bf16 values and sums them in fp32; paths differ only in the order
+ * of the fp32 additions.
+ *
+ * AMX (level >= BF16 and the OS granted the tiles): tdpbf16ps on 16 x 16 fp32 C tiles.
+ *   A = 16 rows of X x 32 bf16, from a zero-padded copy of X packed tile by tile (1 KB each, so
+ *       the tile loads stream through memory);
+ *   B = 16 pair-rows x 16 columns x 2 bf16 (the "VNNI" layout B[kp][n][j] = W[n][2 kp + j]):
+ *       each block of 32 weight rows x KC_BF16 depth is transposed (as 32-bit pairs) into a
+ *       per-thread buffer right before use, so W is read in place, once per depth block.
+ *   Tiles: C 2 x 2 (tmm0..3) = 32 rows x 32 columns, A0/A1 = tmm4/5, B0/B1 = tmm6/7.
+ *   C tiles load from / store to the output rows directly (a padded copy when M or N is not a
+ *   multiple of 16).
+ * Dot-product paths (no AMX): out[m, n] = dot(X[m], W[n]) over K for blocks of MB rows of X and
+ *   NB rows of W, the MB x NB sums in registers:
+ *   BF16 (vdpbf16ps, 32 products per instruction), AVX-512 and AVX2 (bf16 widened by a 16-bit
+ *   shift, then FMA), scalar (portable C).
+ */
+#ifndef SLMX_GEMM_BF16_SIMD_H
+#define SLMX_GEMM_BF16_SIMD_H
+
+#include "simd.h"
+#include "vmath_simd.h"
+#include <stdint.h>
+#include <string.h>
+
+#ifndef SLMX_ALWAYS_INLINE_G
+#define SLMX_ALWAYS_INLINE_G static inline __attribute__((always_inline))
+#endif
+
+#define SLMX_BF16_KC 1024       /* AMX depth block (elements of K): 32 x 1024 bf16 = 64 KB of B */
+
+static inline float slmx_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* round to nearest even; NaN stays NaN (quiet) */
+static inline uint16_t slmx_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static void slmx_f32_to_bf16_n(const float *src, uint16_t *dst, long n) {
+    for (long i = 0; i < n; i++) dst[i] = slmx_f32_to_bf16(src[i]);
+}
+
+static void slmx_bf16_to_f32_n(const uint16_t *src, float *dst, long n) {
+    for (long i = 0; i < n; i++) dst[i] = slmx_bf16_to_f32(src[i]);
+}
+
+/* ------------------------------------------------------------------ scalar dot path */
+
+/* C[m, n] = sum_k X[m, k] W[n, k] for m in [m0, m1), n in [n0, n1) */
+static void slmx_bf16_dot_scalar(long K, const uint16_t *X, long ldx, const uint16_t *W, long ldw,
+                                 float *C, long ldc, long m0, long m1, long n0, long n1) {
+    for (long n = n0; n < n1; n++) {
+        const uint16_t *w = W + n * ldw;
+        for (long m = m0; m < m1; m++) {
+            const uint16_t *x = X + m * ldx;
+            float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+            long k = 0;
+            for (; k + 4 <= K; k += 4) {
+                s0 += slmx_bf16_to_f32(x[k]) * slmx_bf16_to_f32(w[k]);
+                s1 += slmx_bf16_to_f32(x[k + 1]) * slmx_bf16_to_f32(w[k + 1]);
+                s2 += slmx_bf16_to_f32(x[k + 2]) * slmx_bf16_to_f32(w[k + 2]);
+                s3 += slmx_bf16_to_f32(x[k + 3]) * slmx_bf16_to_f32(w[k + 3]);
+            }
+            for (; k < K; k++) s0 += slmx_bf16_to_f32(x[k]) * slmx_bf16_to_f32(w[k]);
+            C[m * ldc + n] = (s0 + s1) + (s2 + s3);
+        }
+    }
+}
+
+#if SLMX_X86
+/* ------------------------------------------------------------------ AVX2 dot path */
+
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX2 __m256 slmx_bf16x8_avx2(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX2 void
+slmx_bf16_dot256_block(const int MB, const int NB, long K, const uint16_t *X, long ldx, const uint16_t *W,
+                       long ldw, float *C, long ldc, long m, long n) {
+    __m256 s[4][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++) {
+#pragma GCC unroll 2
+        for (int j = 0; j < NB; j++) s[i][j] = _mm256_setzero_ps();
+    }
+    long k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 w[2];
+#pragma GCC unroll 2
+        for (int j = 0; j < NB; j++) w[j] = slmx_bf16x8_avx2(W + (n + j) * ldw + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < MB; i++) {
+            __m256 x = slmx_bf16x8_avx2(X + (m + i) * ldx + k);
+#pragma GCC unroll 2
+            for (int j = 0; j < NB; j++) s[i][j] = _mm256_fmadd_ps(x, w[j], s[i][j]);
+        }
+    }
+    for (int i = 0; i < MB; i++) {
+        for (int j = 0; j < NB; j++) {
+            float t = slmx_hsum_avx2(s[i][j]);
+            const uint16_t *x = X + (m + i) * ldx, *w = W + (n + j) * ldw;
+            for (long kk = k; kk < K; kk++) t += slmx_bf16_to_f32(x[kk]) * slmx_bf16_to_f32(w[kk]);
+            C[(m + i) * ldc + n + j] = t;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ AVX-512 dot paths */
+
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 __m512 slmx_bf16x16_avx512(const uint16_t *p, __mmask16 mk) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, p)), 16));
+}
+
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 void
+slmx_bf16_dot512_block(const int MB, const int NB, long K, const uint16_t *X, long ldx, const uint16_t *W,
+                       long ldw, float *C, long ldc, long m, long n) {
+    __m512 s[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; j++) s[i][j] = _mm512_setzero_ps();
+    }
+    for (long k = 0; k < K; k += 16) {
+        __mmask16 mk = slmx_tail_mask16(K - k);
+        __m512 w[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; j++) w[j] = slmx_bf16x16_avx512(W + (n + j) * ldw + k, mk);
+#pragma GCC unroll 4
+        for (int i = 0; i < MB; i++) {
+            __m512 x = slmx_bf16x16_avx512(X + (m + i) * ldx + k, mk);
+#pragma GCC unroll 4
+            for (int j = 0; j < NB; j++) s[i][j] = _mm512_fmadd_ps(x, w[j], s[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; j++) C[(m + i) * ldc + n + j] = slmx_hsum_avx512(s[i][j]);
+    }
+}
+
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512BF16 void
+slmx_bf16_dotbf_block(const int MB, const int NB, long K, const uint16_t *X, long ldx, const uint16_t *W,
+                      long ldw, float *C, long ldc, long m, long n) {
+    __m512 s[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; j++) s[i][j] = _mm512_setzero_ps();
+    }
+    for (long k = 0; k < K; k += 32) {
+        __mmask32 mk = K - k >= 32 ? 0xffffffffu : (((__mmask32)1 << (K - k)) - 1);
+        __m512bh w[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; j++) w[j] = (__m512bh)_mm512_maskz_loadu_epi16(mk, W + (n + j) * ldw + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < MB; i++) {
+            __m512bh x = (__m512bh)_mm512_maskz_loadu_epi16(mk, X + (m + i) * ldx + k);
+#pragma GCC unroll 4
+            for (int j = 0; j < NB; j++) s[i][j] = _mm512_dpbf16_ps(s[i][j], x, w[j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; j++) C[(m + i) * ldc + n + j] = slmx_hsum_avx512(s[i][j]);
+    }
+}
+
+/* m-rows x n-rows grid of blocks (MB x NB), edges by smaller blocks */
+#define SLMX_BF16_DOT_GRID(NAME, TARGET, BLOCK, MBX, NBX)                                                   \
+    static TARGET void NAME(long K, const uint16_t *X, long ldx, const uint16_t *W, long ldw, float *C,    \
+                            long ldc, long m0, long m1, long n0, long n1) {                                 \
+        long m = m0;                                                                                        \
+        for (; m + MBX <= m1; m += MBX) {                                                                   \
+            long n = n0;                                                                                    \
+            for (; n + NBX <= n1; n += NBX) BLOCK(MBX, NBX, K, X, ldx, W, ldw, C, ldc, m, n);               \
+            for (; n < n1; n++) BLOCK(MBX, 1, K, X, ldx, W, ldw, C, ldc, m, n);                             \
+        }                                                                                                   \
+        for (; m < m1; m++) {                                                                               \
+            long n = n0;                                                                                    \
+            for (; n + NBX <= n1; n += NBX) BLOCK(1, NBX, K, X, ldx, W, ldw, C, ldc, m, n);                 \
+            for (; n < n1; n++) BLOCK(1, 1, K, X, ldx, W, ldw, C, ldc, m, n);                               \
+        }                                                                                                   \
+    }
+SLMX_BF16_DOT_GRID(slmx_bf16_dot_avx2, SLMX_TARGET_AVX2, slmx_bf16_dot256_block, 4, 2)
+SLMX_BF16_DOT_GRID(slmx_bf16_dot_avx512, SLMX_TARGET_AVX512, slmx_bf16_dot512_block, 4, 4)
+SLMX_BF16_DOT_GRID(slmx_bf16_dot_bf, SLMX_TARGET_AVX512BF16, slmx_bf16_dotbf_block, 4, 4)
+
+/* ------------------------------------------------------------------ AMX path */
+
+#define SLMX_TARGET_AMXBF16 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
+
+typedef struct {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} slmx_bf16_tilecfg_t;
+
+static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_config(void) {
+    slmx_bf16_tilecfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) { cfg.rows[i] = 16; cfg.colsb[i] = 64; }
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
+}
+
+static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_release(void) { _tile_release(); }
+
+/* B block for weight rows [n0, n0 + 32) (rows >= N zero) and depth [k0, k0 + kc) (kc a multiple of
+ * 32; columns >= K zero): Bp[ks][t][kp][n][2] = W[n0 + 16 t + n][k0 + 32 ks + 2 kp + j], 1 KB tiles.
+ * Each 16 x 16 block of 32-bit pairs is transposed in registers. */
+static SLMX_TARGET_AVX512 void slmx_bf16_pack_b(const uint16_t *W, long ldw, long N, long K, long n0, long k0,
+                                                long kc, uint16_t *Bp) {
+    for (int t = 0; t < 2; t++) {
+        long nb = n0 + 16 * t;
+        for (long ks = 0; ks < kc / 32; ks++) {
+            long k = k0 + 32 * ks;
+            long kv = K - k;                       /* valid bf16 in this step (may be <= 0) */
+            __mmask32 mk = kv >= 32 ? 0xffffffffu : (kv <= 0 ? 0 : (((__mmask32)1 << kv) - 1));
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                if (nb + i < N) r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, W + (nb + i) * ldw + k));
+                else r[i] = _mm512_setzero_ps();
+            }
+            slmx_transpose16_avx512(r);        /* r[kp] = the pair kp of the 16 rows */
+            uint16_t *d = Bp + (ks * 2 + t) * 512;
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) _mm512_storeu_ps((float *)(d + 32 * i), r[i]);
+        }
+    }
+}
+
+/* X (M, K) -> tiles Xp[mb][ks][16][32] (1 KB each, contiguous: tile loads stream through memory),
+ * zero past row M and column K; mb in [mb0, mb1), nks = ceil(K / 32) */
+static void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp) {
+    long nks = (K + 31) / 32;
+    for (long mb = mb0; mb < mb1; mb++) {
+        for (long ks = 0; ks < nks; ks++) {
+            uint16_t *d = Xp + (mb * nks + ks) * 512;
+            long k = 32 * ks, kv = K - k < 32 ? K - k : 32;
+            for (int i = 0; i < 16; i++) {
+                long m = mb * 16 + i;
+                if (m < M) {
+                    memcpy(d + 32 * i, X + m * K + k, (size_t)kv * 2);
+                    if (kv < 32) memset(d + 32 * i + kv, 0, (size_t)(32 - kv) * 2);
+                } else memset(d + 32 * i, 0, 64);
+            }
+        }
+    }
+}
+
+/* C rows [m0, m1) (m0, m1 multiples of 16) x columns [n0, n0 + 16 or 32) (+)= X . B over depth
+ * [k0, k0 + kc): Xp the packed tiles of X (nks tiles per 16 rows), Bp the block of W from
+ * slmx_bf16_pack_b, C fp32 with row stride ldc. acc = 0 zeroes the tiles first. */
+static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_panel(const uint16_t *Xp, long nks, long k0, long kc,
+                                                   const uint16_t *Bp, float *C, long ldc, long m0, long m1,
+                                                   long n0, int two_n, int acc) {
+    long nk = kc / 32;
+    for (long m = m0; m < m1; m += 32) {
+        int two_m = m + 16 < m1;
+        float *c0 = C + m * ldc + n0;
+        float *c2 = c0 + 16 * ldc;
+        if (acc) {
+            _tile_loadd(0, c0, ldc * 4);
+            if (two_n) _tile_loadd(1, c0 + 16, ldc * 4);
+            if (two_m) {
+                _tile_loadd(2, c2, ldc * 4);
+                if (two_n) _tile_loadd(3, c2 + 16, ldc * 4);
+            }
+        } else {
+            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        }
+        const uint16_t *a0 = Xp + ((m / 16) * nks + k0 / 32) * 512, *a1 = a0 + nks * 512;
+        if (two_m && two_n) {
+            for (long ks = 0; ks < nk; ks++) {
+                _tile_loadd(4, a0 + 512 * ks, 64);
+                _tile_loadd(6, Bp + ks * 1024, 64);
+                _tile_loadd(7, Bp + ks * 1024 + 512, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_loadd(5, a1 + 512 * ks, 64);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+        } else if (two_n) {
+            for (long ks = 0; ks < nk; ks++) {
+                _tile_loadd(4, a0 + 512 * ks, 64);
+                _tile_loadd(6, Bp + ks * 1024, 64);
+                _tile_loadd(7, Bp + ks * 1024 + 512, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+            }
+        } else if (two_m) {
+            for (long ks = 0; ks < nk; ks++) {
+                _tile_loadd(4, a0 + 512 * ks, 64);
+                _tile_loadd(5, a1 + 512 * ks, 64);
+                _tile_loadd(6, Bp + ks * 1024, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(2, 5, 6);
+            }
+        } else {
+            for (long ks = 0; ks < nk; ks++) {
+                _tile_loadd(4, a0 + 512 * ks, 64);
+                _tile_loadd(6, Bp + ks * 1024, 64);
+                _tile_dpbf16ps(0, 4, 6);
+            }
+        }
+        _tile_stored(0, c0, ldc * 4);
+        if (two_n) _tile_stored(1, c0 + 16, ldc * 4);
+        if (two_m) {
+            _tile_stored(2, c2, ldc * 4);
+            if (two_n) _tile_stored(3, c2 + 16, ldc * 4);
+        }
+    }
+}
+#else
+static void slmx_bf16_amx_config(void) {}
+static void slmx_bf16_amx_release(void) {}
+static void slmx_bf16_pack_b(const uint16_t *W, long ldw, long N, long K, long n0, long k0, long kc, uint16_t *Bp) {
+    (void)W; (void)ldw; (void)N; (void)K; (void)n0; (void)k0; (void)kc; (void)Bp;
+}
+static void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp) {
+    (void)X; (void)M; (void)K; (void)mb0; (void)mb1; (void)Xp;
+}
+static void slmx_bf16_amx_panel(const uint16_t *Xp, long nks, long k0, long kc, const uint16_t *Bp, float *C,
+                                long ldc, long m0, long m1, long n0, int two_n, int acc) {
+    (void)Xp; (void)nks; (void)k0; (void)kc; (void)Bp; (void)C; (void)ldc; (void)m0; (void)m1; (void)n0;
+    (void)two_n; (void)acc;
+}
+#endif /* SLMX_X86 */
+
+/* ------------------------------------------------------------------ dispatch (dot paths) */
+
+static inline void slmx_bf16_dot(int lvl, long K, const uint16_t *X, long ldx, const uint16_t *W, long ldw,
+                                 float *C, long ldc, long m0, long m1, long n0, long n1) {
+#if SLMX_X86
+    if (lvl >= SLMX_SIMD_BF16) { slmx_bf16_dot_bf(K, X, ldx, W, ldw, C, ldc, m0, m1, n0, n1); return; }
+    if (lvl >= SLMX_SIMD_AVX512) { slmx_bf16_dot_avx512(K, X, ldx, W, ldw, C, ldc, m0, m1, n0, n1); return; }
+    if (lvl >= SLMX_SIMD_AVX2) { slmx_bf16_dot_avx2(K, X, ldx, W, ldw, C, ldc, m0, m1, n0, n1); return; }
+#endif
+    slmx_bf16_dot_scalar(K, X, ldx, W, ldw, C, ldc, m0, m1, n0, n1);
+}
+
+#endif

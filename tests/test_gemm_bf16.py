@@ -1,0 +1,88 @@
+"""bf16 GEMM (slmx.ops.linear / matmul with dtype="bf16") on every SIMD level, AMX on and off.
+
+References: PyTorch's float32 -> bfloat16 rounding (bit for bit), and the float64 product of the
+bf16 values (every path multiplies the bf16 values exactly and sums in fp32)."""
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import slmx.ops as ops
+from slmx._kernels import gemm
+
+RNG = np.random.default_rng(11)
+
+# edges in every dimension: M not a multiple of 16/32, K not of 32, N not of 16/32; K beyond
+# one AMX depth block (1024)
+SHAPES = [(1, 1, 1), (1, 64, 32), (3, 70, 45), (16, 640, 256), (17, 33, 17), (33, 100, 48),
+          (64, 1030, 100), (130, 2100, 70)]
+
+
+def torch_bf16_bits(x):
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def bf16_values(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def test_to_bf16_matches_torch():
+    x = np.concatenate([RNG.standard_normal(10000).astype(np.float32) * 100,
+                        np.array([0.0, -0.0, np.inf, -np.inf, 1e-40, -1e-42, 3.4e38, 1.0 + 2 ** -8,
+                                  1.0 + 3 * 2 ** -8, 1.0 + 2 ** -8 + 2 ** -20], np.float32)])
+    np.testing.assert_array_equal(ops.to_bf16(x), torch_bf16_bits(x))
+    assert np.isnan(ops.from_bf16(ops.to_bf16(np.array([np.nan], np.float32)))[0])
+    np.testing.assert_array_equal(ops.from_bf16(ops.to_bf16(x)), bf16_values(torch_bf16_bits(x)))
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("amx", [True, False])
+def test_linear_bf16(simd_level, M, K, N, nthreads, amx):
+    used = gemm._set_amx(amx)
+    try:
+        assert used == (amx and gemm.amx_bf16_used())
+        x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
+        w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
+        out = np.full((M, N), np.nan, np.float32)
+        gemm.linear_bf16(x, w, out, nthreads)
+        xv, wv = bf16_values(x).astype(np.float64), bf16_values(w).astype(np.float64)
+        ref = xv @ wv.T
+        tol = 4e-6 * np.sqrt(K) * (np.abs(xv) @ np.abs(wv).T) / np.sqrt(K) + 1e-6
+        assert np.all(np.abs(out - ref) <= tol), np.abs(out - ref).max()
+    finally:
+        gemm._set_amx(True)
+
+
+def test_ops_api_bf16_matches_torch():
+    x = RNG.standard_normal((40, 96)).astype(np.float32)
+    w = RNG.standard_normal((50, 96)).astype(np.float32)
+    ref = (torch.from_numpy(x).bfloat16().float() @ torch.from_numpy(w).bfloat16().float().T).numpy()
+    wb = ops.to_bf16(w)
+    for got in (ops.linear(x, wb, dtype="bf16"),                        # x rounded on the fly
+                ops.linear(ops.to_bf16(x), wb, dtype="bf16"),
+                ops.linear(x.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16), dtype="bf16"),
+                ops.matmul(x, w.T, dtype="bf16")):
+        assert got.dtype == np.float32 and got.shape == (40, 50)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+    v = ops.linear(x[0], wb, dtype="bf16")
+    assert v.shape == (50,)
+    np.testing.assert_allclose(v, ref[0], rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_bad_inputs():
+    x = ops.to_bf16(np.ones((2, 8), np.float32))
+    w = ops.to_bf16(np.ones((3, 8), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        ops.linear(x, w, dtype="int4")
+    with pytest.raises(ValueError, match="features"):
+        ops.linear(x, ops.to_bf16(np.ones((3, 9), np.float32)), dtype="bf16")
+    with pytest.raises(ValueError, match="bf16 operands"):
+        ops.linear(x, np.ones((3, 8), np.int32), dtype="bf16")
+    with pytest.raises(ValueError, match="out"):
+        ops.linear(x, w, out=np.empty((2, 4), np.float32), dtype="bf16")
+    with pytest.raises(ValueError, match="uint16"):
+        gemm.linear_bf16(x.astype(np.int16), w, np.empty((2, 3), np.float32))
+    buf = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        gemm.linear_bf16(buf.view(np.uint16), ops.to_bf16(np.ones((3, 6), np.float32)), buf, 1)
