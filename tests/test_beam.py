@@ -1,9 +1,9 @@
 """Beam search against transformers' `generate(num_beams=..., length_penalty=..., early_stopping=...)`
-on a tiny random Llama (converted to an F32 GGUF as in test_arch_hf, run with numerics="fp32"): the
+on a tiny random Llama (saved by transformers, converted to an F32 GGUF by slmx, fp32 numerics): the
 same sequences in the same order with the same scores; scores equal the summed log-probabilities of
 the tokens (recomputed from the logits) over length ** length_penalty; one beam is greedy."""
-import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,24 +14,15 @@ import slmx
 from slmx.infer import KVCache, Sampler, beam_search, generate
 from slmx.infer.sampling import log_softmax
 
-_spec = importlib.util.spec_from_file_location(
-    "_arch_hf", os.path.join(os.path.dirname(__file__), "test_arch_hf.py"))
-_arch_hf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_arch_hf)
+sys.path.insert(0, os.path.dirname(__file__))
+from hf_tiny import tiny_llama  # noqa: E402
 
 PROMPT = [1, 17, 200, 33, 45, 101]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(3)
-    cfg = transformers.LlamaConfig(vocab_size=_arch_hf.V, hidden_size=64, intermediate_size=96,
-                                   num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-                                   max_position_embeddings=128, tie_word_embeddings=False,
-                                   initializer_range=0.15)    # peaked distributions: no near-ties
-    hf = transformers.LlamaForCausalLM(cfg).eval().float()
-    path = str(tmp_path_factory.mktemp("beam") / "tiny-llama.gguf")
-    _arch_hf._to_gguf(hf, "llama", path)
+    hf, path = tiny_llama(str(tmp_path_factory.mktemp("beam")))
     m = slmx.load(path, n_ctx=64, numerics="fp32", threads=1)
     with torch.no_grad():   # EOS: the 5th token of the best beam without one, so beams end early
         g = hf.generate(torch.tensor([PROMPT]), attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long),

@@ -1,7 +1,6 @@
 """model.generate's sampling options and log-probabilities (tiny random Llama, fp32), and the
 `slmx generate` flags of the same names: reproducible with a seed, logprobs that are the model's
 log-softmax, bias and penalties that act, bad values as one-line errors before any output."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,18 +11,15 @@ import pytest
 import slmx
 from slmx.infer.sampling import log_softmax
 
-_spec = importlib.util.spec_from_file_location(
-    "_arch_hf", os.path.join(os.path.dirname(__file__), "test_arch_hf.py"))
-_arch_hf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_arch_hf)
+sys.path.insert(0, os.path.dirname(__file__))
+from hf_tiny import tiny_llama  # noqa: E402
 
 PROMPT = [1, 17, 200, 33, 45, 101]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("gen") / "tiny-llama.gguf")
-    _arch_hf._to_gguf(_arch_hf._build("llama"), "llama", path)
+    _, path = tiny_llama(str(tmp_path_factory.mktemp("gen")), seed=0, initializer_range=0.02)
     return slmx.load(path, n_ctx=64, numerics="fp32", threads=1), path
 
 
