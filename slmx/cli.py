@@ -191,8 +191,9 @@ def _add_file_parsers(sub):
                                    "to a GGUF file llama.cpp and slmx load (written atomically).")
     c.add_argument("input", metavar="IN_DIR", help="the Hugging Face model folder")
     c.add_argument("output", metavar="OUT.gguf", help="the GGUF file to write")
-    c.add_argument("--type", default="F32", help="type of the weight matrices: F32, F16, BF16, Q8_0, Q5_0, "
-                                                  "Q4_0 (norms stay F32) (F32)")
+    c.add_argument("--type", default="F32", help="F32, F16, BF16 (weight matrices; norms stay F32), or a "
+                                                  "quantized type / recipe of `slmx quantize` (Q8_0, Q4_0, Q5_0, "
+                                                  "Q4_K, Q5_K, Q6_K, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M) (F32)")
     c.add_argument("-t", "--threads", type=int, default=None, help="quantizer threads")
     c.set_defaults(func=_cmd_convert)
 
@@ -204,7 +205,8 @@ def _add_file_parsers(sub):
     e.add_argument("checkpoint", metavar="CKPT_DIR", help="checkpoint folder or training output folder")
     e.add_argument("output", metavar="OUT", help="GGUF file (--format gguf) or folder (--format hf)")
     e.add_argument("--format", default="gguf", choices=["gguf", "hf"], help="(gguf)")
-    e.add_argument("--type", default="F32", help="GGUF weight type: F32, F16, BF16, Q8_0, Q5_0, Q4_0 (F32)")
+    e.add_argument("--type", default="F32", help="GGUF weight type: F32, F16, BF16 or a quantized type / recipe "
+                                                  "of `slmx quantize` (Q8_0, Q4_K_M, ...) (F32)")
     e.add_argument("-t", "--threads", type=int, default=None, help="quantizer threads")
     e.set_defaults(func=_cmd_export)
 

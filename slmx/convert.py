@@ -8,8 +8,10 @@
 
 GGUF output carries the metadata llama.cpp reads for the architecture (hyper-parameters,
 ``general.file_type``, the tokenizer as ``tokenizer.ggml.*``) and llama.cpp's tensor layout
-(Llama/Mistral q/k rows permuted for its RoPE pairing). Weight matrices get ``type``; norms and
-biases stay F32, as llama.cpp's converter does. Every file is written atomically.
+(Llama/Mistral q/k rows permuted for its RoPE pairing). Weight matrices get ``type`` (F32, F16,
+BF16); norms and biases stay F32, as llama.cpp's converter does. Quantized types and recipes
+(Q8_0, Q4_K, Q4_K_M, ...) are :func:`slmx.quantize.quantize_model`'s (llama-quantize's rules).
+Every file is written atomically.
 """
 import math
 import os
@@ -23,12 +25,26 @@ from .formats import gguf, hf
 from .formats import safetensors as st
 
 __all__ = ["load_hf_folder", "is_hf_folder", "gguf_model_metadata", "gguf_tensors",
-           "convert_hf_to_gguf", "export_checkpoint", "write_gguf", "CONVERT_TYPES"]
+           "convert_hf_to_gguf", "export_checkpoint", "write_gguf", "convert_types", "FLOAT_TYPES"]
 
-# output types with a quantizer in slmx; llama_ftype (general.file_type) of each
-_FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "BF16": 32,
-              "Q4_K": 15, "Q5_K": 17, "Q6_K": 18}
-CONVERT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q5_0", "Q4_0")
+# float output types written here (as llama.cpp's convert_hf_to_gguf.py --outtype); llama_ftype
+# (general.file_type) of each. Quantized types and recipes go through slmx.quantize.quantize_model
+# (llama-quantize's rules, byte-identical tensors).
+_FILE_TYPE = {"F32": 0, "F16": 1, "BF16": 32}
+FLOAT_TYPES = tuple(_FILE_TYPE)
+
+
+def convert_types():
+    """Every --type convert/export accept: the float types and slmx.quantize's types/recipes."""
+    from .quantize import TYPES
+    return FLOAT_TYPES + tuple(t for t in TYPES if t not in FLOAT_TYPES)
+
+
+def _check_type(type):
+    key = str(type).upper()
+    if key not in convert_types():
+        raise ValueError(f"type {type!r}: choose from {', '.join(convert_types())}")
+    return key
 
 
 def is_hf_folder(path):
@@ -142,13 +158,14 @@ def _f32(t, name):
 def gguf_tensors(tensors, type="F32", threads=None):
     """GGUF-named tensors -> list of (name, ggml type, shape, data) for :func:`gguf.write`.
 
-    Matrices become ``type`` (F32 and same-type inputs pass through without a copy; a matrix
-    whose row length is not a multiple of the block size falls back to F16); vectors stay F32.
+    Matrices become ``type`` (F32, F16 or BF16; same-type inputs pass through without a copy);
+    vectors stay F32.
     """
     from .ops import quantize
     q = qtypes.qtype(type)
-    if q.name not in CONVERT_TYPES:
-        raise ValueError(f"type {type!r}: slmx converts to {', '.join(CONVERT_TYPES)}")
+    if q.name not in FLOAT_TYPES:
+        raise ValueError(f"gguf_tensors: type {type!r} is not one of {', '.join(FLOAT_TYPES)} "
+                         "(quantized types: slmx.quantize.quantize_model)")
     out = []
     for name, t in tensors.items():
         shape = tuple(t.shape)
@@ -169,19 +186,42 @@ def gguf_tensors(tensors, type="F32", threads=None):
 
 def write_gguf(path, cfg, tensors, tokenizer, type="F32", name=None, threads=None):
     """Write a GGUF model file atomically: metadata for ``cfg`` (llama.cpp's layout), the
-    tokenizer, the tensors at ``type``. Returns the file size."""
+    tokenizer, the tensors at ``type`` (F32/F16/BF16, or a quantized type / recipe of
+    slmx.quantize: an F32 file is written next to ``path`` first, then quantized into it and
+    removed). Returns the file size."""
     from .tokenizer.gguf_meta import gguf_metadata
-    tq = qtypes.qtype(type)
-    meta = gguf_model_metadata(cfg, name=name, file_type=_FILE_TYPE[tq.name])
+    key = _check_type(type)
+    if key not in FLOAT_TYPES:
+        from .quantize import quantize_model
+        d = os.path.dirname(os.path.abspath(os.fspath(path)))
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(os.fspath(path)) + ".", suffix=".f32.tmp", dir=d)
+        os.close(fd)
+        try:
+            write_gguf(tmp, cfg, tensors, tokenizer, "F32", name=name)
+            return quantize_model(tmp, path, key, threads=threads)["bytes"]
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    meta = gguf_model_metadata(cfg, name=name, file_type=_FILE_TYPE[key])
     meta.update(gguf_metadata(tokenizer, vocab_size=cfg.vocab_size))
-    return gguf.write(path, meta, gguf_tensors(tensors, tq.name, threads=threads))
+    return gguf.write(path, meta, gguf_tensors(tensors, key, threads=threads))
 
 
 def convert_hf_to_gguf(in_dir, out_path, type="F32", name=None, threads=None):
-    """A HF model folder -> a GGUF file llama.cpp and slmx load. Returns a summary dict."""
-    qtypes.qtype(type)
-    if qtypes.qtype(type).name not in CONVERT_TYPES:
-        raise ValueError(f"--type {type}: slmx converts to {', '.join(CONVERT_TYPES)}")
+    """A HF model folder -> a GGUF file llama.cpp and slmx load. Returns a summary dict.
+
+    type: F32, F16, BF16 (matrices; norms stay F32), or any type / recipe of
+    :func:`slmx.quantize.quantize_model` (Q8_0, Q4_K_M, ...), which reads the folder itself."""
+    key = _check_type(type)
+    if key not in FLOAT_TYPES:
+        from .quantize import quantize_model
+        r = quantize_model(in_dir, out_path, key, threads=threads)
+        with gguf.read(out_path) as f:
+            arch = f.metadata.get("general.architecture")
+        return {"path": os.fspath(out_path), "arch": arch, "type": key, "tensors": r["n_tensors"],
+                "bytes": r["bytes"]}
     cfg, tensors, tok, weights = load_hf_folder(in_dir, layout="gguf")
     if cfg.arch == "mistral" and cfg.sliding_window:
         import warnings
@@ -189,11 +229,11 @@ def convert_hf_to_gguf(in_dir, out_path, type="F32", name=None, threads=None):
                       "llama.attention.sliding_window; slmx honours it, llama.cpp's llama architecture "
                       "does not (its output differs beyond the window)")
     try:
-        size = write_gguf(out_path, cfg, tensors, tok, type=type,
+        size = write_gguf(out_path, cfg, tensors, tok, type=key,
                           name=name or os.path.basename(os.path.abspath(in_dir)), threads=threads)
     finally:
         weights.close()
-    return {"path": os.fspath(out_path), "arch": cfg.arch, "type": qtypes.qtype(type).name,
+    return {"path": os.fspath(out_path), "arch": cfg.arch, "type": key,
             "tensors": len(tensors), "bytes": size}
 
 
@@ -277,13 +317,14 @@ def export_checkpoint(ckpt_dir, out, format="gguf", type="F32", threads=None):
     summary dict."""
     if format not in ("gguf", "hf"):
         raise ValueError(f"format must be 'gguf' or 'hf', got {format!r}")
+    _check_type(type)
     c, cfg, tok, tensors = _checkpoint(ckpt_dir)
     if format == "gguf":
         size = write_gguf(out, cfg, tensors, tok, type=type, name=f"slmx-{os.path.basename(c.path)}",
                           threads=threads)
-        return {"path": os.fspath(out), "format": "gguf", "type": qtypes.qtype(type).name,
+        return {"path": os.fspath(out), "format": "gguf", "type": _check_type(type),
                 "step": c.step, "bytes": size}
-    if qtypes.qtype(type).name != "F32":
+    if _check_type(type) != "F32":
         raise ValueError("--format hf writes F32 weights (no --type)")
     write_hf_folder(out, cfg, tensors, tok)
     return {"path": os.fspath(out), "format": "hf", "step": c.step}

@@ -139,7 +139,8 @@ def test_tokenizer_ids_match_tokenizers(tmp_path_factory, arch):
         assert tok.encode(text, add_bos=False, parse_special=True) == ref.encode(text).ids
 
 
-@pytest.mark.parametrize("arch,type", [("llama", "F32"), ("qwen2", "F16"), ("gemma3", "F32")])
+@pytest.mark.parametrize("arch,type", [("llama", "F32"), ("qwen2", "F16"), ("gemma3", "F32"),
+                                       ("llama", "Q8_0")])
 def test_converted_gguf_runs_in_llama_cpp(tmp_path_factory, tmp_path, arch, type):
     """llama.cpp loads the converted file; its logits and greedy tokens match slmx's on that file."""
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -154,7 +155,7 @@ def test_converted_gguf_runs_in_llama_cpp(tmp_path_factory, tmp_path, arch, type
     L.eval(ids.tolist())
     lc = np.array(L.scores[:len(ids)])
     got = model.logits(ids.tolist())
-    assert np.abs(lc - got).max() < 2e-3
+    assert np.abs(lc - got).max() < (2e-3 if type in ("F32", "F16") else 2e-2)
     prompt = ids[:10].tolist()
     want = []
     model.cache.reset()

@@ -61,12 +61,13 @@ def test_export_gguf_loads_in_slmx(ckpt, tmp_path):
     assert np.abs(m.logits(ids[:48].tolist()) - want).max() < 1e-4
     text = "class Point:\n    def"
     assert m.tokenizer.encode(text) == load_for_inference(path, threads=1)[2].encode(text)
-    # quantized export loads too and stays close
+    # quantized export (through slmx.quantize) loads too and stays close
     q = str(tmp_path / "q8.gguf")
     export_checkpoint(path, q, format="gguf", type="Q8_0")
     mq = slmx.load(q, n_ctx=64, numerics="fp32", threads=1)
     assert mq.transformer.layers[0].wq.type == 8
     assert np.abs(mq.logits(ids[:48].tolist()) - want).max() < 0.05
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]     # the F32 temporary is gone
 
 
 def test_export_hf_matches_transformers(ckpt, tmp_path):
