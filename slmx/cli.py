@@ -83,7 +83,18 @@ def _print_info(path, f, d):
           f"= {(wbytes + kv * n_ctx + act) / 2**20:.1f} MiB")
 
 
+def _cmd_bench_roofline(a):
+    from . import roofline
+    from ._kernels.cpu import resolve_threads
+    ceilings, kernels = roofline.run(threads=resolve_threads(a.threads), quick=a.quick, png=a.png or None)
+    if a.json:
+        print(json.dumps({"ceilings": ceilings, "kernels": kernels}))
+    return 0
+
+
 def _cmd_bench(a):
+    if a.model == "roofline":
+        return _cmd_bench_roofline(a)
     from .api import load
     from .bench import model_throughput
     model = load(a.model, threads=a.threads, n_ctx=max(1024, a.n_prompt + a.n_decode))
@@ -315,14 +326,21 @@ def build_parser():
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=_cmd_info)
 
-    b = sub.add_parser("bench", help="measure prefill and decode tokens/s",
-                       description="Measure a model's prefill (prompt) and decode tokens/s.")
-    b.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="GGUF file or model name")
+    b = sub.add_parser("bench", help="measure prefill and decode tokens/s, or the kernels' roofline",
+                       description="Measure a model's prefill (prompt) and decode tokens/s. "
+                                   "`slmx bench roofline` instead measures this machine's memory bandwidth "
+                                   "and peak FLOP/s (fp32 FMA, bf16, int8, AMX where available), runs the "
+                                   "kernels, prints each as a percentage of its roofline and writes a plot "
+                                   "(a model file named roofline: give it as ./roofline).")
+    b.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="GGUF file or model name, or 'roofline'")
     b.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
     b.add_argument("--n-prompt", type=int, default=512, help="prompt tokens for prefill (512)")
     b.add_argument("--n-decode", type=int, default=64, help="tokens to decode (64)")
     b.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (3)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.add_argument("--quick", action="store_true", help="roofline: small buffers and short runs (seconds)")
+    b.add_argument("--png", default="roofline.png",
+                   help="roofline: where to write the plot (roofline.png; '' for none)")
     b.set_defaults(func=_cmd_bench)
 
     _add_training_parsers(sub)

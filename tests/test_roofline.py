@@ -24,3 +24,33 @@ def test_read_bandwidth(simd_level):
     assert peak.read_bandwidth(buf, 2, repeats=2) > 0.1
     with pytest.raises(ValueError, match="4096"):
         peak.read_bandwidth(np.ones(100, np.uint8))
+
+
+def test_roof_and_report():
+    from slmx import roofline
+    ceilings = {"threads": 2, "bandwidth": 20.0, "bandwidth_cache": 40.0, "fp32": 400.0, "int8": 1600.0,
+                "amx_int8": 12000.0}
+    # GEMV at 0.5 flop/B: memory roof 10 GFLOP/s; GEMM at 100 flop/B: the fp32 peak
+    gemv = {"name": "fp32 GEMV", "kind": "fp32", "flops": 1e9, "bytes": 2e9, "seconds": 0.2}
+    gemm = {"name": "fp32 GEMM", "kind": "fp32", "flops": 1e11, "bytes": 1e9, "seconds": 0.5}
+    qgemv = {"name": "Q8_0 GEMV", "kind": "int8", "flops": 1e12, "bytes": 1e9, "seconds": 1.0}
+    assert roofline._roof(gemv, ceilings) == (10.0, "memory", "fp32")
+    assert roofline._roof(gemm, ceilings) == (400.0, "compute", "fp32")
+    assert roofline._roof(qgemv, ceilings) == (1600.0, "compute", "int8")   # M = 1: no AMX roof
+    text = "\n".join(roofline.report(ceilings, [gemv, gemm]))
+    assert "50%" in text and "memory read 20.0 GB/s" in text      # 5 of 10; 200 of 400
+    with pytest.raises(ValueError, match="dtype"):
+        roofline.peak_flops("fp8")
+
+
+def test_cli_bench_roofline_quick(tmp_path):
+    import subprocess
+    import sys
+    png = tmp_path / "roof.png"
+    r = subprocess.run([sys.executable, "-m", "slmx.cli", "bench", "roofline", "--quick", "-t", "2",
+                        "--png", str(png)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "peak fp32 FMA" in r.stdout and "% roof" in r.stdout
+    for name in ("fp32 GEMM", "bf16 GEMM", "Q4_K GEMV", "Q6_K GEMV", "attention"):
+        assert name in r.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

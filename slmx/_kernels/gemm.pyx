@@ -447,6 +447,8 @@ def matmul_packed(a, PackedB packed, out, int nthreads=1):
 # bf16 values travel as uint16 bit patterns (the upper half of a float32).
 
 cdef int _amx_bf16_allowed = 1
+DEF BF16_AMX_MIN_M = 16   # fewer rows of x: dot products (an AMX tile would be mostly padding;
+                          # M = 1 reads W at half the rate on tiles, measured)
 
 
 def _set_amx(bint allowed):
@@ -561,7 +563,8 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
 
 def linear_bf16(x, w, out, int nthreads=1):
     """out = x @ w.T    x (M, K), w (N, K) bf16 bits (uint16), out (M, N) float32; exact bf16
-    products, fp32 accumulation (AMX tiles when granted, else AVX512_BF16 / AVX-512 / AVX2 / scalar)"""
+    products, fp32 accumulation (AMX tiles when granted and M >= 16, else AVX512_BF16 / AVX-512 /
+    AVX2 / scalar dot products)"""
     _u16(x, "x")
     _u16(w, "w")
     _mat(out, "out")
@@ -589,7 +592,7 @@ def linear_bf16(x, w, out, int nthreads=1):
     cdef uint16_t *xp
     cdef uint16_t *bws
     cdef float *cp
-    if not _use_amx_bf16(lvl):
+    if M < BF16_AMX_MIN_M or not _use_amx_bf16(lvl):
         with nogil:
             _bf16_dot_par(lvl, M, N, K, X, W, C, nt)
         return out

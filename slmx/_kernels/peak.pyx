@@ -15,6 +15,7 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uint8_t, uint64_t
+from openmp cimport omp_get_wtime
 
 include "simd.pxi"
 
@@ -83,8 +84,11 @@ def peak(str kind="fp32", int nthreads=1, long iters=2000000, int repeats=3):
     return best + 0.0 * sink
 
 
-def read_bandwidth(buf, int nthreads=1, int repeats=5):
-    """Best GB/s of reading the bytes of ``buf`` (a contiguous numpy array) once, split over threads."""
+def read_bandwidth(buf, int nthreads=1, int repeats=5, bint wall=False):
+    """Best GB/s of reading the bytes of ``buf`` (a contiguous numpy array) once, split over threads.
+
+    wall: rate on the wall clock of the whole read (what a kernel timed the same way can reach on
+    this machine as it is loaded now) instead of the threads' CPU time."""
     a = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
     cdef const uint8_t[::1] v = a
     cdef size_t n = v.shape[0]
@@ -97,7 +101,7 @@ def read_bandwidth(buf, int nthreads=1, int repeats=5):
     cdef size_t body = ((n - off) // 4096) * 4096
     cdef size_t chunk = (body // 4096 + nthreads - 1) // nthreads * 4096
     cdef int lvl = slmx_simd_level(), r, t
-    cdef double best = 0.0, rate, s0
+    cdef double best = 0.0, rate, s0, w0 = 0.0, w1 = 0.0
     cdef uint64_t s = 0
     cdef uint64_t[64] sums
     cdef double[64] secs
@@ -107,6 +111,7 @@ def read_bandwidth(buf, int nthreads=1, int repeats=5):
         nthreads = 64
     for r in range(repeats):
         with nogil:
+            w0 = omp_get_wtime()
             for t in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
                 c0 = min(body, t * chunk)
                 c1 = min(body, c0 + chunk)
@@ -114,10 +119,13 @@ def read_bandwidth(buf, int nthreads=1, int repeats=5):
                 s0 = slmx_thread_seconds()
                 sums[t] = slmx_read_bytes(lvl, p + off + c0, c1 - c0)
                 secs[t] = slmx_thread_seconds() - s0
+            w1 = omp_get_wtime()
         rate = 0.0
         for t in range(nthreads):
             s += sums[t]
             if secs[t] > 0:
                 rate += nb[t] / secs[t] / 1e9
+        if wall:
+            rate = body / (w1 - w0) / 1e9 if w1 > w0 else 0.0
         best = max(best, rate)
     return best + 0.0 * s
