@@ -233,6 +233,46 @@ def _cmd_quantize(a):
     return 0
 
 
+def _cmd_serve(a):
+    import os
+    if not 0 <= a.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {a.port}")
+    if a.parallel < 1:
+        raise ValueError(f"--parallel must be >= 1, got {a.parallel}")
+    if a.queue is not None and a.queue < 0:
+        raise ValueError(f"--queue must be >= 0, got {a.queue}")
+    api_key = a.api_key or os.environ.get("SLMX_API_KEY") or None
+    try:
+        from .serve.server import run
+    except ImportError as e:
+        raise ValueError(f"slmx serve needs the 'serve' extra (pip install 'slmx[serve]'): {e}") from None
+    run(a.model, host=a.host, port=a.port, parallel=a.parallel, n_ctx=a.ctx, api_key=api_key,
+        threads=a.threads, max_queue=a.queue, chat_template=a.chat_template, alias=a.alias)
+    return 0
+
+
+def _add_serve_parser(sub):
+    s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                       description="Serve MODEL at http://HOST:PORT/v1 (completions, chat completions, "
+                                   "models; /health, /metrics). Concurrent requests share the model by "
+                                   "continuous batching over --parallel KV-cache slots.")
+    s.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                   help=f"GGUF file or model name (default: {DEFAULT_MODEL})")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080, help="TCP port (8080)")
+    s.add_argument("--parallel", type=int, default=4, help="sequences decoded together, one KV cache each (4)")
+    s.add_argument("--ctx", type=int, default=None,
+                   help="context length per sequence (prompt + completion; default min(model, 4096))")
+    s.add_argument("--queue", type=int, default=None,
+                   help="requests that may wait for a slot before new ones get 503 (default 4 x --parallel)")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1 and /metrics (default: $SLMX_API_KEY, else none)")
+    s.add_argument("--chat-template", default=None, help="a Jinja2 chat template file (default: the model's)")
+    s.add_argument("--alias", default=None, help="model id clients use (default: the file name)")
+    s.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
+    s.set_defaults(func=_cmd_serve)
+
+
 def _add_training_parsers(sub):
     t = sub.add_parser("train", help="train a small language model from scratch",
                        description="Train a Llama-style model from scratch on text (default: the Python "
@@ -366,6 +406,7 @@ def build_parser():
                    help="accept already quantized input tensors (decoded first; loses quality)")
     q.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
     q.set_defaults(func=_cmd_quantize)
+    _add_serve_parser(sub)
     return p
 
 

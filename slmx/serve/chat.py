@@ -1,0 +1,164 @@
+"""Chat templates: messages -> prompt text, rendered by Jinja2 in a sandbox.
+
+The template comes from (first found): an explicit file, the GGUF `tokenizer.chat_template`, the
+`chat_template` of an HF `tokenizer_config.json` beside the model, or a built-in one chosen from
+the architecture and the vocabulary (Gemma turns, ChatML, Llama 3 headers, Llama 2 [INST]).
+Templates are untrusted input: they run in Jinja2's ImmutableSandboxedEnvironment (no attribute
+access to internals, no mutation of the values passed in).
+"""
+import datetime
+import json
+import os
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+GEMMA = (
+    "{{ bos_token }}"
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] in ('system', 'developer') -%}"
+    "{%- set ns.system = ns.system + m['content'] + '\n\n' -%}"
+    "{%- else -%}"
+    "{%- set role = 'model' if m['role'] == 'assistant' else 'user' -%}"
+    "{{ '<start_of_turn>' + role + '\n' }}"
+    "{%- if role == 'user' -%}{{ ns.system }}{%- set ns.system = '' -%}{%- endif -%}"
+    "{{ m['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+CHATML = (
+    "{%- for m in messages -%}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+
+LLAMA3 = (
+    "{{ bos_token }}"
+    "{%- for m in messages -%}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + (m['content'] | trim) + '<|eot_id|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif -%}"
+)
+
+LLAMA2 = (
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] in ('system', 'developer') -%}"
+    "{%- set ns.system = '<<SYS>>\n' + m['content'] + '\n<</SYS>>\n\n' -%}"
+    "{%- elif m['role'] == 'assistant' -%}"
+    "{{ (m['content'] | trim) + eos_token }}"
+    "{%- else -%}"
+    "{{ bos_token + '[INST] ' + ns.system + (m['content'] | trim) + ' [/INST]' }}"
+    "{%- set ns.system = '' -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+PLAIN = (
+    "{%- for m in messages -%}{{ m['role'] + ': ' + m['content'] + '\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'assistant:' }}{%- endif -%}"
+)
+
+
+def builtin_template(arch, tokenizer):
+    """The built-in template for a model without one: by architecture, then by its special tokens."""
+    has = lambda piece: tokenizer.token_id(piece) is not None
+    if arch == "gemma3" or has("<start_of_turn>"):
+        return "gemma", GEMMA
+    if has("<|im_start|>") or arch == "qwen2":
+        return "chatml", CHATML
+    if has("<|start_header_id|>"):
+        return "llama3", LLAMA3
+    if arch in ("llama", "mistral") and tokenizer.bos_id is not None and tokenizer.eos_id is not None:
+        return "llama2", LLAMA2
+    return "plain", PLAIN
+
+
+def _from_tokenizer_config(model_path):
+    """chat_template of a tokenizer_config.json beside the model file (or in its folder)."""
+    if not model_path:
+        return None
+    d = model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
+    p = os.path.join(d, "tokenizer_config.json")
+    if not os.path.isfile(p):
+        return None
+    try:
+        with open(p, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p}: not readable JSON ({e})") from None
+    t = cfg.get("chat_template") if isinstance(cfg, dict) else None
+    if isinstance(t, list):       # [{"name": "default", "template": ...}, ...]
+        named = {e.get("name"): e.get("template") for e in t if isinstance(e, dict)}
+        t = named.get("default") or next(iter(named.values()), None)
+    return t if isinstance(t, str) and t else None
+
+
+class ChatTemplate:
+    """render(messages, add_generation_prompt=True) -> prompt text.
+
+    messages: [{"role": str, "content": str}] (already checked by the server).
+    source: where the template came from ("file", "gguf", "tokenizer_config.json", "builtin:<name>").
+    """
+
+    def __init__(self, source_text, tokenizer, source):
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise TemplateError(message)
+
+        def strftime_now(fmt):
+            return datetime.datetime.now().strftime(fmt)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, autoescape=False)
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = strftime_now
+        env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
+        try:
+            self.template = env.from_string(source_text)
+        except TemplateError as e:
+            raise ValueError(f"chat template ({source}) does not compile: {e}") from None
+        self.text = source_text
+        self.source = source
+        self.tokenizer = tokenizer
+        piece = lambda i: tokenizer.tokens[i] if i is not None else ""
+        self.bos_token = piece(tokenizer.bos_id)
+        self.eos_token = piece(tokenizer.eos_id)
+
+    @classmethod
+    def for_model(cls, tokenizer, arch, model_path=None, template_file=None):
+        """The template of a model: explicit file, GGUF metadata, tokenizer_config.json, built-in."""
+        if template_file:
+            with open(template_file, encoding="utf-8") as f:
+                return cls(f.read(), tokenizer, "file")
+        if tokenizer.chat_template:
+            return cls(tokenizer.chat_template, tokenizer, "gguf")
+        t = _from_tokenizer_config(model_path)
+        if t:
+            return cls(t, tokenizer, "tokenizer_config.json")
+        name, t = builtin_template(arch, tokenizer)
+        return cls(t, tokenizer, "builtin:" + name)
+
+    def render(self, messages, add_generation_prompt=True):
+        """Prompt text for `messages`; ValueError when the template rejects them."""
+        from jinja2 import TemplateError
+        try:
+            return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                        bos_token=self.bos_token, eos_token=self.eos_token, tools=None)
+        except TemplateError as e:
+            raise ValueError(f"chat template: {e}") from None
+        except (TypeError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:
+            raise ValueError(f"chat template failed on these messages: {type(e).__name__}: {e}") from None
+
+    def encode(self, messages, add_generation_prompt=True):
+        """Token ids of the rendered prompt (control tokens in the text parsed; one BOS at most)."""
+        text = self.render(messages, add_generation_prompt)
+        tok = self.tokenizer
+        ids = tok.encode(text, parse_special=True)
+        if tok.bos_id is not None and len(ids) >= 2 and ids[0] == ids[1] == tok.bos_id:
+            ids = ids[1:]       # the template wrote <bos> and the tokenizer added one too
+        return ids
