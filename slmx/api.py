@@ -16,14 +16,24 @@ from .tokenizer import Tokenizer
 class LanguageModel:
     """A loaded model: config, tokenizer, weights (mmap'd) and a KV cache of n_ctx positions."""
 
-    def __init__(self, path, file, config, tokenizer, transformer, n_ctx):
+    def __init__(self, path, file, config, tokenizer, transformer, n_ctx, kv_cache_type="f32"):
         self.path = path
         self.file = file
         self.config = config
         self.tokenizer = tokenizer
         self.transformer = transformer
         self.n_ctx = n_ctx
-        self.cache = KVCache(config, n_ctx)
+        self.cache = self.make_cache(kv_cache_type)
+
+    def make_cache(self, kv_cache_type="f32", n_ctx=None):
+        """A new KV cache for this model: kv_cache_type "f32", "f16", "q8_0" or "q4_0"; ring
+        buffers on sliding-window layers. `cache.bytes_per_token`, `cache.bytes_for(n)`."""
+        return KVCache(self.config, n_ctx or self.n_ctx, kv_cache_type, max_chunk=self.transformer.max_batch)
+
+    def _cache_for(self, kv_cache_type):
+        if kv_cache_type is not None and kv_cache_type != self.cache.kv_cache_type:
+            self.cache = self.make_cache(kv_cache_type)
+        return self.cache
 
     @property
     def threads(self):
@@ -48,7 +58,8 @@ class LanguageModel:
     def generate(self, prompt, max_new_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=None,
                  stop=None, on_text=None, add_bos=None, *, min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
                  repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, logit_bias=None,
-                 logprobs=False, top_logprobs=0, num_beams=1, length_penalty=1.0, early_stopping=False):
+                 logprobs=False, top_logprobs=0, num_beams=1, length_penalty=1.0, early_stopping=False,
+                 kv_cache_type=None, context_shift=False, n_keep=None):
         """Continue `prompt` (a string, or a list of token ids used as they are).
 
         Sampling (slmx.infer.sampling, in this order): repeat_penalty / frequency_penalty /
@@ -63,10 +74,15 @@ class LanguageModel:
         length_penalty and early_stopping True / False / "never"); the sampling options do not apply;
         .beams holds every returned Beam (tokens, score, sum_logprob), best first, and the result
         is the best one; stop strings cut its text, on_text receives it once at the end.
+        kv_cache_type: "f32", "f16", "q8_0", "q4_0" (default: the one the model was loaded with).
+        context_shift: when the context is full, keep the first n_keep tokens (default: the BOS),
+        drop the oldest half of the rest and go on, so generation runs past n_ctx (True: cached
+        keys re-rotated, as llama.cpp; "recompute": the kept tokens prefilled again, exact).
         Returns GenerationResult(.text, .token_ids (new only), .finish_reason, .logprobs, .beams,
         .prompt_tokens_per_s, .decode_tokens_per_s).
         """
         ids = self._ids(prompt, add_bos)
+        cache = self._cache_for(kv_cache_type)
         sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, min_p=min_p,
                           typical_p=typical_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
@@ -76,8 +92,9 @@ class LanguageModel:
         if num_beams > 1:
             return self._beam_generate(ids, max_new_tokens, num_beams, length_penalty, early_stopping,
                                        stop, on_text, want_lp, top_n)
-        return _generate(self.transformer, self.tokenizer, self.cache, ids, max_new_tokens=max_new_tokens,
-                         sampler=sampler, stop=stop, on_text=on_text, logprobs=want_lp, top_logprobs=top_n)
+        return _generate(self.transformer, self.tokenizer, cache, ids, max_new_tokens=max_new_tokens,
+                         sampler=sampler, stop=stop, on_text=on_text, logprobs=want_lp, top_logprobs=top_n,
+                         context_shift=context_shift, n_keep=n_keep)
 
     def _beam_generate(self, ids, max_new_tokens, num_beams, length_penalty, early_stopping, stop, on_text,
                        want_lp, top_n):
@@ -90,7 +107,7 @@ class LanguageModel:
                              f"{self.n_ctx} tokens")
         max_new = min(int(max_new_tokens), self.n_ctx - len(ids))
         t0 = time.perf_counter()
-        beams = beam_search(self.transformer, lambda n: KVCache(self.config, n), ids, num_beams=num_beams,
+        beams = beam_search(self.transformer, lambda n: self.make_cache(self.cache.kv_cache_type, n), ids, num_beams=num_beams,
                             max_new_tokens=max_new, length_penalty=length_penalty,
                             early_stopping=early_stopping, eos_ids=self.tokenizer.eos_ids, first_cache=self.cache,
                             logprobs=want_lp, top_logprobs=top_n)
@@ -144,7 +161,27 @@ def _check_n_ctx(n_ctx, cfg):
     return n_ctx
 
 
-def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics=None):
+def _with_rope_scaling(cfg, rope_scaling):
+    """cfg with a RoPE scaling given as an option (it replaces the file's); the context length
+    grows to original_context_length * factor."""
+    import dataclasses
+
+    from .model.rope import normalize_rope_scaling
+    if rope_scaling is None:
+        return cfg
+    sc = normalize_rope_scaling(rope_scaling, cfg.head_dim)
+    if sc is None:
+        return dataclasses.replace(cfg, rope_scaling=None, rope_freq_scale=1.0)
+    if sc["type"] in ("dynamic", "yarn", "longrope", "llama3"):
+        sc.setdefault("original_context_length", cfg.context_length)
+    ctx = cfg.context_length
+    if "factor" in sc and sc["type"] != "freq_factors":
+        ctx = max(ctx, int(sc.get("original_context_length", cfg.context_length) * sc["factor"]))
+    return dataclasses.replace(cfg, rope_scaling=sc, rope_freq_scale=1.0, context_length=ctx)
+
+
+def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics=None,
+         kv_cache_type="f32", rope_scaling=None):
     """Load a GGUF model by path or known name (e.g. "gemma3-270m"), a Hugging Face model
     folder (config.json + model.safetensors or its sharded index + tokenizer.json), or a model
     trained by `slmx train` (its output folder or a checkpoint folder). GGUF and safetensors
@@ -155,19 +192,26 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics
     numerics: "ggml" (the default for GGUF files) rounds attention inputs and GELU to fp16 as
     llama.cpp's CPU backend does, so greedy output follows llama.cpp's; "fp32" (the default for
     HF folders, as transformers computes) keeps every activation in fp32.
+    kv_cache_type: "f32" (default), "f16", "q8_0" or "q4_0" — the KV cache's storage format.
+    rope_scaling: long-context RoPE scaling replacing the file's, e.g. {"type": "yarn",
+    "factor": 4, "original_context_length": 2048} (see slmx.model.rope; types linear, ntk,
+    dynamic, yarn, longrope, llama3, freq_factors; Hugging Face rope_scaling keys accepted).
     """
+    from .infer.kv_cache import check_kv_cache_type
+    check_kv_cache_type(kv_cache_type)
     from .convert import is_hf_folder
     if is_hf_folder(path_or_name):
         from .convert import load_hf_folder
         cfg, tensors, tok, weights = load_hf_folder(path_or_name)
+        cfg = _with_rope_scaling(cfg, rope_scaling)
         n_ctx = _check_n_ctx(n_ctx, cfg)
-        tr = Transformer(cfg, tensors, threads=threads, numerics=numerics or "fp32")
-        return LanguageModel(os.fspath(path_or_name), weights, cfg, tok, tr, n_ctx)
+        tr = Transformer(cfg, tensors, threads=threads, numerics=numerics or "fp32", n_ctx=n_ctx)
+        return LanguageModel(os.fspath(path_or_name), weights, cfg, tok, tr, n_ctx, kv_cache_type)
     if os.path.isdir(os.fspath(path_or_name)):
         # a model trained by `slmx train`: its output folder or one of its ckpt-* folders
         from .train.checkpoint import load_for_inference
         path, cfg, tok, tr = load_for_inference(path_or_name, threads=threads)
-        return LanguageModel(path, None, cfg, tok, tr, int(n_ctx or cfg.context_length))
+        return LanguageModel(path, None, cfg, tok, tr, int(n_ctx or cfg.context_length), kv_cache_type)
     path = registry.resolve(path_or_name)
     f = gguf.read(path)
     cfg = config_from_gguf(f.metadata, f.tensors)
@@ -176,6 +220,7 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics
         from .errors import FormatError
         raise FormatError(f"{path}: tokenizer has {tok.vocab_size} tokens but token_embd.weight has "
                           f"{cfg.vocab_size} rows")
+    cfg = _with_rope_scaling(cfg, rope_scaling)
     n_ctx = _check_n_ctx(n_ctx, cfg)
-    tr = Transformer(cfg, f.tensors, threads=threads, numerics=numerics or "ggml")
-    return LanguageModel(path, f, cfg, tok, tr, n_ctx)
+    tr = Transformer(cfg, f.tensors, threads=threads, numerics=numerics or "ggml", n_ctx=n_ctx)
+    return LanguageModel(path, f, cfg, tok, tr, n_ctx, kv_cache_type)

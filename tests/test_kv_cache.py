@@ -108,3 +108,25 @@ def test_attention_rejects_bad_cache_arguments():
         at.attention(q, k, k, out, 1.0, True, 100, 8, S=102, ring=32)
     with pytest.raises(ValueError, match="block size"):
         at.kv_row_bytes(8, 48)
+
+
+@pytest.mark.parametrize("kv", ["f32", "q4_0"])
+def test_prefill_without_shared_pack(simd_level, kv):
+    """past the shared-pack limit (long contexts) tasks pack their own tiles: same result"""
+    T, S, off, H, Hkv, D = 100, 300, 200, 4, 1, 64
+    q, k, v = _rows((T, H, D), 8), _rows((S, Hkv, D), 9), _rows((S, Hkv, D), 10)
+    kt = at.KV_TYPES[kv]
+    if kt:
+        k = _quant_cache(k, kt, GT.Q4_0)[0]
+        v = _quant_cache(v, kt, GT.Q4_0)[0]
+    outs = []
+    for limit in (None, 0):
+        old = at._set_pack_limit(limit) if limit is not None else None
+        try:
+            out = np.zeros((T, H, D), np.float32)
+            at.attention(q, k, v, out, 0.125, True, off, 0, 2, S=S, kv_type=kt)
+            outs.append(out)
+        finally:
+            if old is not None:
+                at._set_pack_limit(old)
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)

@@ -45,6 +45,17 @@ cdef extern from "kvq_simd.h" nogil:
 DEF BK = 64          # keys per tile (the kernels' fixed tile width)
 DEF RMAX = 64        # query rows per task (positions x heads of one KV group)
 DEF PAR_MIN = 131072 # rows * keys * D below this runs on one thread
+# Shared K/V packs larger than this many floats (32 MiB) are not made (tasks then pack their own
+# tiles), so attention scratch stays bounded for any context length.
+cdef Py_ssize_t _pack_max = 8388608
+
+
+def _set_pack_limit(Py_ssize_t floats):
+    """(tests) the largest shared K/V pack in floats; returns the previous limit"""
+    global _pack_max
+    old = _pack_max
+    _pack_max = floats
+    return old
 
 
 cdef struct AttnArgs:
@@ -288,6 +299,7 @@ cdef int attention_forward(AttnArgs *a, int nthreads) noexcept nogil:
         if jmax > jmin:
             a.tmin = jmin // BK
             a.ntile = _cdiv(jmax, BK) - a.tmin
+        if jmax > jmin and a.Hkv * a.ntile * 2 * a.D * BK <= _pack_max:
             a.kvpack = slmx_att_scratch(2, <size_t>(a.Hkv * a.ntile * 2 * a.D * BK))
             if a.kvpack == NULL:
                 return -1

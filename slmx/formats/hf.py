@@ -115,6 +115,7 @@ def _rope(d, where, kind=None):
     else:
         theta = _field(d, "rope_theta", float, where, default=10000.0)
     factor = 1.0
+    other = None
     if scaling is not None:
         if not isinstance(scaling, dict):
             raise FormatError(f"{where}: 'rope_scaling' must be an object")
@@ -126,9 +127,24 @@ def _rope(d, where, kind=None):
             if factor <= 0:
                 raise FormatError(f"{where}: rope scaling factor must be positive, got {factor}")
         else:
-            raise FormatError(f"{where}: RoPE scaling {rtype!r} is not supported (only linear)")
+            # yarn, dynamic, longrope, llama3: slmx.model.rope (HF keys accepted as they are)
+            from ..model.rope import normalize_rope_scaling
+            sc = dict(scaling)
+            if rtype == "dynamic":      # transformers: relative to max_position_embeddings
+                sc["original_max_position_embeddings"] = d.get("max_position_embeddings", 2048)
+            if rtype in ("longrope", "yarn") and sc.get("original_max_position_embeddings") is None:
+                sc["original_max_position_embeddings"] = d.get("original_max_position_embeddings",
+                                                               d.get("max_position_embeddings", 2048))
+            if rtype == "longrope" and sc.get("factor") is None and d.get("original_max_position_embeddings"):
+                sc["factor"] = d["max_position_embeddings"] / d["original_max_position_embeddings"]
+            try:
+                other = normalize_rope_scaling(sc)
+            except ValueError as e:
+                raise FormatError(f"{where}: {e}") from None
     if not theta > 0:
         raise FormatError(f"{where}: rope_theta must be positive, got {theta}")
+    if other is not None:
+        return theta, other
     return theta, factor
 
 
@@ -187,8 +203,10 @@ def config_from_hf(d, where="config.json", tensors=None):
             local, lf = _rope(d, where, "sliding_attention")
             if lf != 1.0:
                 raise FormatError(f"{where}: RoPE scaling on sliding layers is not supported")
-        if factor != 1.0:
-            raise FormatError(f"{where}: Gemma 3 RoPE scaling of the global layers is not supported")
+        if isinstance(factor, dict):
+            kw["rope_scaling"] = factor
+        elif factor != 1.0:
+            kw["rope_freq_scale"] = 1.0 / factor      # global layers only (layer_rope_freq_scale)
         kw.update(rope_base=theta, rope_base_local=float(local if local is not None else 10000.0),
                   post_norms=True, qk_norm=True, embed_scale=math.sqrt(d_model),
                   sliding_window=_field(d, "sliding_window", int, where, default=4096),
@@ -206,7 +224,10 @@ def config_from_hf(d, where="config.json", tensors=None):
             raise FormatError(f"{where}: use_bidirectional_attention is not supported")
     else:
         theta, factor = _rope(d, where)
-        kw.update(rope_base=theta, rope_freq_scale=1.0 / factor)
+        if isinstance(factor, dict):
+            kw.update(rope_base=theta, rope_scaling=factor)
+        else:
+            kw.update(rope_base=theta, rope_freq_scale=1.0 / factor)
         if arch == "qwen2":
             kw["qkv_bias"] = True
             if d.get("use_sliding_window"):

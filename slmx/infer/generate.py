@@ -38,7 +38,8 @@ def check_logprobs(logprobs, top_logprobs, vocab_size):
 
 
 def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, sampler=None, stop=None,
-             stop_ids=None, on_text=None, logprobs=False, top_logprobs=0):
+             stop_ids=None, on_text=None, logprobs=False, top_logprobs=0, context_shift=False,
+             n_keep=None):
     """Continue `prompt_ids` with up to max_new_tokens tokens.
 
     stop: strings that end generation (not included in .text); stop_ids: token ids that end it
@@ -46,7 +47,15 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
     logprobs / top_logprobs: record a TokenLogprob (log-softmax of the model's raw logits, before
     penalties and temperature) for each new token, with the top_logprobs most likely alternatives.
     The sampler's penalties see the prompt and the generated ids.
+    context_shift: when the cache is full, keep the first n_keep tokens (default: 1 when the
+    prompt starts with BOS, else 0), drop half of the rest (the oldest) and go on — the cached
+    keys are re-rotated to their new positions (`transformer.shift_cache`, as llama.cpp: fast;
+    the deeper layers' cached k, v still carry what the dropped tokens contributed), or the kept
+    tokens recomputed — always with context_shift="recompute" (exactly a fresh prefill), else
+    when a ring buffer no longer holds them.
     """
+    if context_shift not in (False, True, "recompute"):
+        raise ValueError(f"context_shift must be False, True or 'recompute', got {context_shift!r}")
     from ..tokenizer import StreamDecoder
 
     sampler = sampler or Sampler()
@@ -59,7 +68,14 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
     room = cache.n_ctx - len(prompt_ids)
-    max_new = min(int(max_new_tokens), room)
+    max_new = int(max_new_tokens) if context_shift else min(int(max_new_tokens), room)
+    if n_keep is None:
+        bos = getattr(tokenizer, "bos_id", None)
+        n_keep = 1 if bos is not None and prompt_ids[0] == bos else 0
+    if isinstance(n_keep, bool) or int(n_keep) != n_keep or not 0 <= n_keep < cache.n_ctx - 1:
+        raise ValueError(f"n_keep must be an integer in [0, {cache.n_ctx - 1}), got {n_keep}")
+    n_keep = int(n_keep)
+    ctx = list(prompt_ids) if context_shift else None    # the tokens the cache holds
     stop = [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
     stop_ids = set(tokenizer.eos_ids if stop_ids is None else stop_ids)
     want_lp, top_n = check_logprobs(logprobs, top_logprobs, getattr(tokenizer, "vocab_size", 1 << 30))
@@ -103,7 +119,16 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
                     on_text(emit)
         if hit is not None or step == max_new - 1:
             break
+        if pos >= cache.n_ctx:                   # only with context_shift
+            n_discard = max(1, (pos - n_keep) // 2)
+            ctx = ctx[:n_keep] + ctx[n_keep + n_discard:]
+            if context_shift == "recompute" or not transformer.shift_cache(cache, n_keep, n_discard):
+                cache.reset()
+                transformer.forward(ctx, 0, cache)
+            pos -= n_discard
         logits = transformer.forward([tok], pos, cache)
+        if ctx is not None:
+            ctx.append(tok)
         pos += 1
         n_forward += 1
     t_decode = time.perf_counter() - t0

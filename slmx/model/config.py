@@ -31,6 +31,8 @@ class ModelConfig:
     rope_base_local: Optional[float] = None   # RoPE base on sliding-window layers (Gemma 3)
     rope_neox: bool = False                   # pairs (i, i+D/2) instead of (2i, 2i+1)
     rope_freq_scale: float = 1.0              # linear RoPE scaling: positions * rope_freq_scale
+    rope_scaling: Optional[dict] = None       # long-context RoPE scaling (slmx.model.rope); global
+                                              # layers only where sliding layers have their own base
     activation: str = "silu"                  # "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
     embed_scale: float = 1.0                  # token embeddings multiplied by this (Gemma: sqrt(d_model))
     post_norms: bool = False                  # RMSNorm after attention and FFN too (Gemma 2/3)
@@ -64,6 +66,12 @@ class ModelConfig:
             raise FormatError(f"model config: norm_eps must be positive, got {self.norm_eps}")
         if not (self.rope_base > 0 and math.isfinite(self.rope_base)):
             raise FormatError(f"model config: rope_base must be positive, got {self.rope_base}")
+        if self.rope_scaling is not None:
+            from .rope import normalize_rope_scaling
+            try:
+                self.rope_scaling = normalize_rope_scaling(self.rope_scaling, self.head_dim)
+            except ValueError as e:
+                raise FormatError(f"model config: {e}") from None
         if self.sliding_window < 0:
             raise FormatError(f"model config: sliding_window must be >= 0, got {self.sliding_window}")
 
@@ -91,6 +99,17 @@ class ModelConfig:
         if self.is_sliding(layer) and self.rope_base_local:
             return self.rope_base_local
         return self.rope_base
+
+    def layer_rope_scaling(self, layer):
+        """The RoPE scaling of `layer`: none on sliding layers with their own base (Gemma 3)."""
+        if self.is_sliding(layer) and self.rope_base_local:
+            return None
+        return self.rope_scaling
+
+    def layer_rope_freq_scale(self, layer):
+        if self.is_sliding(layer) and self.rope_base_local:
+            return 1.0
+        return self.rope_freq_scale
 
     def to_dict(self):
         return asdict(self)
@@ -157,9 +176,7 @@ def config_from_gguf(meta, tensors):
         rope_base=float(meta.get(p + "rope.freq_base", 10000.0)),
         tied_embeddings="output.weight" not in tensors,
     )
-    scaling = meta.get(p + "rope.scaling.type")
-    if scaling == "linear":
-        kw["rope_freq_scale"] = 1.0 / float(meta.get(p + "rope.scaling.factor", 1.0))
+    kw.update(_gguf_rope_scaling(meta, p, tensors, head_dim))
     if arch == "gemma3":
         kw["embed_scale"] = math.sqrt(d_model)
         kw["sliding_window"] = int(meta.get(p + "attention.sliding_window", 512))
@@ -174,3 +191,51 @@ def config_from_gguf(meta, tensors):
     except TypeError as e:
         raise FormatError(f"model metadata: {e}") from None
     return cfg
+
+
+def _gguf_rope_scaling(meta, p, tensors, head_dim):
+    """ModelConfig keywords for {arch}.rope.scaling.* and the rope_freqs.weight tensor."""
+    kind = meta.get(p + "rope.scaling.type")
+    if kind is not None and not isinstance(kind, str):
+        raise FormatError(f"model metadata: {p}rope.scaling.type must be a string, got {kind!r}")
+    factor = meta.get(p + "rope.scaling.factor")
+    if factor is not None:
+        try:
+            factor = float(factor)
+        except (TypeError, ValueError):
+            raise FormatError(f"model metadata: {p}rope.scaling.factor must be a number, got {factor!r}") from None
+        if not (factor > 0 and math.isfinite(factor)):
+            raise FormatError(f"model metadata: {p}rope.scaling.factor must be positive, got {factor}")
+    out = {}
+    ff = None
+    if "rope_freqs.weight" in tensors:
+        t = tensors["rope_freqs.weight"]
+        if tuple(t.shape) != (head_dim // 2,) or t.type != 0:
+            raise FormatError(f"tensor 'rope_freqs.weight': expected F32 of shape ({head_dim // 2},), "
+                              f"got {tuple(t.shape)}")
+        ff = tuple(float(x) for x in t.data)
+    if kind in (None, "none", "linear"):
+        if kind == "linear" and factor and factor != 1.0:
+            out["rope_freq_scale"] = 1.0 / factor
+        if ff is not None:
+            out["rope_scaling"] = {"type": "freq_factors", "freq_factors": ff}
+        return out
+    if kind == "yarn":
+        sc = {"type": "yarn", "factor": factor or 1.0}
+        orig = meta.get(p + "rope.scaling.original_context_length")
+        if orig is None:
+            raise FormatError(f"model metadata: yarn scaling needs {p}rope.scaling.original_context_length")
+        sc["original_context_length"] = orig
+        for key, name in (("rope.scaling.yarn_beta_fast", "beta_fast"), ("rope.scaling.yarn_beta_slow", "beta_slow")):
+            if p + key in meta:
+                sc[name] = meta[p + key]
+        af = meta.get(p + "rope.scaling.yarn_attn_factor", meta.get(p + "rope.scaling.attn_factor"))
+        if af is not None and float(af) != 1.0:
+            # ggml: mscale = attn_factor * (1 + 0.1 ln s)
+            sc["attention_factor"] = float(af) * (1.0 + 0.1 * math.log(sc["factor"])) if sc["factor"] > 1 else float(af)
+        if ff is not None:
+            raise FormatError("model metadata: yarn scaling with rope_freqs.weight is not supported")
+        out["rope_scaling"] = sc
+        return out
+    raise FormatError(f"model metadata: {p}rope.scaling.type {kind!r} is not supported "
+                      "(supported: none, linear, yarn; per-dimension factors as rope_freqs.weight)")

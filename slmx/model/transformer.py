@@ -19,6 +19,7 @@ logits = rmsnorm(x, output_norm) Wout^T   (Wout = token embedding table when tie
 import numpy as np
 
 from .. import qtypes
+from . import rope as _rope
 from .._kernels import cpu as _cpu
 from .._kernels import gemm as _gemm
 from .._kernels import ops_core as _core
@@ -78,7 +79,7 @@ def _linear(tensors, name, n, k, bias_name=None):
 class Layer:
     """The weights of one transformer block."""
 
-    def __init__(self, cfg, tensors, i):
+    def __init__(self, cfg, tensors, i, n_ctx=None):
         p = f"blk.{i}."
         d, qd, kvd, hd = cfg.d_model, cfg.q_dim, cfg.kv_dim, cfg.head_dim
         self.attn_norm = _vector(tensors, p + "attn_norm.weight", d)
@@ -97,7 +98,12 @@ class Layer:
         self.post_ffn_norm = _vector(tensors, p + "post_ffw_norm.weight", d) if cfg.post_norms else None
         self.sliding = cfg.is_sliding(i)
         self.window = cfg.sliding_window if self.sliding else 0
-        self.rope_base = cfg.layer_rope_base(i)
+        # RoPE of this layer: base, linear freq_scale, per-dimension divisors, attention factor
+        base, fs, ff, af = _rope.kernel_parameters(cfg.layer_rope_scaling(i), hd, cfg.layer_rope_base(i), n_ctx)
+        self.rope_base = base
+        self.rope_freq_scale = fs * cfg.layer_rope_freq_scale(i)
+        self.rope_freq_factors = ff
+        self.attn_scale = cfg.scale * af * af     # cos, sin scaled by af: q.k by af^2
 
 
 class Workspace:
@@ -172,7 +178,7 @@ class Transformer:
     forward_batch(ids, positions, caches) runs one token for each of B sequences in one pass.
     """
 
-    def __init__(self, cfg, tensors, threads=None, max_batch=256, numerics="ggml"):
+    def __init__(self, cfg, tensors, threads=None, max_batch=256, numerics="ggml", n_ctx=None):
         if numerics not in NUMERICS:
             raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
         self.cfg = cfg
@@ -181,7 +187,8 @@ class Transformer:
         self.threads = _cpu.resolve_threads(threads)
         self.max_batch = max_batch
         self.token_embd = _linear(tensors, "token_embd.weight", cfg.vocab_size, cfg.d_model)
-        self.layers = [Layer(cfg, tensors, i) for i in range(cfg.n_layers)]
+        self.n_ctx = n_ctx    # context the RoPE scaling is set up for (dynamic NTK, longrope)
+        self.layers = [Layer(cfg, tensors, i, n_ctx) for i in range(cfg.n_layers)]
         self.output_norm = _vector(tensors, "output_norm.weight", cfg.d_model)
         if cfg.tied_embeddings:
             self.output = self.token_embd
@@ -223,14 +230,14 @@ class Transformer:
         if L.q_norm is not None:
             _core.rmsnorm(v["qh"], L.q_norm, eps, v["qh"], nt)
             _core.rmsnorm(v["kh"], L.k_norm, eps, v["kh"], nt)
-        _core.rope(v["q"], v["pos"], L.rope_base, cfg.rope_neox, nt, cfg.rope_freq_scale)
-        _core.rope(v["k"], v["pos"], L.rope_base, cfg.rope_neox, nt, cfg.rope_freq_scale)
+        _core.rope(v["q"], v["pos"], L.rope_base, cfg.rope_neox, nt, L.rope_freq_scale, L.rope_freq_factors)
+        _core.rope(v["k"], v["pos"], L.rope_base, cfg.rope_neox, nt, L.rope_freq_scale, L.rope_freq_factors)
         if self._f16:
             _core.round_f16(v["q"], nt)
             _core.round_f16(v["k"], nt)
             _core.round_f16(v["v"], nt)
         cache.store(li, pos, v["k"], v["v"])
-        cache.attend(li, v["q"], v["att"], pos, cfg.scale, L.window, nt)
+        cache.attend(li, v["q"], v["att"], pos, L.attn_scale, L.window, nt)
         L.wo(v["att2"], o, nt)
         if L.post_attn_norm is not None:
             _core.rmsnorm(o, L.post_attn_norm, eps, o, nt)
@@ -250,11 +257,13 @@ class Transformer:
             _core.rmsnorm(o, L.post_ffn_norm, eps, o, nt)
         np.add(x, o, out=x)
 
-    def forward(self, ids, pos, cache, all_logits=False):
+    def forward(self, ids, pos, cache, all_logits=False, chunk=None):
         """Run tokens `ids` (T,) at positions pos..pos+T-1, filling `cache`; returns logits.
 
         Returns a (1, vocab) view of a reused buffer (copy it to keep it), or a new (T, vocab)
-        array with all_logits=True. Long inputs run in chunks of max_batch tokens.
+        array with all_logits=True. Long inputs run in chunks of `chunk` tokens (default and
+        at most max_batch, and at most the cache's max_chunk): activations and attention
+        scratch stay bounded by the chunk, whatever the prompt length.
         """
         ids = np.asarray(ids, dtype=np.int32).reshape(-1)
         T = ids.size
@@ -265,11 +274,17 @@ class Transformer:
         if pos < 0 or pos + T > cache.n_ctx:
             raise ValueError(f"forward: positions {pos}..{pos + T - 1} exceed the context of {cache.n_ctx} "
                              "tokens (load the model with a larger n_ctx)")
+        if chunk is not None and (isinstance(chunk, bool) or int(chunk) != chunk or chunk <= 0):
+            raise ValueError(f"forward: chunk must be a positive integer, got {chunk}")
         nt = self.threads
         outs = [] if all_logits else None
         ws = self.workspace(T)
-        for c0 in range(0, T, ws.rows):
-            t = min(ws.rows, T - c0)
+        step = ws.rows
+        for lim in (chunk, getattr(cache, "max_chunk", None)):
+            if lim:
+                step = min(step, int(lim))
+        for c0 in range(0, T, step):
+            t = min(step, T - c0)
             v = ws.views(t)
             v["ids"][:] = ids[c0:c0 + t]
             np.add(np.arange(t, dtype=np.int32), np.int32(pos + c0), out=v["pos"])
@@ -335,6 +350,29 @@ class Transformer:
         _core.rmsnorm(v["x"], self.output_norm, self.cfg.norm_eps, h, nt)
         self.output(h, lg, nt)
         return self._softcap(lg)
+
+    def shift_cache(self, cache, n_keep, n_discard):
+        """Context shift: drop cached positions n_keep..n_keep+n_discard-1 and move the later ones
+        down by n_discard, re-rotating their keys by -n_discard (RoPE is a rotation). Returns
+        False (cache untouched) when the cache cannot (a ring buffer lost tokens still in view):
+        then recompute the kept tokens instead."""
+        if not cache.can_shift(n_keep, n_discard):
+            return False
+        cfg, nt = self.cfg, self.threads
+        delta = None
+
+        def rotate(li, k):
+            nonlocal delta
+            L = self.layers[li]
+            if delta is None or delta.shape[0] != k.shape[0]:
+                delta = np.full(k.shape[0], n_discard, np.int32)
+            _core.rope(k, delta, L.rope_base, cfg.rope_neox, nt, L.rope_freq_scale, L.rope_freq_factors,
+                       inverse=True)
+            if self._f16:
+                _core.round_f16(k, nt)
+
+        cache.shift(n_keep, n_discard, rotate)
+        return True
 
     def _softcap(self, lg):
         c = self.cfg.final_logit_softcap
