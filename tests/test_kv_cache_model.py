@@ -244,3 +244,18 @@ def test_real_model_ring_equals_full_cache(gemma3_path):
         outs.append(np.concatenate(lg))
     np.testing.assert_array_equal(outs[0], outs[1])
     assert ring.nbytes < 0.8 * full.nbytes
+
+
+def test_copy_from_ring_cache():
+    """a forked cache (beam search) continues exactly like the original"""
+    cfg, tr = _tiny(window=16)
+    ids = _ids(110, seed=7)
+    a = KVCache(cfg, 512, "q8_0", max_chunk=32, slack=8)
+    tr.forward(ids[:100], 0, a)
+    b = KVCache(cfg, 512, "q8_0", max_chunk=32, slack=8)
+    b.copy_from(a, 100)
+    x = np.array(tr.forward(ids[100:110], 100, a, all_logits=True))
+    y = np.array(tr.forward(ids[100:110], 100, b, all_logits=True))
+    np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="differ"):
+        KVCache(cfg, 512, "f32").copy_from(a, 10)

@@ -115,6 +115,21 @@ class KVCache:
                                  f"{self._valid_from[l]} on)")
         self.length = length
 
+    def copy_from(self, src, length):
+        """Positions 0..length-1 := those of `src` (a KVCache of the same model, format and
+        layout; e.g. forking a beam). Ring layers copy their whole ring."""
+        if (src.kv_cache_type != self.kv_cache_type or src.ring != self.ring
+                or [a.shape[1:] for a in src.k] != [a.shape[1:] for a in self.k]):
+            raise ValueError("copy_from: the caches differ in format or layout")
+        if not 0 <= length <= min(src.length, self.n_ctx):
+            raise ValueError(f"copy_from: length {length} outside 0..{min(src.length, self.n_ctx)}")
+        for l, r in enumerate(self.ring):
+            n = r if r else length
+            self.k[l][:n] = src.k[l][:n]
+            self.v[l][:n] = src.v[l][:n]
+        self._valid_from = list(src._valid_from)
+        self.length = int(length)
+
     # ---------------------------------------------------------------- the two methods
     def _rows(self, layer, pos, t):
         """[(row0, row1, src0)] row ranges of positions pos..pos+t-1 (two when a ring wraps)"""
