@@ -162,20 +162,26 @@ def _cmd_plot_loss(a):
 
 def _cmd_perplexity(a):
     from .api import load
-    from .eval import perplexity
+    from .eval import METHODS, perplexity
     from .train.data import resolve_data_files
-    files = resolve_data_files(a.data)
+    if a.method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {a.method!r}")
+    if not a.file and not a.data:
+        raise ValueError("perplexity: give the text with -f FILE or --data PATH...")
+    files = list(a.file or []) + (resolve_data_files(a.data) if a.data else [])
     texts = []
     for p in files:
         with open(p, encoding="utf-8", errors="replace") as f:
             texts.append(f.read())
     model = load(a.model, threads=a.threads, n_ctx=a.ctx)
-    r = perplexity(model, "\n".join(texts), ctx=a.ctx, stride=a.stride, progress=not a.no_progress)
+    r = perplexity(model, "\n".join(texts), ctx=a.ctx, stride=a.stride, method=a.method,
+                   progress=not a.no_progress)
     print(f"model: {model.path}")
     print(f"data: {len(files)} file(s), {r.n_text_bytes:,} bytes, {r.n_input_tokens:,} tokens")
     print(f"method: {r.method}, ctx {r.ctx}, stride {r.stride}, {r.n_windows} windows, {r.n_tokens:,} tokens "
           f"scored in {r.seconds:.1f} s")
     print(f"nll: {r.nll:.4f} nats/token")
+    print(f"bits per byte: {r.bits_per_byte:.4f} ({r.n_scored_bytes:,} bytes scored)")
     print(f"perplexity: {r.ppl:.4f}")
     return 0
 
@@ -324,12 +330,17 @@ def _add_training_parsers(sub):
     pl.set_defaults(func=_cmd_plot_loss)
 
     pp = sub.add_parser("perplexity", help="perplexity of a model on text",
-                        description="Sliding-window perplexity of a model (GGUF file, name, or a training "
-                                    "output folder) over text files.")
+                        description="Perplexity (and bits per byte) of a model (GGUF file, name, or a training "
+                                    "output folder) over text files; the last line is `perplexity: X`.")
     pp.add_argument("-m", "--model", default=DEFAULT_MODEL, help="GGUF file, model name or training folder")
-    pp.add_argument("--data", nargs="+", required=True, metavar="FILE", help="text files, folders or globs")
-    pp.add_argument("--ctx", type=int, default=None, help="window length in tokens (model context, max 512)")
-    pp.add_argument("--stride", type=int, default=None, help="window step in tokens (ctx / 2)")
+    pp.add_argument("-f", "--file", action="append", default=None, metavar="TEXT",
+                    help="a text file (repeatable)")
+    pp.add_argument("--data", nargs="+", default=None, metavar="PATH", help="text files, folders or globs")
+    pp.add_argument("--ctx", type=int, default=None,
+                    help="window / chunk length in tokens (model context, max 512)")
+    pp.add_argument("--stride", type=int, default=None, help="window step in tokens, sliding method (ctx / 2)")
+    pp.add_argument("--method", default="sliding", metavar="{sliding,llama.cpp}",
+                    help="sliding windows (default), or llama.cpp's: chunks of ctx from BOS, second halves scored")
     pp.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
     pp.set_defaults(func=_cmd_perplexity)
