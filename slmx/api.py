@@ -148,8 +148,13 @@ def _check_n_ctx(n_ctx, cfg):
     if isinstance(n_ctx, bool) or int(n_ctx) != n_ctx or n_ctx <= 0:
         raise ValueError(f"n_ctx must be a positive integer, got {n_ctx}")
     n_ctx = int(n_ctx)
-    if n_ctx > cfg.context_length:
-        raise ValueError(f"n_ctx {n_ctx} exceeds the model's context length {cfg.context_length}")
+    limit = cfg.context_length
+    sc = cfg.rope_scaling
+    if sc and sc["type"] in ("dynamic", "ntk", "yarn", "longrope", "llama3") and "factor" in sc:
+        # a scaled RoPE reaches factor x its pre-training context
+        limit = max(limit, int(sc.get("original_context_length", cfg.context_length) * sc["factor"]))
+    if n_ctx > limit:
+        raise ValueError(f"n_ctx {n_ctx} exceeds the model's context length {limit}")
     need = 2 * cfg.n_layers * n_ctx * cfg.kv_dim * 4
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
