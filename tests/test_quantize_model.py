@@ -149,3 +149,53 @@ def test_cli(models, tmp_path):
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "Q5_1" in p.stderr
     p = run(models["untied8"], str(tmp_path / "y.gguf"), "--type", "Q2_K")
     assert p.returncode == 1 and "unknown quantization type" in p.stderr
+
+
+def _hf_folder(folder, n_layers=2, d=256, ffn=512, n_head=4, n_kv=2):
+    """A random Llama as a Hugging Face folder: config.json, model.safetensors, tokenizer.json."""
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    os.makedirs(folder, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tr = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog", "def f(x): return x"] * 20, tr)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    vocab = tok.get_vocab_size()
+    t = kquant_cases.llama_tensors(n_layers=n_layers, d=d, ffn=ffn, n_head=n_head, n_kv=n_kv, vocab=vocab, seed=3)
+    hf = {"model.embed_tokens.weight": t["token_embd.weight"], "lm_head.weight": t["output.weight"],
+          "model.norm.weight": t["output_norm.weight"]}
+    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    for i in range(n_layers):
+        for g, h in names.items():
+            hf[f"model.layers.{i}.{h}.weight"] = t[f"blk.{i}.{g}.weight"]
+    save_file(hf, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": d,
+           "intermediate_size": ffn, "num_hidden_layers": n_layers, "num_attention_heads": n_head,
+           "num_key_value_heads": n_kv, "vocab_size": vocab, "max_position_embeddings": 128,
+           "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32",
+           "hidden_act": "silu"}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return folder
+
+
+def test_hf_folder_input_equals_converted_gguf(tmp_path):
+    """HF folder in = the F32 GGUF `slmx convert` writes for it, quantized (same bytes); with
+    llama.cpp installed, llama_model_quantize on that GGUF gives the same file again."""
+    from slmx.convert import convert_hf_to_gguf
+    folder = _hf_folder(str(tmp_path / "hf"))
+    f32 = str(tmp_path / "f32.gguf")
+    convert_hf_to_gguf(folder, f32, type="F32", name="hf")
+    a, b = str(tmp_path / "from_hf.gguf"), str(tmp_path / "from_gguf.gguf")
+    r = quantize_model(folder, a, "Q4_K_M")
+    quantize_model(f32, b, "Q4_K_M")
+    assert r["types"]["output.weight"] == "Q6_K" and r["counts"]["Q4_K"] > 0
+    assert _sha(a) == _sha(b)
+    if llamacpp_quant.available():
+        c = str(tmp_path / "llama.gguf")
+        llamacpp_quant.model_quantize(f32, c, "Q4_K_M")
+        assert _sha(c) == _sha(a)

@@ -199,7 +199,15 @@ cdef void quantize_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks, 
     if nthreads <= 1 or nch <= 1 or nblocks * bs * 4 < min_bytes:
         slmx_quant_blocks(t, x, dst, nblocks)
         return
-    for c in prange(nch, schedule='dynamic', num_threads=nthreads):
+    if slmx_is_k(t):
+        for c in prange(nch, schedule='dynamic', num_threads=nthreads):
+            b0 = c * chunk
+            nb = nblocks - b0
+            if nb > chunk:
+                nb = chunk
+            slmx_quant_blocks(t, x + b0 * bs, dst + b0 * ts, nb)
+        return
+    for c in prange(nch, schedule='static', num_threads=nthreads):
         b0 = c * chunk
         nb = nblocks - b0
         if nb > chunk:
