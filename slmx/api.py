@@ -174,11 +174,15 @@ def _with_rope_scaling(cfg, rope_scaling):
     from .model.rope import normalize_rope_scaling
     if rope_scaling is None:
         return cfg
+    if isinstance(rope_scaling, dict):
+        rope_scaling = dict(rope_scaling)
+        kind = rope_scaling.get("type", rope_scaling.get("rope_type"))
+        if kind in ("dynamic", "yarn", "longrope", "llama3") and \
+                rope_scaling.get("original_context_length", rope_scaling.get("original_max_position_embeddings")) is None:
+            rope_scaling["original_context_length"] = cfg.context_length
     sc = normalize_rope_scaling(rope_scaling, cfg.head_dim)
     if sc is None:
         return dataclasses.replace(cfg, rope_scaling=None, rope_freq_scale=1.0)
-    if sc["type"] in ("dynamic", "yarn", "longrope", "llama3"):
-        sc.setdefault("original_context_length", cfg.context_length)
     ctx = cfg.context_length
     if "factor" in sc and sc["type"] != "freq_factors":
         ctx = max(ctx, int(sc.get("original_context_length", cfg.context_length) * sc["factor"]))

@@ -14,9 +14,11 @@ def _cmd_generate(a):
         raise ValueError(f"-n/--max-new-tokens must be >= 0, got {a.n}")
     if a.threads is not None and a.threads < 0:
         raise ValueError(f"--threads must be >= 1 (or 0 for all usable cores), got {a.threads}")
+    from .cli_context import generate_context_kwargs, load_kwargs
     kw = generate_kwargs(a)
     check_options(kw)                                          # checks before any output
-    model = load(a.model, threads=a.threads, n_ctx=a.ctx)
+    kw.update(generate_context_kwargs(a))
+    model = load(a.model, threads=a.threads, n_ctx=a.ctx, **load_kwargs(a))
     out = sys.stdout
 
     def emit(s):
@@ -363,6 +365,8 @@ def build_parser():
     g.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     from .cli_generate import add_generate_flags
     add_generate_flags(g)
+    from .cli_context import add_context_flags
+    add_context_flags(g)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("-t", "--threads", type=int, default=None,
                    help="kernel threads (default or 0: all usable cores)")

@@ -259,3 +259,23 @@ def test_copy_from_ring_cache():
     np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="differ"):
         KVCache(cfg, 512, "f32").copy_from(a, 10)
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "slmx.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_kv_cache_and_context_flags(gemma3_path):
+    r = _cli("generate", "-m", gemma3_path, "-p", "Hello there", "-n", "40", "--temperature", "0",
+             "-t", "1", "--ctx", "24", "--kv-cache-type", "q8_0", "--context-shift", "--no-echo")
+    assert r.returncode == 0, r.stderr
+    assert "decode: 40 tokens" in r.stderr and "finish: length" in r.stderr
+    r = _cli("generate", "-m", gemma3_path, "-p", "x", "--rope-scale", "2")
+    assert r.returncode != 0 and "need --rope-scaling" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("generate", "-m", gemma3_path, "-p", "x", "--rope-scaling", "yarn")
+    assert r.returncode != 0 and "needs --rope-scale" in r.stderr
+    r = _cli("generate", "-m", gemma3_path, "-p", "x", "--kv-cache-type", "q5_0")
+    assert r.returncode != 0 and "invalid choice" in r.stderr
