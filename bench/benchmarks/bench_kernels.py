@@ -76,6 +76,76 @@ class GemmVocab:
     track_gflops.unit = "GFLOP/s"
 
 
+class GemmBF16:
+    """out = x @ w.T, x and w bf16 (fp32 sums; AMX when granted): GFLOP/s, and the ratio to
+    torch.matmul in bfloat16 timed alternately (``python bench/gemm_table.py --dtype bf16``)."""
+    params = ([1, 16, 128, 512], [(640, 2048), (2048, 640), (1024, 1024), (2048, 2048), (4096, 4096)])
+    param_names = ["M", "K_N"]
+    timeout = 600
+
+    def setup(self, M, KN):
+        from slmx import ops
+        K, N = KN
+        x, w, self.out = _gemm_operands(M, K, N)
+        self.x, self.w = ops.to_bf16(x), ops.to_bf16(w)
+        self._f = (x, w)
+
+    def track_gflops(self, M, KN):
+        K, N = KN
+        t = _median_time(lambda: _gemm.linear_bf16(self.x, self.w, self.out, THREADS))
+        return 2.0 * M * K * N / t / 1e9
+    track_gflops.unit = "GFLOP/s"
+
+    def track_ratio_to_torch(self, M, KN):
+        import torch
+        torch.set_num_threads(THREADS)
+        tx = torch.from_numpy(self._f[0]).bfloat16()
+        twt = torch.from_numpy(self._f[1]).bfloat16().T
+        tout = torch.empty((tx.shape[0], twt.shape[1]), dtype=torch.bfloat16)
+        ts, tt = [], []
+        for _ in range(3):
+            ts.append(_median_time(lambda: _gemm.linear_bf16(self.x, self.w, self.out, THREADS), 0.05))
+            tt.append(_median_time(lambda: torch.matmul(tx, twt, out=tout), 0.05))
+        return float(np.median(tt) / np.median(ts))
+    track_ratio_to_torch.unit = "x torch"
+
+
+class AttentionVsNaive:
+    """Causal prefill attention (H 4, H_kv 1, D 256) against the naive numpy version of
+    ``bench/attention_table.py`` (T x T scores per head): speed-up, and peak memory of each."""
+    params = ([512, 2048, 8192],)
+    param_names = ["T"]
+    timeout = 900
+
+    def setup(self, T):
+        import os
+        import sys
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        import attention_table
+        self.mod = attention_table
+        self.q, self.k, self.v, self.out = attention_table._inputs(T)
+
+    def track_speedup(self, T):
+        ts, tn = [], []
+        for _ in range(3 if T < 8192 else 1):
+            t0 = time.perf_counter()
+            self.mod.slmx_attention(self.q, self.k, self.v, self.out, THREADS)
+            ts.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            self.mod.naive_attention(self.q, self.k, self.v, self.out)
+            tn.append(time.perf_counter() - t0)
+        return float(np.median(tn) / np.median(ts))
+    track_speedup.unit = "x naive"
+
+    def track_slmx_extra_mb(self, T):
+        return self.mod.peak_extra_memory("slmx", T, THREADS)["extra"] / 1e6
+    track_slmx_extra_mb.unit = "MB"
+
+    def track_naive_extra_mb(self, T):
+        return self.mod.peak_extra_memory("naive", T, THREADS)["extra"] / 1e6
+    track_naive_extra_mb.unit = "MB"
+
+
 class Attention:
     """Causal prefill attention, Gemma 3 shapes (H 4, H_kv 1, D 256): GFLOP/s (QK^T and PV)."""
     params = ([512, 2048, 8192],)

@@ -88,6 +88,43 @@ class QuantLinearPrefill:
     track_gflop_per_s.unit = "GFLOP/s"
 
 
+class QuantGemvLarge:
+    """M = 1 GEMV per type on an 8192 x 4096 weight (19-36 MB, far beyond L2): weight-read GB/s, and
+    the fraction of a plain read of a buffer of the same size (``bench/gemv_table.py``)."""
+    params = (["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q6_K"],)
+    param_names = ["type"]
+    timeout = 300
+
+    def setup(self, name):
+        self.w = random_weight(name, 8192, 4096)
+        self.tid = qtypes.qtype(name).id
+        self.x = np.random.default_rng(1).standard_normal((1, 4096)).astype(np.float32)
+        self.out = np.empty((1, 8192), np.float32)
+        self.buf = np.ones(self.w.nbytes, np.uint8)
+
+    def _gemv_time(self):
+        quant.linear(self.x, self.w, self.tid, self.out, THREADS)
+        ts = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            quant.linear(self.x, self.w, self.tid, self.out, THREADS)
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts))
+
+    def track_weight_gb_per_s(self, name):
+        return self.w.nbytes / self._gemv_time() / 1e9
+    track_weight_gb_per_s.unit = "GB/s"
+
+    def track_fraction_of_read(self, name):
+        from slmx._kernels import peak
+        g, r = [], []
+        for _ in range(3):
+            g.append(self.w.nbytes / self._gemv_time() / 1e9)
+            r.append(peak.read_bandwidth(self.buf, THREADS, repeats=5, wall=True))
+        return float(np.median(g) / np.median(r))
+    track_fraction_of_read.unit = "x read"
+
+
 class ReadBandwidth:
     def track_read_gb_per_s(self):
         return read_bandwidth()
