@@ -4,7 +4,8 @@
 Loop nest (per outer block of at most MC_OUTER rows of A), block sizes from cpu.cache_sizes():
     for pc in K by KC:            A rows packed into tiles of <= MR rows (kc x mr), shared
       tasks = (groups of A tiles, MC_ROWS rows kept in L2) x (groups of 32-column B panels),
-              split over the threads; each task:
+              split over the threads (by columns when B is packed on the fly and A's block fits
+              half of L2: each thread then packs only its own panels); each task:
         for each group of 8 panels: pack them (kc x 32 each, one panel ~2/3 of L1)
           for panel: for tile: micro-kernel mr x 32 (+)= A_tile B_panel
 The micro-kernel keeps mr x 32 accumulators in registers (AVX-512: 14 x 2 zmm; AVX2: 6 x 2 ymm
@@ -180,7 +181,13 @@ cdef void gemm_blocked(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
             # task grid: groups of A tiles (L2 blocks) x groups of B panels, >= nt tasks
             n_mg = _cdiv(ntiles, tpg)
             n_ng = 1
-            if n_mg >= nt:
+            if bkind != B_PACKED and nt > 1 and npan >= 2 * nt and mb <= 3 * MC_ROWS:
+                # B is packed by the task that uses it: split the columns, so each thread packs
+                # only its own panels (splitting the rows would pack all of B in every thread);
+                # all of this block's A tiles (<= half of L2) are shared
+                n_mg = 1
+                n_ng = nt
+            elif n_mg >= nt:
                 n_mg = min(ntiles, _cdiv(n_mg, nt) * nt)
             else:
                 n_ng = min(npan, _cdiv(nt, n_mg))
