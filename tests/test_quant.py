@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as G
 
-from slmx._kernels import quant
+from slmx._kernels import cpu, quant
 
 sys.path.insert(0, os.path.dirname(__file__))
 import kquant_cases  # noqa: E402
@@ -223,6 +223,27 @@ def test_k_quantize_matches_live_llamacpp(t, simd_level):
     got = quant.quantize(x, int(t))
     bad = np.nonzero((got != ref).any(axis=1))[0]
     assert bad.size == 0, f"rows {bad[:8]} differ"
+
+
+@pytest.mark.parametrize("t", [G.Q8_0, G.Q4_0, G.Q5_0, G.Q4_K, G.Q5_K, G.Q6_K], ids=lambda t: t.name)
+def test_quantize_simd_levels_agree_on_edge_inputs(t, simd_level):
+    """Each SIMD body gives the portable body's bytes, also where the arithmetic is fragile:
+    subnormal block maxima (1/d overflows to inf, 0 * inf = NaN), exact ties, signed zeros."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((8, 512)).astype(np.float32)
+    x[0] = (rng.standard_normal(512) * 1e-39).astype(np.float32)
+    x[0, ::3] = 0.0
+    x[1] = np.round(x[1] * 8) / 8
+    x[2] = -0.0
+    x[3, rng.random(512) < 0.9] = 0.0
+    x[4] *= np.float32(1e30)
+    got = quant.quantize(x, int(t))
+    cpu.set_simd_level(0)
+    try:
+        ref = quant.quantize(x, int(t))
+    finally:
+        cpu.set_simd_level(simd_level)
+    assert np.array_equal(got, ref)
 
 
 @pytest.mark.parametrize("t", K_TYPES, ids=lambda t: t.name)

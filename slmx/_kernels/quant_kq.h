@@ -1,5 +1,5 @@
-/* K-quant encoders (Q4_K, Q5_K, Q6_K) giving the same bytes as llama.cpp's quantizer without an
- * importance matrix (what `llama-quantize` / llama_model_quantize writes from F32 weights).
+/* Encoders with SIMD bodies. K-quants (Q4_K, Q5_K, Q6_K) giving the same bytes as llama.cpp's
+ * quantizer without an importance matrix (what `llama-quantize` / llama_model_quantize writes from F32 weights).
  *
  * Bit-exactness rests on doing the same IEEE float32 operations in the same order: every sum
  * runs sequentially over the elements, products are rounded before they are added (no FMA: the
@@ -21,6 +21,7 @@
  *
  * Two bodies: portable C, and AVX2 (8 sub-blocks side by side in the 8 lanes, one lane per
  * sub-block, so each lane performs exactly the portable body's operations).
+ * Also AVX2 bodies of the Q8_0 / Q4_0 / Q5_0 encoders of quant_simd.h (same bytes).
  */
 #ifndef SLMX_QUANT_KQ_H
 #define SLMX_QUANT_KQ_H
@@ -402,7 +403,94 @@ SLMX_KQ_TARGET static void slmx_quant_q6_k_avx2(const float *x, uint8_t *b) {
     slmx_kq_fit_sym16x8(x + 128, L + 128, sc + 8);
     slmx_kq_finish_q6(x, sc, L, b);
 }
+/* ------------------------------------------------------------------ AVX2 Q8_0 / Q4_0 / Q5_0
+ * The portable encoders of quant_simd.h (gguf-py's arithmetic) on 8 elements at a time: the
+ * block maximum is exact in any order, roundf / truncf are done exactly (truncate, then the
+ * exact fractional part decides), clamps keep the portable NaN behaviour (NaN -> 0). */
+
+/* roundf (half away from zero) of v, exactly. */
+SLMX_KQ_TARGET static inline __m256 slmx_kq_roundf8(__m256 v) {
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 up = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(v, t), absmask), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_andnot_ps(absmask, v));   /* copysign(1, v) */
+    return _mm256_add_ps(t, _mm256_and_ps(up, one));
+}
+
+/* max |x| over 32 elements (NaN never wins, as in the portable loops). */
+SLMX_KQ_TARGET static inline float slmx_kq_amax32(const __m256 *a) {
+    __m256 m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    return _mm_cvtss_f32(h);
+}
+
+SLMX_KQ_TARGET static void slmx_quant_q8_0_avx2(const float *x, uint8_t *b) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 v[4], a[4];
+    for (int k = 0; k < 4; k++) { v[k] = _mm256_loadu_ps(x + 8 * k); a[k] = _mm256_and_ps(v[k], absmask); }
+    float amax = slmx_kq_amax32(a);
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t dh = slmx_f32_to_f16(d);
+    memcpy(b, &dh, 2);
+    __m256 idv = _mm256_set1_ps(id);
+    for (int k = 0; k < 4; k++) {
+        __m256i q = _mm256_cvttps_epi32(slmx_kq_roundf8(_mm256_mul_ps(v[k], idv)));
+        int32_t t[8];
+        _mm256_storeu_si256((__m256i *)t, q);
+        for (int j = 0; j < 8; j++) b[2 + 8 * k + j] = (uint8_t)(int8_t)t[j];
+    }
+}
+
+/* Q4_0 (nmax 8, 4 bits) or Q5_0 (nmax 16, 5 bits). */
+SLMX_KQ_TARGET static void slmx_quant_b32_avx2(int q5, const float *x, uint8_t *b) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 v[4], a[4];
+    for (int k = 0; k < 4; k++) { v[k] = _mm256_loadu_ps(x + 8 * k); a[k] = _mm256_and_ps(v[k], absmask); }
+    float amax = slmx_kq_amax32(a), max = x[0];
+    if (amax > fabsf(x[0])) {                   /* the first element of that magnitude, signed */
+        __m256 am = _mm256_set1_ps(amax);
+        for (int k = 0; k < 4; k++) {
+            int m = _mm256_movemask_ps(_mm256_cmp_ps(a[k], am, _CMP_EQ_OQ));
+            if (m) { max = x[8 * k + __builtin_ctz((unsigned)m)]; break; }
+        }
+    }
+    float d = max / (q5 ? -16.0f : -8.0f), id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t dh = slmx_f32_to_f16(d);
+    memcpy(b, &dh, 2);
+    __m256 idv = _mm256_set1_ps(id), off = _mm256_set1_ps(q5 ? 16.5f : 8.5f);
+    __m256 hi = _mm256_set1_ps(q5 ? 31.0f : 15.0f), zero = _mm256_setzero_ps();
+    int32_t q[32];
+    uint32_t qh = 0;
+    for (int k = 0; k < 4; k++) {
+        __m256 t = _mm256_round_ps(_mm256_add_ps(_mm256_mul_ps(v[k], idv), off), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        __m256i qi = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(t, zero), hi));
+        _mm256_storeu_si256((__m256i *)(q + 8 * k), qi);
+        if (q5) qh |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(qi, 27))) << (8 * k);
+    }
+    uint8_t *qs = b + (q5 ? 6 : 2);
+    for (int j = 0; j < 16; j++) qs[j] = (uint8_t)((q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4));
+    if (q5) memcpy(b + 2, &qh, 4);
+}
 #endif
+
+/* Q8_0 / Q4_0 / Q5_0 blocks by the body for the dispatch level (0 when there is no SIMD body). */
+static int slmx_quant_b32_simd(int t, const float *x, uint8_t *dst, int64_t nblocks) {
+#if SLMX_X86
+    if (slmx_simd_level() >= SLMX_SIMD_AVX2) {
+        int ts = slmx_type_size(t);
+        for (int64_t i = 0; i < nblocks; i++) {
+            if (t == SLMX_T_Q8_0) slmx_quant_q8_0_avx2(x + 32 * i, dst + (size_t)ts * i);
+            else slmx_quant_b32_avx2(t == SLMX_T_Q5_0, x + 32 * i, dst + (size_t)ts * i);
+        }
+        return 1;
+    }
+#endif
+    (void)t; (void)x; (void)dst; (void)nblocks;
+    return 0;
+}
+
 
 /* nblocks K-quant blocks of type t from x into dst, by the body for the dispatch level. */
 static void slmx_quant_k_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks) {

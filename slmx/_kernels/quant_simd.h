@@ -317,6 +317,7 @@ static void slmx_quant_q5_0(const float *x, uint8_t *b) {
 /* nblocks blocks of type t from x into dst. Types: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K. */
 static void slmx_quant_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks) {
     int64_t i;
+    if (slmx_is_b32(t) && slmx_quant_b32_simd(t, x, dst, nblocks)) return;
     switch (t) {
     case SLMX_T_F32: memcpy(dst, x, (size_t)nblocks * 4); break;
     case SLMX_T_F16: for (i = 0; i < nblocks; i++) { uint16_t h = slmx_f32_to_f16(x[i]); memcpy(dst + 2 * i, &h, 2); } break;
