@@ -106,6 +106,27 @@ def test_forward_batch_gemma3(gemma3_path):
         np.testing.assert_array_equal(got, want)      # Q4_K/Q5_0/Q6_K/Q8_0 rows: exact
 
 
+@pytest.mark.parametrize("qt", ["f32", "q4_0"])
+def test_forward_batch_mixed_chunks(tiny_models, qt):
+    """A prompt chunk of one sequence rides along with the decode tokens of others: each row's
+    logits (and the caches it leaves) equal the sequence's own forward."""
+    model = slmx.load(tiny_models["gemma3", qt], n_ctx=96, threads=1)
+    t = model.transformer
+    rng = np.random.default_rng(3)
+    caches, refs = _prefilled(model, rng, 3, 96)
+    chunks = [rng.integers(0, 384, n) for n in (1, 9, 1)]      # 11 rows: the per-row kernel paths
+    pos = [c.length for c in caches]
+    got = t.forward_batch(chunks, pos, caches).copy()
+    want = np.stack([np.array(t.forward(ch, p, r)[0]) for ch, p, r in zip(chunks, pos, refs)])
+    assert [c.length for c in caches] == [p + len(ch) for p, ch in zip(pos, chunks)]
+    np.testing.assert_array_equal(got, want) if qt != "f32" else \
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    # the next decode step over the caches so filled agrees too
+    for got, want in _steps(model, caches, refs, rng, 1):
+        np.testing.assert_array_equal(got, want) if qt != "f32" else \
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
 def test_forward_batch_rejects_bad_arguments(tiny_models):
     model = slmx.load(tiny_models["llama", "q8_0"], n_ctx=16, threads=1)
     t, cfg = model.transformer, model.config
@@ -120,6 +141,12 @@ def test_forward_batch_rejects_bad_arguments(tiny_models):
         t.forward_batch([1, cfg.vocab_size], [0, 0], [a, b])
     with pytest.raises(ValueError, match="no sequences"):
         t.forward_batch([], [], [])
+    with pytest.raises(ValueError, match="no tokens"):
+        t.forward_batch([[1], []], [0, 0], [a, b])
+    with pytest.raises(ValueError, match="outside the context"):
+        t.forward_batch([[1] * 10, [2]], [10, 0], [a, b])
+    with pytest.raises(ValueError, match="max_batch"):
+        t.forward_batch([[1] * 200, [2] * 100], [0, 0], [KVCache(cfg, 300), KVCache(cfg, 300)])
 
 
 # ------------------------------------------------------------------------------ engine

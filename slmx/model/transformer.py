@@ -150,16 +150,18 @@ NUMERICS = ("ggml", "fp32")
 
 
 class _RowCaches:
-    """The cache interface over B sequences, one row each: row b is sequence b at position
-    positions[b] with its own cache caches[b]. Lets forward_batch reuse the layer code: the
-    linear layers see all B rows at once, store/attend split them per sequence."""
+    """The cache interface over B sequences stacked as rows: sequence b holds rows
+    off_b..off_b+lens[b]-1 at positions positions[b].. with its own cache caches[b]. Lets
+    forward_batch reuse the layer code: the linear layers see all rows at once, store/attend
+    split them per sequence."""
 
     __slots__ = ("caches", "positions", "rows")
 
-    def __init__(self, caches, positions):
+    def __init__(self, caches, positions, lens):
         self.caches = caches
         self.positions = positions
-        self.rows = [slice(b, b + 1) for b in range(len(caches))]
+        offs = np.concatenate([[0], np.cumsum(lens)]).tolist()
+        self.rows = [slice(offs[b], offs[b + 1]) for b in range(len(caches))]
 
     def store(self, layer, pos, k, v):
         for c, p, r in zip(self.caches, self.positions, self.rows):
@@ -306,48 +308,62 @@ class Transformer:
         return self._softcap(ws.logits)
 
     def forward_batch(self, ids, positions, caches):
-        """One new token for each of B independent sequences, in one batched pass.
+        """New tokens for each of B independent sequences, in one batched pass.
 
-        ids (B,): the token of sequence b; positions (B,): its position; caches: B caches, one per
-        sequence (distinct objects). Embeddings, norms, RoPE (per-row positions) and every linear
-        layer run on all B rows at once (each weight is read once per step); the attention runs
-        per sequence over its own cache. Sets caches[b].length = positions[b] + 1.
-        Returns (B, vocab) logits: a view of a reused buffer (copy rows to keep them).
-        Row b equals forward([ids[b]], positions[b], caches[b]) up to float rounding.
+        ids: B entries, entry b the token (an int) or tokens (a 1-D sequence of T_b >= 1, e.g. a
+        prompt chunk) of sequence b; positions (B,): the position of its first token; caches: B
+        caches, one per sequence (distinct objects). The R = sum T_b rows (R <= max_batch) go
+        through embeddings, norms, RoPE (per-row positions) and every linear layer together (each
+        weight is read once per step); the attention runs per sequence over its own cache.
+        Sets caches[b].length = positions[b] + T_b.
+        Returns (B, vocab) logits of each sequence's last token: a view of a reused buffer (copy
+        rows to keep them). Row b equals forward(ids[b], positions[b], caches[b]) up to float
+        rounding (bit-identical while the linear kernels take their per-row path: R < 16 rows for
+        block-quantized weights, R <= 4 for F32).
         """
-        ids = np.asarray(ids, dtype=np.int32).reshape(-1)
-        positions = [int(p) for p in np.asarray(positions).reshape(-1)]
         caches = list(caches)
-        B = ids.size
+        segs = [np.asarray(t, dtype=np.int32).reshape(-1) for t in ids]
+        positions = [int(p) for p in np.asarray(positions).reshape(-1)]
+        B = len(segs)
         if B == 0:
             raise ValueError("forward_batch: no sequences")
         if len(positions) != B or len(caches) != B:
             raise ValueError(f"forward_batch: {B} ids but {len(positions)} positions and {len(caches)} caches")
-        if B > self.max_batch:
-            raise ValueError(f"forward_batch: {B} sequences exceed max_batch {self.max_batch}")
         if len({id(c) for c in caches}) != B:
             raise ValueError("forward_batch: every sequence needs its own cache (a cache appears twice)")
-        if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
+        lens = [s.size for s in segs]
+        R = sum(lens)
+        if min(lens) == 0:
+            raise ValueError("forward_batch: a sequence has no tokens")
+        if R > self.max_batch:
+            raise ValueError(f"forward_batch: {R} rows exceed max_batch {self.max_batch}")
+        flat = segs[0] if B == 1 else np.concatenate(segs)
+        if flat.min() < 0 or flat.max() >= self.cfg.vocab_size:
             raise ValueError(f"forward_batch: token ids must be in [0, {self.cfg.vocab_size})")
-        for p, c in zip(positions, caches):
-            if p < 0 or p >= c.n_ctx:
-                raise ValueError(f"forward_batch: position {p} is outside the context of {c.n_ctx} tokens")
+        for p, n, c in zip(positions, lens, caches):
+            if p < 0 or p + n > c.n_ctx:
+                raise ValueError(f"forward_batch: positions {p}..{p + n - 1} are outside the context of "
+                                 f"{c.n_ctx} tokens")
         nt = self.threads
-        ws = self.workspace(B)
-        v = ws.views(B)
-        v["ids"][:] = ids
-        v["pos"][:] = positions
-        rc = _RowCaches(caches, positions)
+        ws = self.workspace(R)
+        v = ws.views(R)
+        v["ids"][:] = flat
+        if R == B:
+            v["pos"][:] = positions
+        else:
+            v["pos"][:] = np.concatenate([np.arange(p, p + n, dtype=np.int32) for p, n in zip(positions, lens)])
+        rc = _RowCaches(caches, positions, lens)
         self._embed(v["ids"], v["x"], nt)
         for li, L in enumerate(self.layers):
-            self._block(L, li, v, B, 0, rc, nt)
-        for p, c in zip(positions, caches):
-            c.length = p + 1
+            self._block(L, li, v, R, 0, rc, nt)
+        for p, n, c in zip(positions, lens, caches):
+            c.length = p + n
         lg = self._batch_logits
         if lg is None or lg.shape[0] < B:
             lg = self._batch_logits = np.zeros((B, self.cfg.vocab_size), np.float32)
-        lg, h = lg[:B], v["h"]
-        _core.rmsnorm(v["x"], self.output_norm, self.cfg.norm_eps, h, nt)
+        lg, h = lg[:B], v["h"][:B]
+        x = v["x"] if R == B else v["x"][np.cumsum(lens) - 1]      # each sequence's last row
+        _core.rmsnorm(x, self.output_norm, self.cfg.norm_eps, h, nt)
         self.output(h, lg, nt)
         return self._softcap(lg)
 

@@ -3,10 +3,11 @@
 A scheduler thread owns the model. Each step it
   1. drops cancelled sequences (their KV-cache slot is free for the next request at once),
   2. admits waiting requests into free slots (a pool of `parallel` KV caches allocated once),
-  3. runs one prefill chunk of one newly joined sequence (at most `prefill_chunk` tokens while
-     others are decoding, so their steps are not starved; whole prompts when nobody decodes),
-  4. runs ONE `Transformer.forward_batch` over every decoding sequence (B rows, each at its own
-     position, with its own cache) and samples each row with that sequence's sampler.
+  3. runs ONE `Transformer.forward_batch`: the next token of every decoding sequence (one row
+     each, at its own position, with its own cache) plus, when a sequence is joining, a chunk of
+     its prompt (at most `prefill_chunk` tokens while others decode, so their steps are not
+     starved; up to max_batch when nobody decodes) - every weight is read once per step,
+  4. samples each decoding row with that sequence's sampler.
 Sequences join and leave between any two steps. Results go back through a per-sequence callback
 (called on the scheduler thread; the HTTP server forwards them to its event loop).
 """
@@ -314,29 +315,42 @@ class Engine:
             self.running.append(s)
 
     def _step(self, batch):
+        """One forward: the next token of every decoding sequence plus (when a sequence is
+        joining) one chunk of its prompt, all as rows of one forward_batch."""
         decoding = [s for s in batch if s.state == "decode" and not s.cancelled]
         prefilling = [s for s in batch if s.state == "prefill" and not s.cancelled]
+        seqs = list(decoding)
+        ids = [s.next_token for s in decoding]
+        pos = [s.pos for s in decoding]
+        joining = None
         if prefilling:
-            s = prefilling[0]
-            chunk = self.prefill_chunk if decoding else self.model.max_batch
-            ids = s.prompt_ids[s.n_prefilled:s.n_prefilled + chunk]
-            logits = self.model.forward(ids, s.n_prefilled, s.cache)
-            s.n_prefilled += ids.size
-            self.stats["prompt_tokens"] += ids.size
-            if s.n_prefilled == s.prompt_ids.size:
-                s.state = "decode"
-                self._accept(s, logits[0])
-        if decoding:
-            B = len(decoding)
-            ids = [s.next_token for s in decoding]
-            pos = [s.pos for s in decoding]
-            logits = self.model.forward_batch(ids, pos, [s.cache for s in decoding])
-            self.last_batch = B
-            self.stats["decode_steps"] += 1
-            self.stats["decode_rows"] += B
-            for b, s in enumerate(decoding):
-                self._accept(s, logits[b])
-        n = len(decoding) + (1 if prefilling and prefilling[0].state == "decode" else 0)
+            joining = prefilling[0]
+            room = self.model.max_batch - len(decoding)
+            chunk = min(self.prefill_chunk if decoding else self.model.max_batch, room)
+            if chunk > 0:
+                p0 = joining.n_prefilled
+                part = joining.prompt_ids[p0:p0 + chunk]
+                seqs.append(joining)
+                ids.append(part)
+                pos.append(p0)
+            else:
+                joining = None
+        if not seqs:
+            return
+        logits = self.model.forward_batch(ids, pos, [s.cache for s in seqs])
+        self.last_batch = len(seqs)
+        self.stats["decode_steps"] += 1
+        self.stats["decode_rows"] += len(decoding)
+        for b, s in enumerate(decoding):
+            self._accept(s, logits[b])
+        n = len(decoding)
+        if joining is not None:
+            joining.n_prefilled += ids[-1].size
+            self.stats["prompt_tokens"] += ids[-1].size
+            if joining.n_prefilled == joining.prompt_ids.size:
+                joining.state = "decode"
+                self._accept(joining, logits[len(decoding)])
+                n += 1
         if n:
             with self._cv:
                 self._recent.append((time.monotonic(), n))
