@@ -167,6 +167,28 @@ def test_stop_and_seed(server, client):
     assert a == b and a != c
 
 
+def test_penalties_and_logit_bias(server, client, tiny_lm):
+    """Sampler options pass through: greedy with a frequency penalty gives generate()'s text with
+    the same Sampler; a -inf logit bias keeps a token out."""
+    prompt = "one two"
+    ids = tiny_lm.tokenizer.encode(prompt, parse_special=True)
+    want = generate(tiny_lm.transformer, tiny_lm.tokenizer, KVCache(tiny_lm.config, N_CTX), ids, 20,
+                    sampler=Sampler(temperature=0.0, frequency_penalty=1.5, presence_penalty=0.5),
+                    stop_ids=())
+    r = client.completions.create(model="tiny", prompt=prompt, max_tokens=20, temperature=0,
+                                  frequency_penalty=1.5, presence_penalty=0.5, extra_body={"ignore_eos": True})
+    assert r.choices[0].text == want.text
+    plain = _greedy(tiny_lm, ids, 20, stop_ids=())
+    assert plain.text != want.text           # the penalty changed something
+    first = plain.token_ids[0]
+    b = client.completions.create(model="tiny", prompt=prompt, max_tokens=1, temperature=0,
+                                  logit_bias={str(first): -100}, logprobs=1)
+    assert b.choices[0].logprobs.tokens[0] != tiny_lm.tokenizer.decode([first])
+    bad = httpx.post(client.base_url.__str__().rstrip("/") + "/completions",
+                     json={"prompt": "x", "logit_bias": {"99999": 1}}, timeout=30)
+    assert bad.status_code == 400 and "logit_bias" in bad.json()["error"]["message"]
+
+
 # ------------------------------------------------------------------------------ bad requests
 
 BAD = [

@@ -120,6 +120,9 @@ class Sequence:
         self.prompt_ids = np.asarray(prompt_ids, dtype=np.int32)
         self.max_tokens = int(max_tokens)
         self.sampler = sampler
+        # penalties look at previous ids (prompt + generated), when the sampler has any on
+        self.uses_history = bool(getattr(sampler, "uses_history", False))
+        self.history = [int(i) for i in prompt_ids] if self.uses_history else None
         self.stop_ids = stop_ids
         self.logprobs = logprobs          # None, or how many top alternatives (0..20)
         self.on_event = on_event
@@ -215,6 +218,9 @@ class Engine:
             raise ValueError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds "
                              f"the context of {self.n_ctx} tokens")
         sampler = (params or SamplingParams()).sampler()
+        bias_ids = getattr(sampler, "bias_ids", None)
+        if bias_ids is not None and len(bias_ids) and int(np.max(bias_ids)) >= V:
+            raise ValueError(f"logit_bias: token id {int(np.max(bias_ids))} is out of range [0, {V})")
         stop = [stop] if isinstance(stop, str) else list(stop or ())
         sids = frozenset(self.tokenizer.eos_ids if stop_ids is None else stop_ids)
         seq = Sequence(prompt_ids, max_tokens, sampler, stop, sids, logprobs,
@@ -326,7 +332,8 @@ class Engine:
         if prefilling:
             joining = prefilling[0]
             room = self.model.max_batch - len(decoding)
-            chunk = min(self.prefill_chunk if decoding else self.model.max_batch, room)
+            chunk = min(self.prefill_chunk if decoding else self.model.max_batch, room,
+                        getattr(joining.cache, "max_chunk", room))
             if chunk > 0:
                 p0 = joining.n_prefilled
                 part = joining.prompt_ids[p0:p0 + chunk]
@@ -371,11 +378,13 @@ class Engine:
         """Sample the next token of s from its logits row; emit text; finish when it ends."""
         if s.t_first is None:
             s.t_first = time.monotonic()
-        tok = s.sampler(row)
+        tok = s.sampler(row, s.history) if s.uses_history else s.sampler(row)
         if tok in s.stop_ids:
             self._finish(s, "stop")
             return
         s.n_generated += 1
+        if s.uses_history:
+            s.history.append(tok)
         self.stats["generated_tokens"] += 1
         if s.logprobs is not None:
             s.pending_logprobs.append(self._logprob(s, row, tok))

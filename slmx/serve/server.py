@@ -136,10 +136,12 @@ class Request:
                                      seed=None if seed is None else seed % (1 << 63), extra=extra)
         self.stop = _stop_list(body)
         self.ignore_eos = _opt(body, "ignore_eos", lambda v: isinstance(v, bool), "a boolean", False)
-        bias = body.get("logit_bias")
+        bias = _opt(body, "logit_bias", lambda v: isinstance(v, dict), "an object {token id: bias}")
         if bias:
-            raise APIError(400, "'logit_bias' is not supported by this server", param="logit_bias",
-                           code="unsupported_parameter")
+            if "logit_bias" not in sampler_options:
+                raise APIError(400, "'logit_bias' is not supported by this server", param="logit_bias",
+                               code="unsupported_parameter")
+            extra["logit_bias"] = bias
         rf = body.get("response_format")
         if rf is not None and not (isinstance(rf, dict) and rf.get("type") == "text"):
             raise APIError(400, "only response_format {'type': 'text'} is supported",
