@@ -175,7 +175,7 @@ def _cmd_perplexity(a):
     for p in files:
         with open(p, encoding="utf-8", errors="replace") as f:
             texts.append(f.read())
-    model = load(a.model, threads=a.threads, n_ctx=a.ctx)
+    model = load(a.model, threads=a.threads, n_ctx=a.ctx, kv_cache_type=a.kv_cache_type)
     r = perplexity(model, "\n".join(texts), ctx=a.ctx, stride=a.stride, method=a.method,
                    progress=not a.no_progress)
     print(f"model: {model.path}")
@@ -345,6 +345,9 @@ def _add_training_parsers(sub):
                     help="sliding windows (default), or llama.cpp's: chunks of ctx from BOS, second halves scored")
     pp.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .infer.kv_cache import KV_CACHE_TYPES
+    pp.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default="f32",
+                    help="KV-cache storage: f32 (default), f16, q8_0, q4_0")
     pp.set_defaults(func=_cmd_perplexity)
 
 

@@ -179,7 +179,7 @@ def test_context_shift_deep_model_keys_rotated():
 
 def test_generate_recompute_shift_equals_fresh_prefill(gemma3_path):
     """context_shift="recompute" re-prefills the kept tokens: the logits are a fresh prefill's"""
-    m = slmx.load(gemma3_path, n_ctx=40, threads=1)
+    m = slmx.load(gemma3_path, n_ctx=24, threads=1)
     ids = m.tokenizer.encode("The story of the little fox begins", add_bos=True)
     seen = []
 
@@ -187,16 +187,16 @@ def test_generate_recompute_shift_equals_fresh_prefill(gemma3_path):
         def __call__(self, logits, *history):
             seen.append(np.array(logits))
             return super().__call__(logits, *history)
-    r = generate(m.transformer, m.tokenizer, m.cache, ids, max_new_tokens=45,
+    r = generate(m.transformer, m.tokenizer, m.cache, ids, max_new_tokens=20,
                  sampler=Recorder(temperature=0), stop_ids=[], context_shift="recompute")
-    assert len(r.token_ids) == 45
-    # the first shift happens when position 40 is reached: keep BOS, drop (40 - 1) // 2 = 19
+    assert len(r.token_ids) == 20
+    # the first shift happens when position 24 is reached: keep BOS, drop (24 - 1) // 2 = 11
     toks = list(ids) + r.token_ids
-    step = 40 - len(ids)          # index (in seen) of the first token sampled after the shift
-    kept = toks[:1] + toks[20:40]   # BOS and the 20 most recent tokens
-    c = KVCache(m.config, 40)
-    m.transformer.forward(kept, 0, c)     # (a prefill of 21 then one step: the same row blocking)
-    want = m.transformer.forward(toks[40:41], 21, c)
+    step = 24 - len(ids)          # index (in seen) of the first token sampled after the shift
+    kept = toks[:1] + toks[12:24]   # BOS and the 12 most recent tokens
+    c = KVCache(m.config, 24)
+    m.transformer.forward(kept, 0, c)     # (a prefill of 13 then one step: the same row blocking)
+    want = m.transformer.forward(toks[24:25], 13, c)
     np.testing.assert_array_equal(seen[step + 1][None], want)
 
 
@@ -212,33 +212,33 @@ def test_context_shift_refused_when_ring_lost_kept_tokens():
 
 
 def test_generate_past_n_ctx_with_context_shift(gemma3_path):
-    m = slmx.load(gemma3_path, n_ctx=48, threads=1)
+    m = slmx.load(gemma3_path, n_ctx=24, threads=1)
     ids = m.tokenizer.encode("Once upon a time", add_bos=True)
 
     def gen(**kw):
-        return generate(m.transformer, m.tokenizer, m.cache, ids, max_new_tokens=70,
+        return generate(m.transformer, m.tokenizer, m.cache, ids, max_new_tokens=40,
                         sampler=Sampler(temperature=0), stop_ids=[], **kw)
     r = gen(context_shift=True)
-    assert len(r.token_ids) == 70 and r.finish_reason == "length"
+    assert len(r.token_ids) == 40 and r.finish_reason == "length"
     r2 = gen()
-    assert r2.finish_reason == "context" and len(r2.token_ids) < 48
+    assert r2.finish_reason == "context" and len(r2.token_ids) < 24
     assert r.token_ids[:len(r2.token_ids)] == r2.token_ids      # identical until the first shift
 
 
 def test_real_model_ring_equals_full_cache(gemma3_path):
-    """Gemma 3 270M, a prompt of 700 tokens (> window 512): ring and full caches agree"""
+    """Gemma 3 270M, a prompt of 600 tokens (> window 512): ring and full caches agree"""
     m = slmx.load(gemma3_path, n_ctx=1024, threads=1)
     tr = m.transformer
     text = " ".join(f"item {i} is {i * 7 % 13}." for i in range(120))
-    ids = np.array(m.tokenizer.encode(text, add_bos=True)[:700], np.int32)
-    assert len(ids) == 700
+    ids = np.array(m.tokenizer.encode(text, add_bos=True)[:600], np.int32)
+    assert len(ids) == 600
     ring, full = m.make_cache("f32"), KVCache(m.config, 1024, ring=False)
     assert ring.ring[0] == 768 and ring.ring[5] == 0
     outs = []
     for c in (ring, full):
         lg = [np.array(tr.forward(ids, 0, c))]
         tok = int(lg[0].argmax())
-        for p in range(700, 704):
+        for p in range(600, 603):
             lg.append(np.array(tr.forward([tok], p, c)))
             tok = int(lg[-1].argmax())
         outs.append(np.concatenate(lg))
@@ -269,10 +269,10 @@ def _cli(*args):
 
 
 def test_cli_kv_cache_and_context_flags(gemma3_path):
-    r = _cli("generate", "-m", gemma3_path, "-p", "Hello there", "-n", "40", "--temperature", "0",
-             "-t", "1", "--ctx", "24", "--kv-cache-type", "q8_0", "--context-shift", "--no-echo")
+    r = _cli("generate", "-m", gemma3_path, "-p", "Hello there", "-n", "24", "--temperature", "0",
+             "-t", "1", "--ctx", "16", "--kv-cache-type", "q8_0", "--context-shift", "--no-echo")
     assert r.returncode == 0, r.stderr
-    assert "decode: 40 tokens" in r.stderr and "finish: length" in r.stderr
+    assert "decode: 24 tokens" in r.stderr and "finish: length" in r.stderr
     r = _cli("generate", "-m", gemma3_path, "-p", "x", "--rope-scale", "2")
     assert r.returncode != 0 and "need --rope-scaling" in r.stderr and "Traceback" not in r.stderr
     r = _cli("generate", "-m", gemma3_path, "-p", "x", "--rope-scaling", "yarn")
