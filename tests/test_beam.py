@@ -105,3 +105,17 @@ def test_api_num_beams_and_bad_options(tiny):
                      (dict(num_beams=400), "num_beams"), (dict(top_logprobs=-1), "top_logprobs")]:
         with pytest.raises(ValueError, match=word):
             m.generate(PROMPT, max_new_tokens=4, **kw)
+
+
+def test_batched_and_one_at_a_time_forwards_agree(tiny):
+    _, m, eos = tiny
+
+    class OneAtATime:                      # the model without forward_batch
+        def forward(self, *a, **k):
+            return m.transformer.forward(*a, **k)
+
+    kw = dict(num_beams=4, max_new_tokens=10, length_penalty=0.8, eos_ids=[eos])
+    a = beam_search(m.transformer, _new_cache(m), PROMPT, **kw)
+    b = beam_search(OneAtATime(), _new_cache(m), PROMPT, **kw)
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    np.testing.assert_allclose([x.score for x in a], [x.score for x in b], rtol=1e-5)

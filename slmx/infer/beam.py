@@ -16,7 +16,8 @@ hypotheses are finished; or when the best running beam cannot beat the worst fin
 length_penalty > 0). length_penalty > 0 favours longer sequences, < 0 shorter ones.
 
 Every beam has its own KV cache; when beams are reordered, a cache whose beam is continued by one
-child is handed over, and extra children of the same parent get a copy of its filled rows.
+child is handed over, and extra children of the same parent get a copy of its filled rows. The
+beams' next tokens run in one batched forward (Transformer.forward_batch) when the model has one.
 num_beams=1 is greedy decoding.
 """
 from dataclasses import dataclass
@@ -165,10 +166,13 @@ def beam_search(transformer, new_cache, prompt_ids, num_beams=4, max_new_tokens=
             improvable = improvable and run_scores[0] / float(best_len) ** length_penalty > fin[-1][0]
         if not improvable or (len(fin) == n and early_stopping is True):
             break
-        lps = []
-        for s, c in zip(seqs, caches):
-            lg = transformer.forward([s[-1]], cur - 1, c)
-            lps.append(log_softmax(lg[0]))
+        batch = getattr(transformer, "forward_batch", None)
+        if batch is not None and 1 < len(seqs) <= getattr(transformer, "max_batch", 0):
+            # every beam's next token in one pass (each weight read once per step)
+            lg = batch([s[-1] for s in seqs], [cur - 1] * len(seqs), caches)
+            lps = [log_softmax(lg[b]) for b in range(len(seqs))]
+        else:
+            lps = [log_softmax(transformer.forward([s[-1]], cur - 1, c)[0]) for s, c in zip(seqs, caches)]
     out = []
     for score, slp, toks, reason, tl in fin:
         stop = reason == "stop"
