@@ -160,6 +160,15 @@ def linear(x, w, out=None, threads=None, dtype=None):
     dtype "bf16": x and w (N, K) in bf16 (uint16 bits from ``to_bf16``, ml_dtypes.bfloat16, or
     float32 rounded on the fly), exact products summed in fp32 -> float32 (M, N); AMX tiles when
     the OS grants them, else AVX512_BF16 / AVX-512 / AVX2 / portable dot products."""
+    if dtype is None and type(x) is np.ndarray and type(w) is np.ndarray and x.ndim == 2 and w.ndim == 2 \
+            and x.dtype == np.float32 and w.dtype == np.float32 and x.flags.c_contiguous and w.flags.c_contiguous \
+            and x.shape[1] == w.shape[1] and (out is None or type(out) is np.ndarray):
+        # the common case without the general path's conversions (a few microseconds per call)
+        res = np.empty((x.shape[0], w.shape[0]), np.float32) if out is None else out
+        if res.shape != (x.shape[0], w.shape[0]) or res.dtype != np.float32:
+            raise ValueError(f"linear: out must be float32 {(x.shape[0], w.shape[0])}, got {res.dtype} {res.shape}")
+        _gemm.linear_f32(x, w, res, _threads(threads))
+        return res
     if _check_dtype(dtype):
         return _linear_bf16(x, w, out, threads)
     x = _f32(x, "x")

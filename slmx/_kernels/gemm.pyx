@@ -314,6 +314,9 @@ cdef int gemm_forward(const float *A, Py_ssize_t lda, const float *B, Py_ssize_t
 # ----------------------------------------------------------------------------- Python API
 
 cdef object _mat(object a, str name):
+    if (type(a) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == 2 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)):
+        return a
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != np.float32:
@@ -329,12 +332,24 @@ cdef inline const float *_ptr(const float[:, ::1] v):
     return &v[0, 0] if v.shape[0] > 0 and v.shape[1] > 0 else NULL
 
 
+cdef inline char *_data(object a):
+    return <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline bint _overlap(object a, object b):
+    """do the buffers of C-contiguous arrays a and b share bytes?"""
+    cdef char *p = _data(a)
+    cdef char *q = _data(b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray>a), nb = cnp.PyArray_NBYTES(<cnp.ndarray>b)
+    return na > 0 and nb > 0 and p < q + nb and q < p + na
+
+
 cdef void _check_out(object out, Py_ssize_t M, Py_ssize_t N, tuple inputs) except *:
     _mat(out, "out")
     if out.shape[0] != M or out.shape[1] != N:
         raise ValueError(f"out: expected shape ({M}, {N}), got {out.shape}")
     for a in inputs:
-        if np.may_share_memory(out, a):
+        if _overlap(out, a):
             raise ValueError("out must not overlap an input")
 
 
@@ -342,14 +357,14 @@ def matmul(a, b, out, int nthreads=1):
     """out = a @ b    a (M, K), b (K, N), out (M, N); float32, C-contiguous, out not an input"""
     _mat(a, "a")
     _mat(b, "b")
-    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = b.shape[1]
-    if b.shape[0] != K:
+    cdef cnp.npy_intp *as_ = cnp.PyArray_DIMS(<cnp.ndarray>a)
+    cdef cnp.npy_intp *bs = cnp.PyArray_DIMS(<cnp.ndarray>b)
+    cdef Py_ssize_t M = as_[0], K = as_[1], N = bs[1]
+    if bs[0] != K:
         raise ValueError(f"b: expected {K} rows to match a {a.shape}, got {b.shape}")
     _check_out(out, M, N, (a, b))
-    cdef const float[:, ::1] av = a
-    cdef const float[:, ::1] bv = b
-    cdef float[:, ::1] ov = out
-    gemm_forward(_ptr(av), K, _ptr(bv), N, B_ROWS, KC, 0, <float *>_ptr(ov), N, M, N, K, nthreads)
+    gemm_forward(<const float *>_data(a), K, <const float *>_data(b), N, B_ROWS, KC, 0, <float *>_data(out),
+                 N, M, N, K, nthreads)
     return out
 
 
@@ -357,14 +372,14 @@ def linear_f32(x, w, out, int nthreads=1):
     """out = x @ w.T    x (M, K), w (N, K) (a linear layer's weight), out (M, N); float32"""
     _mat(x, "x")
     _mat(w, "w")
-    cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[0]
-    if w.shape[1] != K:
+    cdef cnp.npy_intp *xs = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    cdef cnp.npy_intp *ws = cnp.PyArray_DIMS(<cnp.ndarray>w)
+    cdef Py_ssize_t M = xs[0], K = xs[1], N = ws[0]
+    if ws[1] != K:
         raise ValueError(f"w: expected {K} columns to match x {x.shape}, got {w.shape}")
     _check_out(out, M, N, (x, w))
-    cdef const float[:, ::1] xv = x
-    cdef const float[:, ::1] wv = w
-    cdef float[:, ::1] ov = out
-    gemm_forward(_ptr(xv), K, _ptr(wv), K, B_TRANS, KC, 0, <float *>_ptr(ov), N, M, N, K, nthreads)
+    gemm_forward(<const float *>_data(x), K, <const float *>_data(w), K, B_TRANS, KC, 0, <float *>_data(out),
+                 N, M, N, K, nthreads)
     return out
 
 
