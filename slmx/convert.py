@@ -78,7 +78,8 @@ def load_hf_folder(folder, layout="hf"):
     """A HF model folder -> (ModelConfig, GGUF-named tensors, tokenizer, the open weights).
 
     layout "hf": tensors for slmx's forward, zero-copy views of the mmap'd safetensors;
-    layout "gguf": llama.cpp's layout (the config says so too). Keep the returned weights object
+    layout "gguf": llama.cpp's layout (the config says so too; llama3-style RoPE scaling adds
+    llama.cpp's ``rope_freqs.weight``). Keep the returned weights object
     alive as long as the tensors are used (it owns the mmaps). FormatError on anything malformed.
     """
     folder = os.fspath(folder)
@@ -92,6 +93,8 @@ def load_hf_folder(folder, layout="hf"):
         cfg = hf.config_from_hf(d, where=os.path.join(folder, "config.json"), tensors=weights.tensors)
         r = hf.tensors_from_hf(cfg, weights.tensors, layout=layout)
         cfg, tensors = r if layout == "gguf" else (cfg, r)
+        if layout == "gguf":
+            tensors.update(_rope_freqs(cfg))      # llama3-style scaling: llama.cpp's rope_freqs.weight
         tok = _hf_tokenizer(folder, cfg)
     except BaseException:
         weights.close()
@@ -140,8 +143,26 @@ def gguf_model_metadata(cfg, name=None, file_type=0):
         a + "vocab_size": gguf.typed(cfg.vocab_size, "uint32"),
     }
     if cfg.rope_freq_scale != 1.0:
+        if cfg.rope_scaling is not None:
+            raise ValueError("gguf_model_metadata: linear RoPE scaling together with another scaling")
         m[a + "rope.scaling.type"] = "linear"
         m[a + "rope.scaling.factor"] = gguf.typed(1.0 / cfg.rope_freq_scale, "float32")
+    sc = cfg.rope_scaling
+    if sc is not None and sc["type"] == "yarn":
+        # read back by config_from_gguf; llama.cpp's yarn: mscale (1 + 0.1 ln s) x attn_factor
+        m[a + "rope.scaling.type"] = "yarn"
+        m[a + "rope.scaling.factor"] = gguf.typed(float(sc["factor"]), "float32")
+        m[a + "rope.scaling.original_context_length"] = gguf.typed(int(sc["original_context_length"]), "uint32")
+        for key, name in (("beta_fast", "yarn_beta_fast"), ("beta_slow", "yarn_beta_slow")):
+            if key in sc:
+                m[a + "rope.scaling." + name] = gguf.typed(float(sc[key]), "float32")
+        if "attention_factor" in sc or "mscale" in sc:
+            from .model.rope import rope_frequencies
+            _, af = rope_frequencies(sc, cfg.head_dim, cfg.rope_base)
+            base = 1.0 + 0.1 * math.log(sc["factor"]) if sc["factor"] > 1 else 1.0
+            m[a + "rope.scaling.yarn_attn_factor"] = gguf.typed(float(af) / base, "float32")
+    elif sc is not None and sc["type"] not in ("llama3", "freq_factors"):
+        raise ValueError(f"gguf_model_metadata: RoPE scaling {sc['type']!r} has no GGUF form slmx writes")
     if cfg.sliding_window and (arch == "gemma3" or cfg.sliding_pattern == -1):
         m[a + "attention.sliding_window"] = gguf.typed(cfg.sliding_window, "uint32")
     if cfg.final_logit_softcap:
@@ -206,7 +227,25 @@ def write_gguf(path, cfg, tensors, tokenizer, type="F32", name=None, threads=Non
                 pass
     meta = gguf_model_metadata(cfg, name=name, file_type=_FILE_TYPE[key])
     meta.update(gguf_metadata(tokenizer, vocab_size=cfg.vocab_size))
+    if "rope_freqs.weight" not in tensors:
+        tensors = dict(tensors, **_rope_freqs(cfg))
     return gguf.write(path, meta, gguf_tensors(tensors, key, threads=threads))
+
+
+def _rope_freqs(cfg):
+    """{"rope_freqs.weight": per-dimension frequency divisors} for the scalings llama.cpp reads
+    from that tensor (llama3, explicit factors; llama architecture only), else {}."""
+    sc = cfg.rope_scaling
+    if sc is None or sc["type"] not in ("llama3", "freq_factors"):
+        return {}
+    if cfg.arch not in ("llama", "mistral"):
+        raise ValueError(f"gguf: RoPE scaling {sc['type']!r} on {cfg.arch}: llama.cpp reads rope_freqs.weight "
+                         "for llama only")
+    from .model.rope import kernel_parameters
+    _, fs, ff, af = kernel_parameters(sc, cfg.head_dim, cfg.rope_base)
+    if fs != 1.0 or af != 1.0 or ff is None:
+        raise ValueError(f"gguf: RoPE scaling {sc['type']!r} is not a pure set of frequency divisors")
+    return {"rope_freqs.weight": hf.ArrayTensor("rope_freqs.weight", qtypes.F32, np.ascontiguousarray(ff, np.float32))}
 
 
 def convert_hf_to_gguf(in_dir, out_path, type="F32", name=None, threads=None):

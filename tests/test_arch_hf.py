@@ -245,3 +245,41 @@ def test_bf16_folder_used_in_place(tmp_path, arch):
     assert w.type == 30 and not w.data.flags.owndata
     got = model.logits(ids.tolist())
     assert np.abs(got - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch,rope", [
+    ("llama", {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
+    ("qwen2", {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0,
+               "original_max_position_embeddings": 32}),
+])
+def test_scaled_rope_converts(tmp_path, arch, rope):
+    """Long-context RoPE scaling survives `slmx convert`: llama3 as llama.cpp's rope_freqs.weight,
+    yarn as rope.scaling.* keys; slmx (and llama.cpp) on the GGUF give transformers' logits."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, num_hidden_layers=2,
+                  rope_parameters=rope)
+    cls = (transformers.LlamaForCausalLM, transformers.LlamaConfig) if arch == "llama" else \
+        (transformers.Qwen2ForCausalLM, transformers.Qwen2Config)
+    hf = cls[0](cls[1](**common)).eval()
+    folder = str(tmp_path / "hf")
+    hf.save_pretrained(folder)
+    _tokenizer(folder)
+    ids = np.random.default_rng(3).integers(3, V, 64)     # past the original context of 32
+    with torch.no_grad():
+        want = hf(torch.tensor(ids[None])).logits[0].numpy()
+    assert np.abs(slmx.load(folder, n_ctx=128, threads=1).logits(ids.tolist()) - want).max() < 1e-4
+    out = str(tmp_path / "m.gguf")
+    convert_hf_to_gguf(folder, out, type="F32")
+    from slmx.formats import gguf
+    with gguf.read(out) as f:
+        assert ("rope_freqs.weight" in f.tensors) == (arch == "llama")
+    g = slmx.load(out, n_ctx=128, numerics="fp32", threads=1)
+    assert np.abs(g.logits(ids.tolist()) - want).max() < 1e-4
+    llama_cpp = pytest.importorskip("llama_cpp")
+    L = llama_cpp.Llama(model_path=out, n_ctx=128, logits_all=True, verbose=False, n_threads=1,
+                        n_threads_batch=1)
+    L.eval(ids.tolist())
+    got = slmx.load(out, n_ctx=128, threads=1).logits(ids.tolist())
+    assert np.abs(np.array(L.scores[:len(ids)]) - got).max() < 2e-3

@@ -278,6 +278,8 @@ def config_to_hf(cfg, bos_id=None, eos_id=None):
     arch = cfg.arch
     if arch not in _HF_TYPE:
         raise ValueError(f"config_to_hf: architecture {arch!r} has no HF equivalent here")
+    if cfg.rope_scaling is not None:
+        raise ValueError(f"config_to_hf: RoPE scaling {cfg.rope_scaling['type']!r} is not written to config.json")
     d = {
         "architectures": [_HF_CLASS[arch]], "model_type": _HF_TYPE[arch],
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_dim,
