@@ -284,7 +284,16 @@ class Sampler:
                 np.abs(zc, out=zc)
                 np.negative(zc, out=zc)
                 zc[e == 0] = -np.inf
-                sel = _descending_prefix(e / np.float32(total), self.typical_p, strict=True, key=zc)
+                target = self.typical_p * total
+                width = 0.25
+                while True:     # a score band holding > typical_p of the mass, then exact inside it
+                    mask = zc >= np.float32(-width)
+                    if width > 1e4 or float(np.add.reduce(e, where=mask, dtype=np.float64)) > target:
+                        break
+                    width *= 2.0
+                cand = np.flatnonzero(mask & (e > 0))
+                sel = cand[_descending_prefix(e[cand].astype(np.float64) / total, self.typical_p, strict=True,
+                                              key=zc[cand])]
                 return "sparse", sel, z32[sel].astype(np.float64)
             else:
                 return "dense", None, None
