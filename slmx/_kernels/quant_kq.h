@@ -19,8 +19,8 @@
  *   (x_amax the signed element of largest magnitude), then 18 neighbouring trial scales; the 16
  *   scales are stored as int8 multiples of d = -s_amax / 128 (f16) and the elements re-rounded.
  *
- * Two bodies: portable C, and AVX2 (8 sub-blocks side by side in the 8 lanes, one lane per
- * sub-block, so each lane performs exactly the portable body's operations).
+ * Three bodies: portable C, AVX2 (8 sub-blocks side by side in the 8 lanes, one lane per
+ * sub-block, so each lane performs exactly the portable body's operations) and AVX-512 (16 lanes).
  * Also AVX2 bodies of the Q8_0 / Q4_0 / Q5_0 encoders of quant_simd.h (same bytes).
  */
 #ifndef SLMX_QUANT_KQ_H
@@ -403,6 +403,158 @@ SLMX_KQ_TARGET static void slmx_quant_q6_k_avx2(const float *x, uint8_t *b) {
     slmx_kq_fit_sym16x8(x + 128, L + 128, sc + 8);
     slmx_kq_finish_q6(x, sc, L, b);
 }
+
+/* ------------------------------------------------------------------ AVX-512 bodies
+ * The AVX2 bodies' lane-per-sub-block scheme on 16 lanes: Q4_K / Q5_K take two blocks at a
+ * time (16 sub-blocks of 32), Q6_K one block (16 sub-blocks of 16). Comparisons give masks. */
+#define SLMX_KQ_TARGET512 __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512dq")))
+
+SLMX_KQ_TARGET512 static inline __m512i slmx_kq_round16(__m512 v) {
+    __m512i i = _mm512_castps_si512(_mm512_add_ps(v, _mm512_set1_ps(12582912.0f)));
+    return _mm512_sub_epi32(_mm512_and_si512(i, _mm512_set1_epi32(0x007fffff)), _mm512_set1_epi32(0x00400000));
+}
+
+SLMX_KQ_TARGET512 static inline __m512i slmx_kq_clamp16(__m512i v, int lo, int hi) {
+    return _mm512_min_epi32(_mm512_max_epi32(v, _mm512_set1_epi32(lo)), _mm512_set1_epi32(hi));
+}
+
+/* slmx_kq_fit_affine for 16 sub-blocks of 32 (lane j = x[32 j .. 32 j + 31], two blocks). */
+SLMX_KQ_TARGET512 static void slmx_kq_fit_affine16(int nmax, const float *x, uint8_t *L, float *sc, float *mn,
+                                                   float rmin, float rdelta, int nstep) {
+    __m512 xv[32], wv[32];
+    __m512i Lv[32], Ltv[32];
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(32));
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 s2 = zero;
+    for (int i = 0; i < 32; i++) {
+        xv[i] = _mm512_i32gather_ps(idx, x + i, 4);
+        s2 = _mm512_add_ps(s2, _mm512_mul_ps(xv[i], xv[i]));
+    }
+    __m512 av = _mm512_sqrt_ps(_mm512_div_ps(s2, _mm512_set1_ps(32.0f)));
+    for (int i = 0; i < 32; i++) wv[i] = _mm512_add_ps(av, _mm512_abs_ps(xv[i]));
+    __m512 lo = xv[0], hi = xv[0], sw = wv[0], sx = _mm512_mul_ps(wv[0], xv[0]);
+    for (int i = 1; i < 32; i++) {
+        lo = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(xv[i], lo, _CMP_LT_OQ), lo, xv[i]);
+        hi = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(xv[i], hi, _CMP_GT_OQ), hi, xv[i]);
+        sw = _mm512_add_ps(sw, wv[i]);
+        sx = _mm512_add_ps(sx, _mm512_mul_ps(wv[i], xv[i]));
+    }
+    lo = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(lo, zero, _CMP_GT_OQ), lo, zero);
+    __mmask16 flat = _mm512_cmp_ps_mask(hi, lo, _CMP_EQ_OQ);
+    __m512 inv = _mm512_div_ps(_mm512_set1_ps((float)nmax), _mm512_sub_ps(hi, lo));
+    __m512 scale = _mm512_div_ps(_mm512_set1_ps(1.0f), inv), best = zero;
+    for (int i = 0; i < 32; i++) {
+        Lv[i] = slmx_kq_clamp16(slmx_kq_round16(_mm512_mul_ps(inv, _mm512_sub_ps(xv[i], lo))), 0, nmax);
+        __m512 e = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(scale, _mm512_cvtepi32_ps(Lv[i])), lo), xv[i]);
+        best = _mm512_add_ps(best, _mm512_mul_ps(wv[i], _mm512_mul_ps(e, e)));
+    }
+    for (int s = 0; s <= nstep; s++) {
+        inv = _mm512_div_ps(_mm512_set1_ps(rmin + rdelta * (float)s + (float)nmax), _mm512_sub_ps(hi, lo));
+        __m512 sl = zero, sl2 = zero, sxl = zero;
+        for (int i = 0; i < 32; i++) {
+            Ltv[i] = slmx_kq_clamp16(slmx_kq_round16(_mm512_mul_ps(inv, _mm512_sub_ps(xv[i], lo))), 0, nmax);
+            __m512 fl = _mm512_cvtepi32_ps(Ltv[i]), wl = _mm512_mul_ps(wv[i], fl);
+            sl = _mm512_add_ps(sl, wl);
+            sl2 = _mm512_add_ps(sl2, _mm512_mul_ps(wl, fl));
+            sxl = _mm512_add_ps(sxl, _mm512_mul_ps(wl, xv[i]));
+        }
+        __m512 det = _mm512_sub_ps(_mm512_mul_ps(sw, sl2), _mm512_mul_ps(sl, sl));
+        __mmask16 ok = (__mmask16)(~flat & _mm512_cmp_ps_mask(det, zero, _CMP_GT_OQ));
+        if (!ok) continue;
+        __m512 ts = _mm512_div_ps(_mm512_sub_ps(_mm512_mul_ps(sw, sxl), _mm512_mul_ps(sx, sl)), det);
+        __m512 tm = _mm512_div_ps(_mm512_sub_ps(_mm512_mul_ps(sl2, sx), _mm512_mul_ps(sl, sxl)), det);
+        __mmask16 pos = _mm512_cmp_ps_mask(tm, zero, _CMP_GT_OQ);
+        tm = _mm512_mask_blend_ps(pos, tm, zero);
+        ts = _mm512_mask_blend_ps(pos, ts, _mm512_div_ps(sxl, sl2));
+        __m512 err = zero;
+        for (int i = 0; i < 32; i++) {
+            __m512 e = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(ts, _mm512_cvtepi32_ps(Ltv[i])), tm), xv[i]);
+            err = _mm512_add_ps(err, _mm512_mul_ps(wv[i], _mm512_mul_ps(e, e)));
+        }
+        ok = (__mmask16)(ok & _mm512_cmp_ps_mask(err, best, _CMP_LT_OQ));
+        if (!ok) continue;
+        for (int i = 0; i < 32; i++) Lv[i] = _mm512_mask_blend_epi32(ok, Lv[i], Ltv[i]);
+        best = _mm512_mask_blend_ps(ok, best, err);
+        scale = _mm512_mask_blend_ps(ok, scale, ts);
+        lo = _mm512_mask_blend_ps(ok, lo, tm);
+    }
+    scale = _mm512_mask_blend_ps(flat, scale, zero);
+    _mm512_storeu_ps(sc, scale);
+    _mm512_storeu_ps(mn, _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(lo), _mm512_set1_epi32((int)0x80000000))));
+    for (int i = 0; i < 32; i++) {
+        int32_t t[16];
+        _mm512_storeu_si512((void *)t, _mm512_maskz_mov_epi32((__mmask16)~flat, Lv[i]));
+        for (int j = 0; j < 16; j++) L[32 * j + i] = (uint8_t)t[j];
+    }
+}
+
+/* Two consecutive Q4_K (q5 = 0) or Q5_K blocks from x (512 elements) into b. */
+SLMX_KQ_TARGET512 static void slmx_quant_k4x2_avx512(int q5, const float *x, uint8_t *b) {
+    uint8_t L[512];
+    float sc[16], mn[16];
+    if (q5) slmx_kq_fit_affine16(31, x, L, sc, mn, -0.5f, 0.1f, 15);
+    else slmx_kq_fit_affine16(15, x, L, sc, mn, -1.0f, 0.1f, 20);
+    int ts = q5 ? 176 : 144;
+    slmx_kq_finish_k4(q5, x, sc, mn, L, b);
+    slmx_kq_finish_k4(q5, x + 256, sc + 8, mn + 8, L + 256, b + ts);
+}
+
+/* One Q6_K block: 16 sub-blocks of 16 in the 16 lanes. */
+SLMX_KQ_TARGET512 static void slmx_quant_q6_k_avx512(const float *x, uint8_t *b) {
+    __m512 xv[16], wv[16];
+    __m512i Lv[16], Ltv[16];
+    int8_t L[256];
+    float sc[16];
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(16));
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 amax = zero, xmax = zero;
+    for (int i = 0; i < 16; i++) {
+        xv[i] = _mm512_i32gather_ps(idx, x + i, 4);
+        wv[i] = _mm512_mul_ps(xv[i], xv[i]);
+        __m512 a = _mm512_abs_ps(xv[i]);
+        __mmask16 gt = _mm512_cmp_ps_mask(a, amax, _CMP_GT_OQ);
+        amax = _mm512_mask_blend_ps(gt, amax, a);
+        xmax = _mm512_mask_blend_ps(gt, xmax, xv[i]);
+    }
+    __mmask16 zl = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(SLMX_KQ_EPS), _CMP_LT_OQ);
+    __m512 inv = _mm512_div_ps(_mm512_set1_ps(-32.0f), xmax), slx = zero, sl2 = zero;
+    for (int i = 0; i < 16; i++) {
+        Lv[i] = slmx_kq_clamp16(slmx_kq_round16(_mm512_mul_ps(inv, xv[i])), -32, 31);
+        __m512 fl = _mm512_cvtepi32_ps(Lv[i]);
+        slx = _mm512_add_ps(slx, _mm512_mul_ps(_mm512_mul_ps(wv[i], xv[i]), fl));
+        sl2 = _mm512_add_ps(sl2, _mm512_mul_ps(_mm512_mul_ps(wv[i], fl), fl));
+    }
+    __m512 scale = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(sl2, zero, _CMP_NEQ_UQ), _mm512_div_ps(slx, sl2));
+    __m512 best = _mm512_mul_ps(scale, slx);
+    for (int s = -9; s <= 9; s++) {
+        if (s == 0) continue;
+        inv = _mm512_div_ps(_mm512_set1_ps(-(32.0f + 0.1f * (float)s)), xmax);
+        __m512 tx = zero, t2 = zero;
+        for (int i = 0; i < 16; i++) {
+            Ltv[i] = slmx_kq_clamp16(slmx_kq_round16(_mm512_mul_ps(inv, xv[i])), -32, 31);
+            __m512 fl = _mm512_cvtepi32_ps(Ltv[i]);
+            tx = _mm512_add_ps(tx, _mm512_mul_ps(_mm512_mul_ps(wv[i], xv[i]), fl));
+            t2 = _mm512_add_ps(t2, _mm512_mul_ps(_mm512_mul_ps(wv[i], fl), fl));
+        }
+        __mmask16 ok = (__mmask16)(~zl & _mm512_cmp_ps_mask(t2, zero, _CMP_GT_OQ)
+                                   & _mm512_cmp_ps_mask(_mm512_mul_ps(tx, tx), _mm512_mul_ps(best, t2), _CMP_GT_OQ));
+        if (!ok) continue;
+        for (int i = 0; i < 16; i++) Lv[i] = _mm512_mask_blend_epi32(ok, Lv[i], Ltv[i]);
+        __m512 ns = _mm512_div_ps(tx, t2);
+        scale = _mm512_mask_blend_ps(ok, scale, ns);
+        best = _mm512_mask_blend_ps(ok, best, _mm512_mul_ps(ns, tx));
+    }
+    _mm512_storeu_ps(sc, _mm512_mask_blend_ps(zl, scale, zero));
+    for (int i = 0; i < 16; i++) {
+        int32_t t[16];
+        _mm512_storeu_si512((void *)t, _mm512_maskz_add_epi32((__mmask16)~zl, Lv[i], _mm512_set1_epi32(32)));
+        for (int j = 0; j < 16; j++) L[16 * j + i] = (int8_t)t[j];
+    }
+    slmx_kq_finish_q6(x, sc, L, b);
+}
+
 /* ------------------------------------------------------------------ AVX2 Q8_0 / Q4_0 / Q5_0
  * The portable encoders of quant_simd.h (gguf-py's arithmetic) on 8 elements at a time: the
  * block maximum is exact in any order, roundf / truncf are done exactly (truncate, then the
@@ -496,7 +648,18 @@ static int slmx_quant_b32_simd(int t, const float *x, uint8_t *dst, int64_t nblo
 static void slmx_quant_k_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks) {
     int ts = slmx_type_size(t);
 #if SLMX_X86
-    if (slmx_simd_level() >= SLMX_SIMD_AVX2) {
+    int lvl = slmx_simd_level();
+    if (lvl >= SLMX_SIMD_AVX512) {
+        int64_t i = 0;
+        if (t == SLMX_T_Q6_K) {
+            for (; i < nblocks; i++) slmx_quant_q6_k_avx512(x + 256 * i, dst + (size_t)ts * i);
+            return;
+        }
+        for (; i + 2 <= nblocks; i += 2) slmx_quant_k4x2_avx512(t == SLMX_T_Q5_K, x + 256 * i, dst + (size_t)ts * i);
+        if (i < nblocks) slmx_quant_k4_avx2(t == SLMX_T_Q5_K, x + 256 * i, dst + (size_t)ts * i);
+        return;
+    }
+    if (lvl >= SLMX_SIMD_AVX2) {
         for (int64_t i = 0; i < nblocks; i++) {
             if (t == SLMX_T_Q6_K) slmx_quant_q6_k_avx2(x + 256 * i, dst + (size_t)ts * i);
             else slmx_quant_k4_avx2(t == SLMX_T_Q5_K, x + 256 * i, dst + (size_t)ts * i);
