@@ -20,10 +20,20 @@ def _tokenizer(folder):
     tok.save(os.path.join(folder, "tokenizer.json"))
 
 
-def tiny_llama(folder, seed=3, initializer_range=0.15):
-    """(transformers model, path of its F32 GGUF) in `folder`. A large initializer_range gives peaked
-    next-token distributions, so fp32 rounding cannot reorder near-tied candidates."""
+_BUILT = {}
+
+
+def tiny_llama(folder=None, seed=3, initializer_range=0.15):
+    """(transformers model, path of its F32 GGUF) in `folder` (default: a temporary folder, and the
+    model is built once per process for each (seed, initializer_range)). A large initializer_range
+    gives peaked next-token distributions, so fp32 rounding cannot reorder near-tied candidates."""
     from slmx.convert import convert_hf_to_gguf
+    key = (seed, initializer_range)
+    if folder is None:
+        if key in _BUILT:
+            return _BUILT[key]
+        import tempfile
+        folder = tempfile.mkdtemp(prefix="slmx-tiny-llama-")
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=96, num_attention_heads=4,
                                    num_key_value_heads=2, num_hidden_layers=2, max_position_embeddings=128,
@@ -34,4 +44,5 @@ def tiny_llama(folder, seed=3, initializer_range=0.15):
     _tokenizer(hf_dir)
     path = os.path.join(folder, "tiny-llama.gguf")
     convert_hf_to_gguf(hf_dir, path, type="F32")
+    _BUILT[key] = (hf, path)
     return hf, path

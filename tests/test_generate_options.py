@@ -19,7 +19,7 @@ PROMPT = [1, 17, 200, 33, 45, 101]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    _, path = tiny_llama(str(tmp_path_factory.mktemp("gen")), seed=0, initializer_range=0.02)
+    _, path = tiny_llama()
     return slmx.load(path, n_ctx=64, numerics="fp32", threads=1), path
 
 
