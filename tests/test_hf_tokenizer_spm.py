@@ -20,7 +20,14 @@ PROBES = ["the quick brown fox", "Hello  world,\n\thello 日本 ünï!", "  lead
 
 
 def _spm_style(kind):
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    """kind: "llama" (Llama 2's legacy tokenizer.json), "llama-v5" (transformers 5's Llama
+    tokenizer: Metaspace, prefix before the first text only), "llama-always" (Metaspace before
+    every text between special tokens), "gemma" (Replace normalizer),
+    "gemma-v5" (plus transformers 5's Split on " ")."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    v5 = kind.endswith(("-v5", "-always"))
+    scheme = "always" if kind.endswith("-always") else "first"
+    kind = kind.replace("-v5", "").replace("-always", "")
     if kind == "llama":
         specials = ["<unk>", "<s>", "</s>"]
         norm = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
@@ -43,18 +50,23 @@ def _spm_style(kind):
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in j["model"]["merges"]]
     t2 = Tokenizer(models.BPE(vocab, merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True))
     t2.normalizer = norm
+    if v5 and kind == "llama":
+        t2.normalizer = None
+        t2.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme, split=False)
+    elif v5:
+        t2.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
     t2.decoder = dec
     t2.add_special_tokens(specials)
     t2.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
     return t2
 
 
-@pytest.mark.parametrize("kind", ["llama", "gemma"])
+@pytest.mark.parametrize("kind", ["llama", "llama-v5", "llama-always", "gemma", "gemma-v5"])
 def test_ids_match_tokenizers(tmp_path, kind):
     ref = _spm_style(kind)
     ref.save(str(tmp_path / "tokenizer.json"))
     tok = load_json(str(tmp_path / "tokenizer.json"))
-    assert isinstance(tok, SPMTokenizer) and tok.add_space_prefix == (kind == "llama")
+    assert isinstance(tok, SPMTokenizer) and tok.add_space_prefix == kind.startswith("llama")
     assert tok.add_bos
     for text in PROBES:
         want = ref.encode(text).ids

@@ -481,10 +481,11 @@ def _spm_prefix(d, where):
                 scheme = st.get("prepend_scheme", "always" if st.get("add_prefix_space", True) else "never")
                 if scheme not in ("first", "always", "never"):
                     raise FormatError(f"pre_tokenizer[{k}]: Metaspace prepend_scheme {scheme!r} is not supported")
-                prefix = prefix or scheme != "never"
+                if scheme != "never" and prefix is not True:
+                    prefix = "metaspace-" + scheme
                 replaced = True
-            elif t == "Split" and _is_str_pattern(st, " ") and st.get("behavior") == "MergedWithPrevious":
-                raise FormatError(f"pre_tokenizer[{k}]: Split on spaces is not supported")
+            elif t == "Split" and _is_str_pattern(st, " ") and replaced:
+                pass        # spaces are already "▁" here (Gemma's Split on " "): it splits nothing
             else:
                 raise FormatError(f"pre_tokenizer[{k}]: {t} is not supported for SentencePiece-style BPE")
     if not replaced:
@@ -578,8 +579,41 @@ def _spm_from_json_dict(d, model, config, where):
         types[kw["unk_id"]] = TOKEN_UNKNOWN
     if isinstance(cfg.get("chat_template"), str):
         kw["chat_template"] = cfg["chat_template"]
-    return SPMTokenizer(tokens, scores, types, add_space_prefix=prefix,
-                        add_bos=add_bos and "bos_id" in kw, add_eos=add_eos and "eos_id" in kw, **kw)
+    extra = {}
+    if isinstance(prefix, str):          # a Metaspace pre-tokenizer
+        cls = _metaspace_class()
+        extra["first_only"] = prefix == "metaspace-first"
+    else:
+        cls = SPMTokenizer
+    return cls(tokens, scores, types, add_space_prefix=bool(prefix), **extra,
+               add_bos=add_bos and "bos_id" in kw, add_eos=add_eos and "eos_id" in kw, **kw)
+
+
+def _metaspace_class():
+    from slmx.tokenizer.spm import SPMTokenizer
+
+    class MetaspaceSPMTokenizer(SPMTokenizer):
+        """SPM with HF's Metaspace prefix rule: "▁" goes before a text that does not already
+        start with a space — the first text only (prepend_scheme "first", transformers' Llama
+        tokenizer) or every text between special tokens ("always"). llama.cpp prefixes every
+        text after a special token, whatever it starts with."""
+
+        def __init__(self, *args, first_only=True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.first_only = first_only
+
+        def _encode_fragments(self, frags, out):
+            first = True
+            for f in frags:
+                if type(f) is int:
+                    out.append(f)
+                else:
+                    if (first or not self.first_only) and not f.startswith(" "):
+                        f = " " + f
+                    self._encode_raw(f, out)
+                first = False
+
+    return MetaspaceSPMTokenizer
 
 
 def load_json(path):
