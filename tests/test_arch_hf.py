@@ -222,27 +222,28 @@ def test_bad_folder_files(tmp_path_factory, tmp_path):
         slmx.load(bad, threads=1)
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
-def test_bf16_folder_used_in_place(tmp_path, arch):
-    """A bfloat16 save: matrices stay BF16 views of the file (no copy), activations fp32; the
-    reference is transformers in fp32 on the same bf16-rounded weights."""
+@pytest.mark.parametrize("arch,dtype", [("qwen2", "bfloat16"), ("gemma3", "bfloat16"), ("llama", "float16")])
+def test_half_folder_used_in_place(tmp_path, arch, dtype):
+    """A bfloat16 / float16 save: matrices stay BF16 / F16 views of the file (no copy),
+    activations fp32; the reference is transformers in fp32 on the same rounded weights."""
+    dt = getattr(torch, dtype)
     hf = _build(arch)
-    with torch.no_grad():      # round the parameters only (not RoPE's buffers) to bf16
+    with torch.no_grad():      # round the parameters only (not RoPE's buffers)
         for p in hf.parameters():
-            p.copy_(p.to(torch.bfloat16).float())
-    folder = str(tmp_path / "bf16")
-    hf.to(torch.bfloat16).save_pretrained(folder)
+            p.copy_(p.to(dt).float())
+    folder = str(tmp_path / dtype)
+    hf.to(dt).save_pretrained(folder)
     _tokenizer(folder)
     hf = _build(arch)
     with torch.no_grad():
         for p in hf.parameters():
-            p.copy_(p.to(torch.bfloat16).float())
+            p.copy_(p.to(dt).float())
     ids = np.random.default_rng(2).integers(3, V, 24)
     with torch.no_grad():
         want = hf(torch.tensor(ids[None])).logits[0].numpy()
     model = slmx.load(folder, n_ctx=64, threads=1)
     w = model.transformer.layers[0].wq
-    assert w.type == 30 and not w.data.flags.owndata
+    assert w.type == (30 if dtype == "bfloat16" else 1) and not w.data.flags.owndata
     got = model.logits(ids.tolist())
     assert np.abs(got - want).max() < 1e-4
 

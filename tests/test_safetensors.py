@@ -157,3 +157,31 @@ def test_sharded_malformed(tmp_path, kind, words):
 def test_folder_without_weights(tmp_path):
     with pytest.raises(FormatError, match="no model.safetensors"):
         st.read_folder(str(tmp_path))
+
+
+def test_mutated_files_only_raise_format_error(tmp_path):
+    """Random byte flips in the header and truncations of a valid file: a FormatError or a
+    clean read (then every tensor view is in bounds), never another exception."""
+    p = str(tmp_path / "ok.safetensors")
+    save_file({"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.float16),
+               "c": np.zeros((2, 2), np.int32)}, p)
+    good = open(p, "rb").read()
+    (n,) = struct.unpack_from("<Q", good, 0)
+    rng = np.random.default_rng(0)
+    q = str(tmp_path / "bad.safetensors")
+    for i in range(300):
+        b = bytearray(good)
+        if i % 3 == 0:
+            b = b[:int(rng.integers(0, len(b)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                j = int(rng.integers(0, 8 + n))
+                b[j] = int(rng.integers(0, 256))
+        open(q, "wb").write(bytes(b))
+        try:
+            f = st.read(q)
+        except FormatError:
+            continue
+        with f:
+            for t in f.tensors.values():
+                assert t.data.nbytes == t.nbytes and t.offset + t.nbytes <= len(b)
