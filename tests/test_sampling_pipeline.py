@@ -254,6 +254,7 @@ def test_bad_logits_are_value_errors():
     (dict(logit_bias=[1, 2]), "logit_bias"), (dict(logit_bias={"a": 1}), "logit_bias"),
     (dict(logit_bias={-1: 1}), "logit_bias"), (dict(logit_bias={1: float("inf")}), "logit_bias"),
     (dict(logit_bias={1: float("nan")}), "logit_bias"), (dict(logit_bias={1: 1, "1": 2}), "logit_bias"),
+    (dict(logit_bias={1: 1e300}), "logit_bias"),
     (dict(seed=-3), "seed"), (dict(seed=1.5), "seed"),
 ])
 def test_bad_options_name_the_option(kw, word):

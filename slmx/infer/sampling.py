@@ -158,8 +158,8 @@ class Sampler:
             if i is None or i < 0 or (isinstance(k, str) and k.strip() != str(i)):
                 raise ValueError(f"logit_bias: token id {k!r} is not an integer >= 0")
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or \
-                    math.isnan(v) or v == math.inf:
-                raise ValueError(f"logit_bias[{k!r}] must be a finite number or -inf, got {v!r}")
+                    math.isnan(v) or v == math.inf or (v != -math.inf and abs(v) > 1e30):
+                raise ValueError(f"logit_bias[{k!r}] must be a finite number (|bias| <= 1e30) or -inf, got {v!r}")
             if i in ids:
                 raise ValueError(f"logit_bias: token id {i} is given twice")
             ids.append(i)
