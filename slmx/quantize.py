@@ -17,6 +17,7 @@ rest are copied unchanged. A row whose length is not a multiple of the type's bl
 as llama.cpp does (Q4_K -> Q5_0, Q6_K -> Q8_0, then F16); where that fallback is a type slmx
 has no encoder for (Q5_K -> Q5_1) or llama.cpp has none (Q8_0/Q4_0/Q5_0) it is a ValueError.
 
+Tensors holding NaN or inf are refused (ValueError), as llama.cpp's loader refuses them.
 The encoders are slmx's kernels (``slmx.ops.quantize``), bit-exact with llama.cpp's quantizer
 without an importance matrix, so for the same F32 input the tensors are byte-identical to
 llama.cpp's. Tensors are written in llama.cpp's order (non-layer tensors, then layer by layer,
@@ -251,6 +252,21 @@ def _raw(t):
     return np.asarray(t.data)
 
 
+def _check_finite(name, a, chunk=1 << 20):
+    """ValueError if a float array holds NaN or inf (llama.cpp refuses such input tensors too)."""
+    flat = np.asarray(a).reshape(-1)
+    if flat.dtype == np.uint16:                                     # BF16 bits: exponent all ones
+        for i in range(0, flat.size, chunk):
+            if ((flat[i:i + chunk] & 0x7f80) == 0x7f80).any():
+                raise ValueError(f"tensor {name} holds NaN or inf values")
+        return
+    if flat.dtype.kind != "f":
+        return
+    for i in range(0, flat.size, chunk):
+        if not np.isfinite(flat[i:i + chunk]).all():
+            raise ValueError(f"tensor {name} holds NaN or inf values")
+
+
 def quantize_model(src, dst, type="Q4_K_M", pure=None, threads=None, allow_requantize=False,
                    progress=None):
     """Quantize the model at ``src`` (GGUF file or HF folder) into the GGUF file ``dst``.
@@ -288,9 +304,13 @@ def quantize_model(src, dst, type="Q4_K_M", pure=None, threads=None, allow_requa
             cur, shape, t = s.tensors[name]
             new = types[name]
             if new == cur:
-                out.append((name, qtypes.qtype(cur).id, shape, _raw(t)))
+                raw = _raw(t)
+                if cur in _FLOAT_TYPES:
+                    _check_finite(name, raw)
+                out.append((name, qtypes.qtype(cur).id, shape, raw))
             else:
                 x = _as_f32(name, cur, t, allow_requantize)
+                _check_finite(name, x)
                 out.append((name, qtypes.qtype(new).id, shape, quantize(x, new, threads=threads)))
             if progress is not None:
                 progress(name, new, i + 1, len(names))

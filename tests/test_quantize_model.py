@@ -128,6 +128,15 @@ def test_bad_inputs(models, tmp_path):
         quantize_model(q, str(tmp_path / "r.gguf"), "Q4_K")
     r = quantize_model(q, str(tmp_path / "r.gguf"), "Q4_K", allow_requantize=True)
     assert r["counts"]["Q4_K"] > 0
+    t = kquant_cases.llama_tensors(n_layers=1, vocab=64)
+    t["blk.0.ffn_up.weight"][3, 7] = np.nan
+    nan = str(tmp_path / "nan.gguf")
+    gguf.write(nan, kquant_cases.llama_metadata(n_layers=1, vocab=64), list(t.items()))
+    with pytest.raises(ValueError, match="blk.0.ffn_up.weight holds NaN"):
+        quantize_model(nan, str(tmp_path / "n.gguf"), "Q4_K")
+    if llamacpp_quant.available():                                  # llama.cpp refuses it too
+        with pytest.raises(RuntimeError):
+            llamacpp_quant.model_quantize(nan, str(tmp_path / "n2.gguf"), "Q4_K_M")
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + bytes(20))
     from slmx.errors import FormatError
