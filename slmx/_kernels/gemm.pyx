@@ -24,7 +24,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uintptr_t, uint16_t
 from libc.string cimport memset, memcpy
-from openmp cimport omp_get_thread_num
+from openmp cimport omp_get_thread_num, omp_get_num_threads
 
 include "simd.pxi"
 
@@ -150,30 +150,72 @@ cdef float *_ws_get(size_t nfloats) except NULL:
 
 # ----------------------------------------------------------------------------- packed driver
 
+cdef inline void _gemm_task(int lvl, Py_ssize_t q, Py_ssize_t n_mg, Py_ssize_t n_ng, Py_ssize_t ntiles,
+                            Py_ssize_t npan, Py_ssize_t mb, Py_ssize_t i0, Py_ssize_t pc, Py_ssize_t kc,
+                            Py_ssize_t N, Py_ssize_t npad, const float *B, Py_ssize_t ldb, int bkind,
+                            const float *abuf, float *bbuf, float *C, Py_ssize_t ldc) noexcept nogil:
+    """task q of the (A tile group) x (B panel group) grid for depth block [pc, pc + kc)"""
+    cdef Py_ssize_t mg = q // n_ng, ng = q % n_ng
+    cdef Py_ssize_t t0 = (mg * ntiles) // n_mg, t1 = ((mg + 1) * ntiles) // n_mg
+    cdef Py_ssize_t p0 = (ng * npan) // n_ng, p1 = ((ng + 1) * npan) // n_ng
+    cdef Py_ssize_t pp, tt, r0, r1, nv, g, g2, ng2
+    cdef const float *bp
+    cdef slmx_ukr_t ukr
+    for pp in range(p0, p1):
+        nv = min(<Py_ssize_t>NR, N - pp * NR)
+        if bkind == B_PACKED:
+            bp = B + pc * npad + pp * kc * NR
+        else:
+            # pack a group of up to PANEL_GROUP panels when entering it
+            g = (pp - p0) % PANEL_GROUP
+            if g == 0:
+                ng2 = min(<Py_ssize_t>PANEL_GROUP, p1 - pp)
+                if bkind == B_ROWS:
+                    slmx_pack_b_rows_multi(B + pc * ldb + pp * NR, ldb, min(ng2 * NR, N - pp * NR), kc, bbuf)
+                else:
+                    for g2 in range(ng2):
+                        slmx_pack_b_trans(lvl, B + ((pp + g2) * NR) * ldb + pc, ldb,
+                                          <int>min(<Py_ssize_t>NR, N - (pp + g2) * NR), kc, bbuf + g2 * kc * NR)
+            bp = bbuf + g * kc * NR
+        for tt in range(t0, t1):
+            r0 = (tt * mb) // ntiles
+            r1 = ((tt + 1) * mb) // ntiles
+            ukr = slmx_gemm_ukr(lvl, <int>(r1 - r0))
+            ukr(kc, abuf + r0 * kc, bp, C + (i0 + r0) * ldc + pp * NR, ldc, <int>nv, pc > 0)
+
+
 cdef void gemm_blocked(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                        const float *A, Py_ssize_t lda, const float *B, Py_ssize_t ldb, int bkind,
                        Py_ssize_t kcb, Py_ssize_t npad, float *C, Py_ssize_t ldc,
-                       float *wsA, float *wsB, int nthreads) noexcept nogil:
+                       float *wsA, Py_ssize_t wsa_stride, float *wsB, int nthreads) noexcept nogil:
     """C (M, N) = A (M, K) B (K, N); B per bkind (rows / W^T / packed with depth kcb, npad cols)
 
-    wsA: MC_OUTER x kcb floats (the packed tiles of A, shared); wsB: one kcb x 32 panel per
-    thread (B is packed panel by panel right before use, so the panel is in L1 for its tiles).
+    wsA: MC_OUTER x kcb floats per thread, at a stride of wsa_stride floats (the packed tiles of A:
+    shared by the threads, or one copy per thread in the column-split mode); wsB: PANEL_GROUP
+    panels of kcb x 32 per thread (B is packed right before use, so a panel is in L1 for its tiles).
+
+    Column-split mode (B packed on the fly, A's block fits half of L2, enough panels): each thread
+    packs all of A's block itself and multiplies its own columns: no barrier, so a thread that the
+    OS deschedules on a shared machine holds up no one until the end of the call.
     """
     cdef int MR = slmx_gemm_mr(lvl)
-    cdef int nt = nthreads
-    cdef Py_ssize_t i0, mb, ntiles, npan, pc, kc, n_mg, n_ng, ntasks, tpg
-    cdef Py_ssize_t t, q, mg, ng, t0, t1, p0, p1, pp, tt, r0, r1, nv, g, g2, ng2
-    cdef const float *bp
+    cdef int nt = nthreads, tid, team
+    cdef Py_ssize_t i0, mb, ntiles, npan, pc, kc, n_mg, n_ng, ntasks, tpg, t, q, r0, r1, u, s0, s1
+    cdef bint priv
     cdef float *bbuf
-    cdef slmx_ukr_t ukr
+    cdef float *abuf
     if nt < 1 or M * N * K < PAR_MIN_FMA:
         nt = 1
     npan = _cdiv(N, NR)
     i0 = mb = ntiles = pc = kc = n_mg = n_ng = ntasks = 0
     tpg = max(1, MC_ROWS // MR)   # MC_ROWS is sized for kcb = KC
-    bbuf = NULL
+    bbuf = abuf = NULL
+    tid = team = 0
+    priv = False
     with parallel(num_threads=nt):
-        bbuf = wsB + omp_get_thread_num() * kcb * NR * PANEL_GROUP
+        tid = omp_get_thread_num()
+        team = omp_get_num_threads()
+        bbuf = wsB + tid * kcb * NR * PANEL_GROUP
         i0 = 0
         while i0 < M:
             mb = min(<Py_ssize_t>MC_OUTER, M - i0)
@@ -181,58 +223,39 @@ cdef void gemm_blocked(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
             # task grid: groups of A tiles (L2 blocks) x groups of B panels, >= nt tasks
             n_mg = _cdiv(ntiles, tpg)
             n_ng = 1
-            if bkind != B_PACKED and nt > 1 and npan >= 2 * nt and mb <= 3 * MC_ROWS:
-                # B is packed by the task that uses it: split the columns, so each thread packs
-                # only its own panels (splitting the rows would pack all of B in every thread);
-                # all of this block's A tiles (<= half of L2) are shared
+            priv = bkind != B_PACKED and team > 1 and npan >= 2 * team and mb <= 3 * MC_ROWS
+            if priv:
                 n_mg = 1
-                n_ng = nt
-            elif n_mg >= nt:
-                n_mg = min(ntiles, _cdiv(n_mg, nt) * nt)
+                n_ng = team
+            elif n_mg >= team:
+                n_mg = min(ntiles, _cdiv(n_mg, team) * team)
             else:
-                n_ng = min(npan, _cdiv(nt, n_mg))
-                if n_ng * n_mg < nt:
-                    n_mg = min(ntiles, _cdiv(nt, n_ng))
+                n_ng = min(npan, _cdiv(team, n_mg))
+                if n_ng * n_mg < team:
+                    n_mg = min(ntiles, _cdiv(team, n_ng))
             ntasks = n_mg * n_ng
             pc = 0
             while pc < K:
                 kc = min(kcb, K - pc)
-                for t in prange(ntiles, schedule="static"):
-                    r0 = (t * mb) // ntiles
-                    r1 = ((t + 1) * mb) // ntiles
-                    slmx_pack_a(A + (i0 + r0) * lda + pc, lda, r1 - r0, kc, wsA + r0 * kc)
-                slmx_omp_barrier()
-                for q in prange(ntasks, schedule="static"):
-                    mg = q // n_ng
-                    ng = q % n_ng
-                    t0 = (mg * ntiles) // n_mg
-                    t1 = ((mg + 1) * ntiles) // n_mg
-                    p0 = (ng * npan) // n_ng
-                    p1 = ((ng + 1) * npan) // n_ng
-                    for pp in range(p0, p1):
-                        nv = min(<Py_ssize_t>NR, N - pp * NR)
-                        if bkind == B_PACKED:
-                            bp = B + pc * npad + pp * kc * NR
-                        else:
-                            # pack a group of up to PANEL_GROUP panels when entering it
-                            g = (pp - p0) % PANEL_GROUP
-                            if g == 0:
-                                ng2 = min(<Py_ssize_t>PANEL_GROUP, p1 - pp)
-                                if bkind == B_ROWS:
-                                    slmx_pack_b_rows_multi(B + pc * ldb + pp * NR, ldb,
-                                                           min(ng2 * NR, N - pp * NR), kc, bbuf)
-                                else:
-                                    for g2 in range(ng2):
-                                        slmx_pack_b_trans(lvl, B + ((pp + g2) * NR) * ldb + pc, ldb,
-                                                          <int>min(<Py_ssize_t>NR, N - (pp + g2) * NR),
-                                                          kc, bbuf + g2 * kc * NR)
-                            bp = bbuf + g * kc * NR
-                        for tt in range(t0, t1):
-                            r0 = (tt * mb) // ntiles
-                            r1 = ((tt + 1) * mb) // ntiles
-                            ukr = slmx_gemm_ukr(lvl, <int>(r1 - r0))
-                            ukr(kc, wsA + r0 * kc, bp, C + (i0 + r0) * ldc + pp * NR, ldc, <int>nv, pc > 0)
-                slmx_omp_barrier()   # wsA is rewritten next
+                if priv:
+                    abuf = wsA + tid * wsa_stride
+                    for u in range(ntiles):
+                        s0 = (u * mb) // ntiles
+                        s1 = ((u + 1) * mb) // ntiles
+                        slmx_pack_a(A + (i0 + s0) * lda + pc, lda, <int>(s1 - s0), kc, abuf + s0 * kc)
+                    _gemm_task(lvl, tid, n_mg, n_ng, ntiles, npan, mb, i0, pc, kc, N, npad, B, ldb, bkind,
+                               abuf, bbuf, C, ldc)
+                else:
+                    abuf = wsA
+                    for t in prange(ntiles, schedule="static"):
+                        r0 = (t * mb) // ntiles
+                        r1 = ((t + 1) * mb) // ntiles
+                        slmx_pack_a(A + (i0 + r0) * lda + pc, lda, <int>(r1 - r0), kc, wsA + r0 * kc)
+                    slmx_omp_barrier()
+                    for q in prange(ntasks, schedule="static"):
+                        _gemm_task(lvl, q, n_mg, n_ng, ntiles, npan, mb, i0, pc, kc, N, npad, B, ldb, bkind,
+                                   wsA, bbuf, C, ldc)
+                    slmx_omp_barrier()   # wsA is rewritten next
                 pc = pc + kc
             i0 = i0 + mb
 
@@ -277,7 +300,7 @@ cdef int gemm_forward(const float *A, Py_ssize_t lda, const float *B, Py_ssize_t
     cdef Py_ssize_t r
     cdef float *ws
     cdef void *raw = NULL
-    cdef size_t na, nbw
+    cdef size_t na, nbw, nta
     if M == 0 or N == 0:
         return 0
     if K == 0:
@@ -290,19 +313,20 @@ cdef int gemm_forward(const float *A, Py_ssize_t lda, const float *B, Py_ssize_t
         with nogil:
             gemm_small_m(lvl, <int>M, N, K, A, lda, B, ldb, bkind == B_TRANS, C, ldc, nthreads)
         return 0
-    na = <size_t>min(M, <Py_ssize_t>MC_OUTER) * <size_t>min(K, kcb) + 64
+    na = <size_t>min(M, <Py_ssize_t>MC_OUTER) * <size_t>min(K, kcb) + 64    # per thread (column split)
     nbw = <size_t>(max(1, nthreads) * NR * PANEL_GROUP) * <size_t>kcb
+    nta = <size_t>max(1, nthreads)
     locked = _ws_lock.acquire(False)
     try:
         if locked:
-            ws = _ws_get(na + nbw)
+            ws = _ws_get(nta * na + nbw)
         else:
-            raw = malloc((na + nbw) * sizeof(float) + 64)
+            raw = malloc((nta * na + nbw) * sizeof(float) + 64)
             if raw == NULL:
                 raise MemoryError("gemm workspace")
             ws = _aligned(raw)
         with nogil:
-            gemm_blocked(lvl, M, N, K, A, lda, B, ldb, bkind, kcb, npad, C, ldc, ws, ws + na, nthreads)
+            gemm_blocked(lvl, M, N, K, A, lda, B, ldb, bkind, kcb, npad, C, ldc, ws, na, ws + nta * na, nthreads)
     finally:
         if locked:
             _ws_lock.release()
