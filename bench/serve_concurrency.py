@@ -4,7 +4,8 @@ Starts `python -m slmx serve` on a free loopback port (a separate process, as a 
 run it), then alternates rounds: one streaming completion alone, then N at once (A B A B ...).
 Each request streams `--tokens` tokens (ignore_eos, so every request has the same length) and its
 usage counts them; a round's tokens/s = tokens generated / wall time of the round (prefill
-included). Prints the medians and their ratio; --json for machine-readable output.
+included). Prints the medians, their ratio and the median of the per-pair ratios (each batched
+round over the single round just before it); --json for machine-readable output.
 
     python bench/serve_concurrency.py -m gemma3-270m --streams 4 --tokens 64 --rounds 3
     python bench/serve_concurrency.py --load 200 --clients 16     # the load test: no 5xx, RSS
@@ -163,6 +164,8 @@ def main():
                    "temperature": a.temperature, "streams": a.streams,
                    "tokens_per_s_1": round(t1, 2), f"tokens_per_s_{a.streams}": round(tn, 2),
                    "ratio": round(tn / t1, 2),
+                   # each batched round over the single round just before it: robust to load drifts
+                   "ratio_pairs_median": round(statistics.median(m[0] / o[0] for o, m in zip(one, many)), 2),
                    "rounds_1": [round(r[0], 2) for r in one], f"rounds_{a.streams}": [round(r[0], 2) for r in many],
                    "first_token_s_1": round(statistics.median(r[3] for r in one), 3),
                    f"first_token_s_{a.streams}": round(statistics.median(r[3] for r in many), 3)}

@@ -4,9 +4,9 @@ A scheduler thread owns the model. Each step it
   1. drops cancelled sequences (their KV-cache slot is free for the next request at once),
   2. admits waiting requests into free slots (a pool of `parallel` KV caches allocated once),
   3. runs ONE `Transformer.forward_batch`: the next token of every decoding sequence (one row
-     each, at its own position, with its own cache) plus, when a sequence is joining, a chunk of
-     its prompt (at most `prefill_chunk` tokens while others decode, so their steps are not
-     starved; up to max_batch when nobody decodes) - every weight is read once per step,
+     each, at its own position, with its own cache) plus prompt chunks of joining sequences
+     (at most `prefill_chunk` rows in all while others decode, so their steps are not starved;
+     up to max_batch when nobody decodes) - every weight is read once per step,
   4. samples each decoding row with that sequence's sampler.
 Sequences join and leave between any two steps. Results go back through a per-sequence callback
 (called on the scheduler thread; the HTTP server forwards them to its event loop).
@@ -321,27 +321,27 @@ class Engine:
             self.running.append(s)
 
     def _step(self, batch):
-        """One forward: the next token of every decoding sequence plus (when a sequence is
-        joining) one chunk of its prompt, all as rows of one forward_batch."""
+        """One forward: the next token of every decoding sequence plus prompt chunks of joining
+        sequences (FIFO, at most prefill_chunk rows in all while others decode, else up to
+        max_batch), all as rows of one forward_batch."""
         decoding = [s for s in batch if s.state == "decode" and not s.cancelled]
         prefilling = [s for s in batch if s.state == "prefill" and not s.cancelled]
         seqs = list(decoding)
         ids = [s.next_token for s in decoding]
         pos = [s.pos for s in decoding]
-        joining = None
-        if prefilling:
-            joining = prefilling[0]
-            room = self.model.max_batch - len(decoding)
-            chunk = min(self.prefill_chunk if decoding else self.model.max_batch, room,
-                        getattr(joining.cache, "max_chunk", room))
-            if chunk > 0:
-                p0 = joining.n_prefilled
-                part = joining.prompt_ids[p0:p0 + chunk]
-                seqs.append(joining)
-                ids.append(part)
-                pos.append(p0)
-            else:
-                joining = None
+        budget = min(self.prefill_chunk if decoding else self.model.max_batch,
+                     self.model.max_batch - len(decoding))
+        joining = []
+        for s in prefilling:
+            if budget <= 0:
+                break
+            p0 = s.n_prefilled
+            n = min(budget, s.prompt_ids.size - p0, getattr(s.cache, "max_chunk", budget))
+            seqs.append(s)
+            ids.append(s.prompt_ids[p0:p0 + n])
+            pos.append(p0)
+            joining.append(s)
+            budget -= n
         if not seqs:
             return
         logits = self.model.forward_batch(ids, pos, [s.cache for s in seqs])
@@ -351,12 +351,13 @@ class Engine:
         for b, s in enumerate(decoding):
             self._accept(s, logits[b])
         n = len(decoding)
-        if joining is not None:
-            joining.n_prefilled += ids[-1].size
-            self.stats["prompt_tokens"] += ids[-1].size
-            if joining.n_prefilled == joining.prompt_ids.size:
-                joining.state = "decode"
-                self._accept(joining, logits[len(decoding)])
+        for j, s in enumerate(joining):
+            b = len(decoding) + j
+            s.n_prefilled += ids[b].size
+            self.stats["prompt_tokens"] += ids[b].size
+            if s.n_prefilled == s.prompt_ids.size:
+                s.state = "decode"
+                self._accept(s, logits[b])
                 n += 1
         if n:
             with self._cv:
