@@ -42,10 +42,16 @@ def models(tmp_path_factory):
     return out
 
 
+# the second model is for the fallbacks and tied embeddings: its plain 32-block / float cases add
+# nothing over the first model's (kept in the fixture, not re-run, to keep the suite fast)
+_SKIP = {("tied4_ffn640", k) for k in ("Q8_0 pure", "Q5_0 pure", "F16 pure", "BF16 pure")}
+
+
 def _cases():
     for m, e in REF.items():
         for key in e["cases"]:
-            yield m, key
+            if (m, key) not in _SKIP:
+                yield m, key
 
 
 @pytest.mark.parametrize("model,case", list(_cases()), ids=lambda v: v.replace(" ", "-"))
