@@ -37,8 +37,22 @@ def _cmd_generate(a):
 
 
 def _cmd_info(a):
+    from .convert import describe_hf, is_hf_folder
     from .formats import gguf
     from .registry import resolve
+    if is_hf_folder(a.model):
+        d = describe_hf(a.model)
+        if a.json:
+            print(json.dumps(d, indent=2, default=str))
+            return 0
+        print(f"folder:        {d['path']} (Hugging Face: {', '.join(d['files'])})")
+        print(f"architecture:  {d['architecture']}")
+        print("config:        " + ", ".join(f"{k}={v}" for k, v in d["config"].items() if k != "arch"))
+        for t, row in d["tensors_by_dtype"].items():
+            print(f"  {t:<8}{row['count']:>6} tensors  {row['bytes'] / 2**20:10.1f} MiB  "
+                  f"{row['elements'] / 1e6:10.2f} M elements")
+        print("tokenizer:     " + ", ".join(f"{k}={v}" for k, v in d["tokenizer"].items()))
+        return 0
     path = resolve(a.model)
     with gguf.read(path) as f:
         d = gguf.describe(f)
@@ -380,7 +394,7 @@ def build_parser():
     i = sub.add_parser("info", help="describe a GGUF model file",
                        description="Print architecture, hyper-parameters, tensors by type, tokenizer and "
                                    "the memory needed to run.")
-    i.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="GGUF file or model name")
+    i.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="GGUF file, model name or Hugging Face folder")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=_cmd_info)
 

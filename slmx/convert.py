@@ -24,7 +24,7 @@ from .errors import FormatError
 from .formats import gguf, hf
 from .formats import safetensors as st
 
-__all__ = ["load_hf_folder", "is_hf_folder", "gguf_model_metadata", "gguf_tensors",
+__all__ = ["load_hf_folder", "is_hf_folder", "describe_hf", "gguf_model_metadata", "gguf_tensors",
            "convert_hf_to_gguf", "export_checkpoint", "write_gguf", "convert_types", "FLOAT_TYPES"]
 
 # float output types written here (as llama.cpp's convert_hf_to_gguf.py --outtype); llama_ftype
@@ -100,6 +100,28 @@ def load_hf_folder(folder, layout="hf"):
         weights.close()
         raise
     return cfg, tensors, tok, weights
+
+
+def describe_hf(folder):
+    """Summary of a HF model folder as a JSON-friendly dict: path, architecture, model config
+    (slmx's ModelConfig fields), files, tensor count, bytes and parameters by dtype, tokenizer."""
+    cfg, tensors, tok, weights = load_hf_folder(folder)
+    try:
+        by = {}
+        for t in weights.tensors.values():
+            e = by.setdefault(t.dtype, {"count": 0, "bytes": 0, "elements": 0})
+            e["count"] += 1
+            e["bytes"] += t.nbytes
+            e["elements"] += math.prod(t.shape)
+        return {"path": os.fspath(folder), "format": "hf", "architecture": cfg.arch,
+                "config": cfg.to_dict(), "files": [os.path.basename(f.path) for f in weights.files],
+                "tensor_count": len(weights.tensors), "tensor_bytes": sum(e["bytes"] for e in by.values()),
+                "parameter_count": sum(e["elements"] for e in by.values()), "tensors_by_dtype": by,
+                "tokenizer": {"model": tok.model, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id,
+                              "eos_id": tok.eos_id, "add_bos": tok.add_bos,
+                              "has_chat_template": bool(tok.chat_template)}}
+    finally:
+        weights.close()
 
 
 # --- GGUF writing ---------------------------------------------------------------------------

@@ -284,3 +284,14 @@ def test_scaled_rope_converts(tmp_path, arch, rope):
     L.eval(ids.tolist())
     got = slmx.load(out, n_ctx=128, threads=1).logits(ids.tolist())
     assert np.abs(np.array(L.scores[:len(ids)]) - got).max() < 2e-3
+
+
+def test_info_on_folder(tmp_path_factory, capsys):
+    import json
+    from slmx.cli import main
+    folder, _, _ = _model("qwen2", tmp_path_factory, sharded=False)
+    assert main(["info", folder, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["architecture"] == "qwen2" and d["config"]["qkv_bias"] and d["tensor_count"] == 2 * 12 + 2
+    from tokenizers import Tokenizer
+    assert d["tokenizer"]["vocab_size"] == Tokenizer.from_file(os.path.join(folder, "tokenizer.json")).get_vocab_size()
