@@ -107,9 +107,11 @@ class LanguageModel:
                              f"{self.n_ctx} tokens")
         max_new = min(int(max_new_tokens), self.n_ctx - len(ids))
         t0 = time.perf_counter()
-        beams = beam_search(self.transformer, lambda n: self.make_cache(self.cache.kv_cache_type, n), ids, num_beams=num_beams,
+        # every beam's cache made alike (same size, so the same ring layout on sliding-window layers)
+        kv_type = self.cache.kv_cache_type
+        beams = beam_search(self.transformer, lambda n: self.make_cache(kv_type, n), ids, num_beams=num_beams,
                             max_new_tokens=max_new, length_penalty=length_penalty,
-                            early_stopping=early_stopping, eos_ids=self.tokenizer.eos_ids, first_cache=self.cache,
+                            early_stopping=early_stopping, eos_ids=self.tokenizer.eos_ids,
                             logprobs=want_lp, top_logprobs=top_n)
         dt = time.perf_counter() - t0
         stops = [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]

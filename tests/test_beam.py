@@ -119,3 +119,19 @@ def test_batched_and_one_at_a_time_forwards_agree(tiny):
     b = beam_search(OneAtATime(), _new_cache(m), PROMPT, **kw)
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
     np.testing.assert_allclose([x.score for x in a], [x.score for x in b], rtol=1e-5)
+
+
+def test_gemma3_beams_with_sliding_window_caches(gemma3_path):
+    """Gemma 3's sliding-window layers keep ring-buffer caches: beam forks copy them."""
+    m = slmx.load(gemma3_path, n_ctx=2048, threads=2)     # > window + chunk: ring layers
+    assert any(m.cache.ring)
+    r = m.generate("The capital of France is", max_new_tokens=4, num_beams=2, logprobs=True, top_logprobs=2)
+    assert len(r.beams) == 2 and r.beams[0].score >= r.beams[1].score and len(r.token_ids) >= 1
+    for b in r.beams:
+        assert len(b.logprobs) == len(b.token_ids)
+        if b.finish_reason == "length":
+            assert abs(sum(t.logprob for t in b.logprobs) - b.sum_logprob) < 1e-6
+    g = m.generate("The capital of France is", max_new_tokens=4, temperature=0)
+    one = beam_search(m.transformer, lambda n: m.make_cache(m.cache.kv_cache_type, n), g.prompt_ids,
+                      num_beams=1, max_new_tokens=4, eos_ids=m.tokenizer.eos_ids)
+    assert one[0].token_ids == g.token_ids

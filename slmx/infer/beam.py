@@ -71,7 +71,8 @@ def beam_search(transformer, new_cache, prompt_ids, num_beams=4, max_new_tokens=
                 early_stopping=False, eos_ids=(), first_cache=None, logprobs=False, top_logprobs=0):
     """The num_beams best continuations of prompt_ids (list of ints) -> list of Beam, best first.
 
-    new_cache(n_ctx) makes an empty KV cache (first_cache, if given, is used for the first beam);
+    new_cache(n_ctx) makes an empty KV cache (first_cache, if given, is used for the first beam and
+    must have the layout new_cache gives: forks copy rows between them);
     transformer.forward(ids, pos, cache) -> (1, vocab) logits. eos_ids end a hypothesis.
     logprobs: each Beam gets .logprobs, a TokenLogprob per token (with top_logprobs alternatives).
     """
