@@ -74,3 +74,15 @@ def test_bad_generate_options_one_line_before_any_output(gemma3_path, args, word
 def test_context_exhaustion_is_reported(gemma3_path):
     r = run("generate", "-m", gemma3_path, "-p", "hi", "-n", "20", "--ctx", "8", "--temperature", "0")
     assert r.returncode == 0 and "finish: context" in r.stderr, r.stderr
+
+
+def test_closed_pipe_is_quiet(gemma3_path):
+    """`slmx generate ... | head -c 1`: the reader leaving early is not an error (no message, exit 0)."""
+    p = subprocess.Popen([sys.executable, "-m", "slmx.cli", "generate", "-m", gemma3_path, "-p",
+                          "Count from one to one hundred:", "-n", "48", "--threads", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(1)
+    p.stdout.close()            # like `head` exiting after the first byte; later tokens hit a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert "error" not in err and "Traceback" not in err, err
