@@ -269,11 +269,13 @@ def _cmd_serve(a):
     except ImportError as e:
         raise ValueError(f"slmx serve needs the 'serve' extra (pip install 'slmx[serve]'): {e}") from None
     run(a.model, host=a.host, port=a.port, parallel=a.parallel, n_ctx=a.ctx, api_key=api_key,
-        threads=a.threads, max_queue=a.queue, chat_template=a.chat_template, alias=a.alias)
+        threads=a.threads, max_queue=a.queue, chat_template=a.chat_template, alias=a.alias,
+        kv_cache_type=a.kv_cache_type)
     return 0
 
 
 def _add_serve_parser(sub):
+    from .infer.kv_cache import KV_CACHE_TYPES
     s = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                        description="Serve MODEL at http://HOST:PORT/v1 (completions, chat completions, "
                                    "models; /health, /metrics). Concurrent requests share the model by "
@@ -291,6 +293,8 @@ def _add_serve_parser(sub):
                    help="require 'Authorization: Bearer KEY' on /v1 and /metrics (default: $SLMX_API_KEY, else none)")
     s.add_argument("--chat-template", default=None, help="a Jinja2 chat template file (default: the model's)")
     s.add_argument("--alias", default=None, help="model id clients use (default: the file name)")
+    s.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default="f32",
+                   help="KV-cache format of every slot (f32)")
     s.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
     s.set_defaults(func=_cmd_serve)
 

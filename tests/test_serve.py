@@ -461,6 +461,40 @@ def test_template_is_sandboxed():
         ChatTemplate(mutate, _Tok("<s>", "</s>"), "test").render([{"role": "user", "content": "x"}])
 
 
+def test_template_sources(tmp_path):
+    """GGUF tokenizer.chat_template first, then tokenizer_config.json beside the file, then built-in."""
+    own = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    p = write_tiny_model(str(tmp_path / "t.gguf"), chat_template=own)
+    lm = slmx.load(p, n_ctx=64, threads=1)
+    t = ChatTemplate.for_model(lm.tokenizer, lm.config.arch, p)
+    assert t.source == "gguf" and t.render([{"role": "user", "content": "hi"}]) == "[user] hi\n"
+    p2 = write_tiny_model(str(tmp_path / "u.gguf"))
+    with open(tmp_path / "tokenizer_config.json", "w") as f:
+        json.dump({"chat_template": [{"name": "default", "template": "<<{{ messages[0]['content'] }}>>"}]}, f)
+    lm2 = slmx.load(p2, n_ctx=64, threads=1)
+    t2 = ChatTemplate.for_model(lm2.tokenizer, lm2.config.arch, p2)
+    assert t2.source == "tokenizer_config.json" and t2.render([{"role": "user", "content": "x"}]) == "<<x>>"
+    assert ChatTemplate.for_model(lm2.tokenizer, "llama", None).source == "builtin:gemma"   # <start_of_turn> in vocab
+
+
+def test_quantized_kv_cache_slots(tmp_path):
+    """--kv-cache-type q8_0: every slot's cache in Q8_0 blocks; the text is generate()'s with such a cache."""
+    p = write_tiny_model(str(tmp_path / "hd32.gguf"), arch="gemma3", n_layers=3, n_heads=2, n_kv_heads=1,
+                         head_dim=32)
+    lm = slmx.load(p, n_ctx=N_CTX, threads=1)
+    service, srv = _start(lm, parallel=2, kv_cache_type="q8_0")
+    try:
+        assert all(c.kv_cache_type == "q8_0" for c in service.engine.caches)
+        ids = lm.tokenizer.encode("the cat", parse_special=True)
+        want = generate(lm.transformer, lm.tokenizer, lm.make_cache("q8_0"), ids, 16,
+                        sampler=Sampler(temperature=0.0), stop_ids=())
+        r = httpx.post(srv.url + "/v1/completions", json={"prompt": "the cat", "max_tokens": 16, "temperature": 0,
+                                                          "ignore_eos": True}, timeout=30)
+        assert r.json()["choices"][0]["text"] == want.text
+    finally:
+        srv.stop()
+
+
 def test_gemma3_chat(gemma3_path):
     lm = slmx.load(gemma3_path, n_ctx=512, threads=1)
     service, srv = _start(lm, parallel=2)

@@ -614,20 +614,24 @@ def _asynccontextmanager(fn):
 # ------------------------------------------------------------------------------ building and running
 
 def build_service(model, n_ctx=None, parallel=4, max_queue=None, api_key=None, threads=None,
-                  chat_template=None, alias=None, prefill_chunk=128):
-    """Load a model (path or name) and wrap it in an Engine and a Service (nothing started yet)."""
+                  chat_template=None, alias=None, prefill_chunk=128, kv_cache_type="f32"):
+    """Load a model (path or name, or a loaded LanguageModel) and wrap it in an Engine and a
+    Service (nothing started yet). kv_cache_type: the slots' KV-cache format (f32, f16, q8_0, q4_0)."""
     from .. import api
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ValueError(f"--parallel must be an integer >= 1, got {parallel!r}")
     lm = api.load(model, threads=threads, n_ctx=n_ctx) if isinstance(model, (str, os.PathLike)) else model
+    make = getattr(lm, "make_cache", None)
+    factory = (lambda cfg, n: make(kv_cache_type, n)) if make else None
     engine = Engine(lm.transformer, lm.tokenizer, lm.n_ctx, parallel=parallel,
-                    max_queue=4 * parallel if max_queue is None else max_queue, prefill_chunk=prefill_chunk)
+                    max_queue=4 * parallel if max_queue is None else max_queue, prefill_chunk=prefill_chunk,
+                    **({"cache_factory": factory} if factory else {}))
     tmpl = ChatTemplate.for_model(lm.tokenizer, lm.config.arch, lm.path, chat_template)
     name = os.path.basename(os.fspath(lm.path).rstrip(os.sep))
     model_id = alias or (name[:-5] if name.endswith(".gguf") else name)
     aliases = [str(model)] if isinstance(model, str) and not os.path.exists(model) else []
     meta = {"arch": lm.config.arch, "n_ctx": lm.n_ctx, "parallel": parallel, "vocab_size": lm.config.vocab_size,
-            "chat_template": tmpl.source}
+            "chat_template": tmpl.source, "kv_cache_type": kv_cache_type}
     return Service(engine, tmpl, model_id, api_key=api_key, aliases=aliases, model_meta=meta)
 
 
@@ -670,11 +674,11 @@ class ServerThread:
 
 
 def run(model, host="127.0.0.1", port=8080, parallel=4, n_ctx=None, api_key=None, threads=None,
-        max_queue=None, chat_template=None, alias=None, log_level="info"):
+        max_queue=None, chat_template=None, alias=None, log_level="info", kv_cache_type="f32"):
     """`slmx serve`: load the model and serve it until interrupted."""
     import uvicorn
     service = build_service(model, n_ctx=n_ctx, parallel=parallel, max_queue=max_queue, api_key=api_key,
-                            threads=threads, chat_template=chat_template, alias=alias)
+                            threads=threads, chat_template=chat_template, alias=alias, kv_cache_type=kv_cache_type)
     app = create_app(service)
     print(f"slmx serve: {service.model_id} ({service.model_meta['arch']}, ctx {service.engine.n_ctx} per "
           f"sequence, {parallel} parallel, chat template {service.chat.source}) on http://{host}:{port}/v1",
