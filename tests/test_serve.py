@@ -335,6 +335,20 @@ def test_disconnect_frees_slot(tiny_lm):
         srv.stop()
 
 
+def test_disconnect_non_streaming_frees_slot(tiny_lm):
+    service, srv = _start_slow(tiny_lm, parallel=1, max_queue=0)
+    engine = service.engine
+    try:
+        with pytest.raises(httpx.ReadTimeout):      # the client gives up and closes the connection
+            httpx.post(srv.url + "/v1/completions", json={"prompt": "a", "max_tokens": N_CTX - 8,
+                                                          "ignore_eos": True}, timeout=0.5)
+        assert _wait(lambda: engine.snapshot()["slots_busy"] == 0, 5.0)
+        assert engine.snapshot()["stats"]["cancelled"] == 1
+        assert engine.snapshot()["stats"]["generated_tokens"] < N_CTX - 8
+    finally:
+        srv.stop()
+
+
 def test_capacity_queue_then_503(tiny_lm):
     service, srv = _start_slow(tiny_lm, parallel=1, max_queue=1)
     engine = service.engine
