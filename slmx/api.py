@@ -59,7 +59,8 @@ class LanguageModel:
                  stop=None, on_text=None, add_bos=None, *, min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
                  repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, logit_bias=None,
                  logprobs=False, top_logprobs=0, num_beams=1, length_penalty=1.0, early_stopping=False,
-                 kv_cache_type=None, context_shift=False, n_keep=None):
+                 kv_cache_type=None, context_shift=False, n_keep=None, draft_model=None, draft=None,
+                 num_draft=4):
         """Continue `prompt` (a string, or a list of token ids used as they are).
 
         Sampling (slmx.infer.sampling, in this order): repeat_penalty / frequency_penalty /
@@ -78,6 +79,11 @@ class LanguageModel:
         context_shift: when the context is full, keep the first n_keep tokens (default: the BOS),
         drop the oldest half of the rest and go on, so generation runs past n_ctx (True: cached
         keys re-rotated, as llama.cpp; "recompute": the kept tokens prefilled again, exact).
+        Speculative decoding (the output distribution is unchanged; greedy output is the same
+        tokens): draft_model (a LanguageModel or a path/name with this model's vocabulary), or
+        draft="ngram" (prompt lookup) or draft="mtp" (the model's multi-token-prediction heads),
+        proposes num_draft tokens per round, verified in one forward; result.extra["draft"] has
+        proposed / accepted / rate (logprobs, beams and context_shift do not combine with it).
         Returns GenerationResult(.text, .token_ids (new only), .finish_reason, .logprobs, .beams,
         .prompt_tokens_per_s, .decode_tokens_per_s).
         """
@@ -89,6 +95,16 @@ class LanguageModel:
                           logit_bias=logit_bias)
         want_lp, top_n = check_logprobs(logprobs, top_logprobs, self.config.vocab_size)
         check_beam_options(num_beams, length_penalty, early_stopping)
+        if draft_model is not None or draft is not None:
+            if num_beams > 1 or want_lp or context_shift:
+                raise ValueError("speculative decoding (draft_model / draft) does not combine with num_beams, "
+                                 "logprobs or context_shift")
+            from .infer.speculative import make_drafter, speculative_generate
+            if draft_model is not None and not isinstance(draft_model, LanguageModel):
+                draft_model = self._load_draft(draft_model)
+            drafter = make_drafter(draft, draft_model, self)
+            return speculative_generate(self.transformer, self.tokenizer, cache, ids, drafter, num_draft=num_draft,
+                                        max_new_tokens=max_new_tokens, sampler=sampler, stop=stop, on_text=on_text)
         if num_beams > 1:
             return self._beam_generate(ids, max_new_tokens, num_beams, length_penalty, early_stopping,
                                        stop, on_text, want_lp, top_n)
@@ -133,6 +149,13 @@ class LanguageModel:
         return GenerationResult(text=text, token_ids=list(best.token_ids), prompt_ids=ids, finish_reason=finish,
                                 prompt_tokens_per_s=0.0, decode_tokens_per_s=n_tok / dt if dt > 0 else 0.0,
                                 decode_seconds=dt, stop=hit, logprobs=lps, beams=beams)
+
+    def _load_draft(self, path):
+        drafts = self.__dict__.setdefault("_drafts", {})
+        key = os.fspath(path)
+        if key not in drafts:
+            drafts[key] = load(key, threads=self.threads)
+        return drafts[key]
 
     def logits(self, ids, last_only=False):
         """float32 logits (T, vocab) for token ids (T,) from position 0 (or (vocab,) with last_only)."""

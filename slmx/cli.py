@@ -19,6 +19,14 @@ def _cmd_generate(a):
     check_options(kw)                                          # checks before any output
     kw.update(generate_context_kwargs(a))
     model = load(a.model, threads=a.threads, n_ctx=a.ctx, **load_kwargs(a))
+    if a.num_draft < 1:
+        raise ValueError(f"--num-draft must be >= 1, got {a.num_draft}")
+    draft_model = None
+    if a.draft_model or a.draft:
+        from .infer.speculative import make_drafter
+        draft_model = load(a.draft_model, threads=a.threads) if a.draft_model else None
+        make_drafter(a.draft, draft_model, model)        # vocabulary / heads checked before any output
+        kw.update(draft_model=draft_model, draft=a.draft, num_draft=a.num_draft)
     out = sys.stdout
 
     def emit(s):
@@ -33,6 +41,10 @@ def _cmd_generate(a):
     print(f"[prompt: {len(r.prompt_ids)} tokens, {r.prompt_tokens_per_s:.1f} tokens/s | "
           f"decode: {len(r.token_ids)} tokens, {r.decode_tokens_per_s:.1f} tokens/s | "
           f"threads: {model.threads} | finish: {r.finish_reason}]", file=sys.stderr)
+    d = r.extra.get("draft")
+    if d:
+        print(f"[draft: {d['kind']}, {d['proposed']} proposed, {d['accepted']} accepted (rate {d['rate']:.3f}), "
+              f"{d['tokens_per_round']:.2f} tokens per target forward]", file=sys.stderr)
     return 0
 
 
@@ -132,7 +144,7 @@ def _cmd_bench(a):
 _TRAIN_FIELDS = ("preset", "vocab_size", "batch_size", "context", "grad_accum", "max_steps", "max_minutes",
                  "lr", "schedule", "warmup", "min_lr_ratio", "weight_decay", "clip", "optimizer", "bf16",
                  "threads", "eval_every", "eval_tokens", "ckpt_every", "keep_checkpoints", "seed",
-                 "val_fraction")
+                 "val_fraction", "mtp", "mtp_weight")
 # what --resume may change: the rest comes from the checkpoint (so the run continues identically)
 _RESUME_OVERRIDES = ("threads", "max_minutes", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints")
 
@@ -337,6 +349,10 @@ def _add_training_parsers(sub):
     t.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept (2)")
     t.add_argument("--val-fraction", type=float, default=None, help="share of documents held out (0.015)")
     t.add_argument("--seed", type=int, default=None, help="seed of initialisation and sampling (0)")
+    t.add_argument("--mtp", type=int, default=None, metavar="M",
+                   help="multi-token prediction: M extra heads predicting tokens t+2..t+M+1, trained jointly; "
+                        "they draft for `slmx generate --draft mtp` (0)")
+    t.add_argument("--mtp-weight", type=float, default=None, help="loss weight of the mtp heads (0.3)")
     t.add_argument("--sample-prompt", default="def", help="prompt of the sample printed at the end (def)")
     t.add_argument("--sample-tokens", type=int, default=120, help="tokens of that sample; 0 = none (120)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -393,6 +409,13 @@ def build_parser():
                    help="kernel threads (default or 0: all usable cores)")
     g.add_argument("--ctx", type=int, default=None, help="context length / KV-cache size (default 4096)")
     g.add_argument("--no-echo", dest="prompt_echo", action="store_false", help="do not print the prompt")
+    g.add_argument("--draft-model", default=None, metavar="PATH",
+                   help="speculative decoding with this draft model (GGUF, name or training folder; same "
+                        "vocabulary): it proposes tokens the model verifies in one batched forward")
+    g.add_argument("--draft", default=None, choices=["model", "ngram", "mtp"],
+                   help="drafter: 'ngram' (prompt lookup, no draft model), 'mtp' (the model's multi-token-"
+                        "prediction heads), 'model' (--draft-model; implied by it)")
+    g.add_argument("--num-draft", type=int, default=4, metavar="K", help="tokens drafted per round (4)")
     g.set_defaults(func=_cmd_generate)
 
     i = sub.add_parser("info", help="describe a GGUF model file",

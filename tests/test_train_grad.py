@@ -321,8 +321,10 @@ def test_attention_checks():
 
 # ----------------------------------------------------------------------------- the model vs PyTorch
 
-def torch_loss_and_grads(cfg, tensors, x, y, scale):
-    """A straightforward Llama-style module (interleaved-pair RoPE) in PyTorch fp32 autograd."""
+def torch_loss_and_grads(cfg, tensors, x, y, scale, mtp=0, mtp_weight=0.0):
+    """A straightforward Llama-style module (interleaved-pair RoPE) in PyTorch fp32 autograd;
+    with mtp heads j = 1..mtp: logits_j = rms(hf + hf P_j^T, n_j) E^T predicting y shifted by j,
+    loss = main + mtp_weight * sum_j loss_j. Returns (main loss, grads, [loss_j])."""
     P = {k: torch.tensor(v, requires_grad=True) for k, v in tensors.items()}
     B, Tn = x.shape
     H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -354,11 +356,22 @@ def torch_loss_and_grads(cfg, tensors, x, y, scale):
         h = h + o @ P[p + "attn_output.weight"].T
         a = rms(h, P[p + "ffn_norm.weight"])
         h = h + (F.silu(a @ P[p + "ffn_gate.weight"].T) * (a @ P[p + "ffn_up.weight"].T)) @ P[p + "ffn_down.weight"].T
-    logits = rms(h, P["output_norm.weight"]) @ P["token_embd.weight"].T
-    loss = F.cross_entropy(logits.view(-1, cfg.vocab_size), torch.tensor(y, dtype=torch.long).view(-1),
-                           ignore_index=-1, reduction="sum")
-    (loss * scale).backward()
-    return loss.item(), {k: v.grad.numpy() for k, v in P.items()}
+    hf = rms(h, P["output_norm.weight"])
+    logits = hf @ P["token_embd.weight"].T
+    yt = torch.tensor(y, dtype=torch.long)
+    loss = F.cross_entropy(logits.view(-1, cfg.vocab_size), yt.view(-1), ignore_index=-1, reduction="sum")
+    total, head_losses = loss, []
+    for j in range(1, mtp + 1):
+        z = hf + hf @ P[f"mtp.{j}.proj.weight"].T
+        lj = rms(z, P[f"mtp.{j}.norm.weight"]) @ P["token_embd.weight"].T
+        tj = torch.full_like(yt, -1)
+        tj[:, :Tn - j] = yt[:, j:]
+        lj = F.cross_entropy(lj.reshape(-1, cfg.vocab_size), tj.reshape(-1), ignore_index=-1, reduction="sum")
+        head_losses.append(lj.item())
+        total = total + mtp_weight * lj
+    (total * scale).backward()
+    grads = {k: v.grad.numpy() for k, v in P.items()}
+    return (loss.item(), grads, head_losses) if mtp else (loss.item(), grads)
 
 
 PARITY_CONFIGS = {
@@ -401,6 +414,69 @@ def test_gradients_match_pytorch(level, name):
     # .loss is the same forward
     l2, n2 = m.loss(x, y)
     assert n2 == n and abs(l2 - loss) / loss < 1e-6
+
+
+@pytest.mark.parametrize("name", list(PARITY_CONFIGS))
+def test_mtp_gradients_match_pytorch(level, name):
+    """multi-token-prediction heads (t+2, t+3, t+4) trained jointly: every gradient, the heads'
+    and the trunk's (which receives theirs), against PyTorch autograd"""
+    kw, B, Tn = PARITY_CONFIGS[name]
+    cfg = make_config(**kw)
+    m = TrainableLM(cfg, seed=3, threads=2, mtp=3, mtp_weight=0.7)
+    for n in m.buf.names:
+        if n.endswith("norm.weight"):
+            m.buf.views(n)[...] += randn(*m.buf.views(n).shape, scale=0.1)
+    assert [n for n in m.buf.names if n.startswith("mtp.")] == [
+        f"mtp.{j}.{w}.weight" for j in (1, 2, 3) for w in ("proj", "norm")]
+    x, y = batch(cfg.vocab_size, B, Tn, 8)
+    n_tgt = int((y >= 0).sum())
+    m.zero_grad()
+    loss, n = m.forward_backward(x, y, 1.0 / n_tgt)
+    ref_loss, ref, ref_heads = torch_loss_and_grads(cfg, m.state_tensors(), x, y, 1.0 / n_tgt, 3, 0.7)
+    assert n == n_tgt and abs(loss - ref_loss) / abs(ref_loss) < 1e-5
+    assert len(m.mtp_losses) == 3
+    for (ls, nj), r, j in zip(m.mtp_losses, ref_heads, (1, 2, 3)):
+        assert nj == int((y[:, j:] >= 0).sum())
+        assert abs(ls - r) / abs(r) < 1e-5
+    assert set(ref) == set(m.buf.names)
+    for p in m.buf.names:
+        e = rel(m.buf.grad(p), ref[p])
+        assert e < 1e-4, (p, e)
+    # the heads change the trunk's gradients (they are trained jointly), weight 0 leaves them alone
+    m0 = TrainableLM(cfg, seed=3, threads=2, mtp=3, mtp_weight=0.0)
+    m0.buf.params[...] = m.buf.params
+    m0.zero_grad()
+    m0.forward_backward(x, y, 1.0 / n_tgt)
+    _, ref0 = torch_loss_and_grads(cfg, {k: v for k, v in m.state_tensors().items() if not k.startswith("mtp.")},
+                                   x, y, 1.0 / n_tgt)
+    assert rel(m0.buf.grad("blk.0.attn_q.weight"), ref0["blk.0.attn_q.weight"]) < 1e-4
+    assert rel(m.buf.grad("blk.0.attn_q.weight"), ref0["blk.0.attn_q.weight"]) > 1e-3
+    assert not m0.buf.grad("mtp.1.proj.weight").any()
+
+
+def test_mtp_heads_at_inference_match_training():
+    """the exported transformer's mtp heads give the training forward's head logits"""
+    from slmx.infer.kv_cache import KVCache
+    cfg = make_config("nano", vocab_size=97)
+    m = TrainableLM(cfg, seed=2, threads=1, mtp=2)
+    m.buf.views("mtp.2.proj.weight")[...] = randn(64, 64, scale=0.1)
+    ids = np.random.default_rng(0).integers(0, 97, 20).astype(np.int32)
+    tf = m.to_transformer(threads=1)
+    assert tf.mtp_heads is not None and len(tf.mtp_heads) == 2
+    tf.keep_hidden = True
+    tf.forward(ids, 0, KVCache(cfg, 64), all_logits=True)
+    heads = tf.mtp_heads(tf.hidden)                      # (2, 20, 97)
+    m.loss(ids[None], np.zeros((1, 20), np.int32))
+    a = m._acts
+    P = m.buf
+    for j in (1, 2):
+        z = a.hf.astype(np.float64) @ (np.eye(64) + P.views(f"mtp.{j}.proj.weight").T.astype(np.float64))
+        h = z / np.sqrt((z ** 2).mean(-1, keepdims=True) + cfg.norm_eps) * P.views(f"mtp.{j}.norm.weight")
+        assert rel(heads[j - 1], h @ P.views("token_embd.weight").T.astype(np.float64)) < 1e-3
+    with pytest.raises(ValueError):
+        TrainableLM(cfg, mtp=-1)
+    with pytest.raises(ValueError):
+        TrainableLM(cfg).load_state_tensors(m.state_tensors())
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])

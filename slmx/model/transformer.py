@@ -177,8 +177,18 @@ class Transformer:
 
     forward(ids, pos, cache) runs T = len(ids) tokens at positions pos.. and returns the logits of
     the last one (1, vocab) — or of every token with all_logits=True (T, vocab).
-    forward_batch(ids, positions, caches) runs one token for each of B sequences in one pass.
+    forward_batch(ids, positions, caches) runs one token for each of B sequences in one pass. With
+    keep_hidden set, an all_logits forward also leaves .hidden (T, d_model): the final normed
+    hidden states (the unembedding's input; multi-token-prediction heads read them).
     """
+    keep_hidden = False
+    hidden = None
+    mtp_heads = None
+    # rowwise_attention: a T > 1 forward attends row by row, each row exactly as a one-token step
+    # (the batched kernel's tiles sum in another order: ~1e-7 apart, which int8 activation
+    # quantization can amplify into a different argmax). Speculative verification sets it, so
+    # its logits are bit-identical to one-token decoding (linear: the same sums for M < 16).
+    rowwise_attention = False
 
     def __init__(self, cfg, tensors, threads=None, max_batch=256, numerics="ggml", n_ctx=None):
         if numerics not in NUMERICS:
@@ -239,7 +249,12 @@ class Transformer:
             _core.round_f16(v["k"], nt)
             _core.round_f16(v["v"], nt)
         cache.store(li, pos, v["k"], v["v"])
-        cache.attend(li, v["q"], v["att"], pos, L.attn_scale, L.window, nt)
+        if self.rowwise_attention and t > 1:
+            q, att = v["q"], v["att"]
+            for i in range(t):
+                cache.attend(li, q[i:i + 1], att[i:i + 1], pos + i, L.attn_scale, L.window, nt)
+        else:
+            cache.attend(li, v["q"], v["att"], pos, L.attn_scale, L.window, nt)
         L.wo(v["att2"], o, nt)
         if L.post_attn_norm is not None:
             _core.rmsnorm(o, L.post_attn_norm, eps, o, nt)
@@ -280,6 +295,7 @@ class Transformer:
             raise ValueError(f"forward: chunk must be a positive integer, got {chunk}")
         nt = self.threads
         outs = [] if all_logits else None
+        hid = []
         ws = self.workspace(T)
         step = ws.rows
         for lim in (chunk, getattr(cache, "max_chunk", None)):
@@ -299,8 +315,12 @@ class Transformer:
                 lg = np.empty((t, self.cfg.vocab_size), np.float32)
                 self.output(h, lg, nt)
                 outs.append(lg)
+                if self.keep_hidden:
+                    hid.append(h.copy())
         cache.length = pos + T
         if all_logits:
+            if self.keep_hidden:
+                self.hidden = hid[0] if len(hid) == 1 else np.concatenate(hid)
             lg = outs[0] if len(outs) == 1 else np.concatenate(outs)
             return self._softcap(lg)
         _core.rmsnorm(v["x"][t - 1:t], self.output_norm, self.cfg.norm_eps, ws.last, nt)

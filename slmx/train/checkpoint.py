@@ -264,9 +264,10 @@ def load_for_inference(path, threads=None):
 
     PATH is a checkpoint folder or a training output folder (its `latest`). The weights go into
     a TrainableLM, whose to_transformer() gives the inference forward; the tokenizer comes from
-    the checkpoint's tokenizer.json."""
+    the checkpoint's tokenizer.json. Multi-token-prediction heads (mtp.* tensors) become the
+    transformer's .mtp_heads."""
     from ..model.config import ModelConfig
-    from .model import TrainableLM
+    from .model import TrainableLM, mtp_heads_in
     from .trainer import load_tokenizer
 
     c = load_checkpoint(path, optimizer=False)
@@ -277,6 +278,6 @@ def load_for_inference(path, threads=None):
     if not c.tokenizer_path or not os.path.isfile(c.tokenizer_path):
         raise CheckpointError(f"{c.path}: the checkpoint has no tokenizer.json")
     tok = load_tokenizer(c.tokenizer_path)
-    model = TrainableLM(cfg, seed=0, threads=threads)
+    model = TrainableLM(cfg, seed=0, threads=threads, mtp=mtp_heads_in(c.tensors))
     model.load_state_tensors(c.tensors)
     return c.path, cfg, tok, model.to_transformer(threads=threads)

@@ -17,6 +17,14 @@ FFN, tied token embeddings, no biases. Per layer l, for the N = B*T tokens of a 
 logits = rmsnorm(x, output_norm) E^T (N, V); loss = fused softmax + cross-entropy, whose backward
 writes dlogits over the logits. The backward walks the same ops in reverse with the kernels of
 slmx._kernels.train_ops; every weight gradient is ADDED into ParamBuffer.grads.
+
+Multi-token prediction (mtp = m > 0): m extra heads on the final normed hidden hf; head j
+(1..m) predicts the token at offset j + 1 (t+2 .. t+m+1), sharing the unembedding E:
+    z_j = hf + hf P_j^T                             (N, C)     P_j: mtp.{j}.proj.weight (C, C)
+    logits_j = rmsnorm(z_j, mtp.{j}.norm) E^T       (N, V)
+    loss = CE(main) + mtp_weight * sum_j CE(logits_j, targets shifted by j)
+The heads are trained jointly with the trunk; at inference they draft tokens for
+self-speculative decoding (slmx.infer.speculative).
 """
 import math
 
@@ -50,8 +58,9 @@ def make_config(preset="tiny", vocab_size=8192, **overrides):
                        tied_embeddings=True, **kw)
 
 
-def _param_shapes(cfg):
-    """[(name, shape)] in buffer order. attn_q/k/v and ffn_gate/up are adjacent (fused GEMMs)."""
+def _param_shapes(cfg, mtp=0):
+    """[(name, shape)] in buffer order. attn_q/k/v and ffn_gate/up are adjacent (fused GEMMs);
+    the mtp heads' parameters come last."""
     C, F = cfg.d_model, cfg.ffn_dim
     out = [("token_embd.weight", (cfg.vocab_size, C))]
     for i in range(cfg.n_layers):
@@ -66,7 +75,17 @@ def _param_shapes(cfg):
                 (p + "ffn_up.weight", (F, C)),
                 (p + "ffn_down.weight", (C, F))]
     out.append(("output_norm.weight", (C,)))
+    for j in range(1, int(mtp) + 1):
+        out += [(f"mtp.{j}.proj.weight", (C, C)), (f"mtp.{j}.norm.weight", (C,))]
     return out
+
+
+def mtp_heads_in(names):
+    """The number of multi-token-prediction heads among tensor names (mtp.1.*, mtp.2.*, ...)."""
+    n = 0
+    while f"mtp.{n + 1}.proj.weight" in names:
+        n += 1
+    return n
 
 
 class ParamBuffer:
@@ -150,7 +169,7 @@ def _dw_block(T):
 class _Acts:
     """Saved activations and backward scratch for one micro-batch shape (B, T)."""
 
-    def __init__(self, cfg, B, T, positions):
+    def __init__(self, cfg, B, T, positions, mtp=0):
         f = np.float32
         L, C, F, V = cfg.n_layers, cfg.d_model, cfg.ffn_dim, cfg.vocab_size
         N = B * T
@@ -180,19 +199,28 @@ class _Acts:
         self.dact = _zeros((N, F), f)
         self.datt = _zeros((N, cfg.q_dim), f)
         self.dqkv = _zeros((N, W), f)
+        if mtp:     # one head at a time: its logits (dlogits in place), z, normed z, 1/rms, targets
+            self.mlogits = _zeros((N, V), f)
+            self.mz = _zeros((N, C), f)
+            self.mh = _zeros((N, C), f)
+            self.mr = _zeros(N, f)
+            self.mtgt = _zeros(N, np.int32)
+            self.mdz = _zeros((N, C), f)
 
     @property
     def nbytes(self):
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
     @staticmethod
-    def bytes_for(cfg, B, T):
+    def bytes_for(cfg, B, T, mtp=0):
         L, C, F, V = cfg.n_layers, cfg.d_model, cfg.ffn_dim, cfg.vocab_size
         N = B * T
         W = cfg.q_dim + 2 * cfg.kv_dim
         floats = ((L + 1) * N * C + L * N * C * 3 + 2 * L * N + L * N * W + L * N * cfg.q_dim
                   + L * B * cfg.n_heads * T + L * N * 3 * F + N * C + N + N * V
                   + 2 * N * C + N * F + N * cfg.q_dim + N * W)
+        if mtp:
+            floats += N * V + 3 * N * C + 2 * N
         return 4 * floats + 3 * 4 * N
 
 
@@ -200,10 +228,11 @@ class TrainableLM:
     """The training model over a ParamBuffer (see the module docstring for the forward).
 
     forward_backward(inputs, targets, loss_scale) adds the gradient of
-    loss_scale * sum(per-token cross-entropy over targets >= 0) into buf.grads.
+    loss_scale * sum(per-token cross-entropy over targets >= 0) into buf.grads (plus, with mtp
+    heads, mtp_weight * loss_scale * the heads' cross-entropy sums; see the module docstring).
     """
 
-    def __init__(self, cfg, seed=0, threads=None, bf16=False):
+    def __init__(self, cfg, seed=0, threads=None, bf16=False, mtp=0, mtp_weight=0.3):
         if not isinstance(cfg, ModelConfig):
             raise ValueError("cfg must be a slmx.model.config.ModelConfig (see make_config)")
         if cfg.rope_neox or not cfg.tied_embeddings or cfg.activation != "silu" or cfg.qkv_bias \
@@ -211,10 +240,16 @@ class TrainableLM:
                 or cfg.final_logit_softcap:
             raise ValueError("TrainableLM trains the llama layout: interleaved RoPE, SwiGLU, tied "
                              "embeddings, no biases, norms or soft-caps beyond pre-norm RMSNorm")
+        if isinstance(mtp, bool) or int(mtp) != mtp or not 0 <= mtp <= 16:
+            raise ValueError(f"mtp (extra prediction heads) must be an integer in 0..16, got {mtp}")
+        if not (math.isfinite(mtp_weight) and mtp_weight >= 0):
+            raise ValueError(f"mtp_weight must be a finite number >= 0, got {mtp_weight}")
         self.cfg = cfg
         self.threads = _cpu.resolve_threads(threads)
         self.bf16 = bool(bf16)
-        self.buf = ParamBuffer(_param_shapes(cfg))
+        self.mtp, self.mtp_weight = int(mtp), float(mtp_weight)
+        self.mtp_losses = []        # [(loss_sum, n_targets)] of each head in the last forward_backward
+        self.buf = ParamBuffer(_param_shapes(cfg, self.mtp))
         self._init_weights(seed)
         self._cos, self._sin = _ops.rope_tables(cfg.context_length, cfg.head_dim, cfg.rope_base)
         self._positions = np.arange(cfg.context_length, dtype=np.int32)
@@ -231,7 +266,8 @@ class TrainableLM:
             if len(shape) == 1:
                 v[...] = 1.0
             else:
-                std = std_resid if name.endswith(("attn_output.weight", "ffn_down.weight")) else 0.02
+                std = std_resid if name.endswith(("attn_output.weight", "ffn_down.weight",
+                                                  "proj.weight")) else 0.02
                 v[...] = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
     def _bind(self):
@@ -251,6 +287,9 @@ class TrainableLM:
                 wd=b.views(p + "ffn_down.weight"), dwd=b.grad(p + "ffn_down.weight")))
         self._emb, self._demb = b.views("token_embd.weight"), b.grad("token_embd.weight")
         self._nf, self._dnf = b.views("output_norm.weight"), b.grad("output_norm.weight")
+        self._mtp = [dict(p=b.views(f"mtp.{j}.proj.weight"), dp=b.grad(f"mtp.{j}.proj.weight"),
+                          n=b.views(f"mtp.{j}.norm.weight"), dn=b.grad(f"mtp.{j}.norm.weight"))
+                     for j in range(1, self.mtp + 1)]
 
     def zero_grad(self):
         self.buf.grads[...] = 0.0
@@ -266,6 +305,9 @@ class TrainableLM:
             raise ValueError(f"load_state_tensors: missing {', '.join(missing[:5])}"
                              + (" ..." if len(missing) > 5 else ""))
         extra = [n for n in tensors if n not in self.buf._index]
+        if extra and self.mtp == 0 and mtp_heads_in(tensors):
+            raise ValueError("load_state_tensors: the tensors have multi-token-prediction heads; "
+                             f"build the model with mtp={mtp_heads_in(tensors)}")
         if extra:
             raise ValueError(f"load_state_tensors: unknown tensors {', '.join(sorted(extra)[:5])}")
         for name in self.buf.names:
@@ -276,10 +318,15 @@ class TrainableLM:
             v[...] = a.astype(np.float32, copy=False)
 
     def to_transformer(self, threads=None):
-        """An slmx.model.transformer.Transformer over (copies of) the current weights."""
+        """An slmx.model.transformer.Transformer over (copies of) the current weights; with mtp
+        heads, its .mtp_heads (slmx.model.mtp.MTPHeads) draft for self-speculative decoding."""
         from ..model.transformer import Transformer
         tensors = {n: _Tensor(a) for n, a in self.state_tensors().items()}
-        return Transformer(self.cfg, tensors, threads=self.threads if threads is None else threads)
+        tr = Transformer(self.cfg, tensors, threads=self.threads if threads is None else threads)
+        if self.mtp:
+            from ..model.mtp import MTPHeads
+            tr.mtp_heads = MTPHeads(self.cfg, tensors, tr.output, tr.threads)
+        return tr
 
     def activation_bytes(self, batch, T):
         """Bytes of the activations and backward scratch one micro-batch (batch, T) keeps, plus
@@ -289,7 +336,7 @@ class TrainableLM:
                                    cfg.q_dim + 2 * cfg.kv_dim, 2 * cfg.ffn_dim)]
         depths += [(int(batch) * T, _dw_block(T)), (T, _dw_block(T))]
         scratch = max(_ops.workspace_bytes(self.threads, self.bf16, k, b) for k, b in depths)
-        return _Acts.bytes_for(cfg, int(batch), T) + scratch
+        return _Acts.bytes_for(cfg, int(batch), T, self.mtp) + scratch
 
     # -- forward / backward -----------------------------------------------------------------
 
@@ -313,7 +360,7 @@ class TrainableLM:
         a = self._acts
         if a is None or a.B != B or a.T != T:
             self._acts = None
-            a = self._acts = _Acts(self.cfg, B, T, self._positions)
+            a = self._acts = _Acts(self.cfg, B, T, self._positions, self.mtp)
         a.ids[...] = x.reshape(-1)
         a.tgt[...] = np.where(y.reshape(-1) < 0, -1, y.reshape(-1))
         return a
@@ -348,6 +395,8 @@ class TrainableLM:
         blk = a.dw_block
         # a.logits holds dlogits (written by the fused cross-entropy)
         _ops.linear_backward(a.logits, a.hf, self._emb, a.dh, None, False, bf, nt)
+        if self.mtp:
+            self._mtp_forward_backward(a)       # adds the heads' share into a.dh
         _ops.rmsnorm_backward(a.dh, a.xs[L], self._nf, a.rf, a.dx, self._dnf, False, nt)
         for l in range(L - 1, -1, -1):
             P = self._layers[l]
@@ -366,6 +415,32 @@ class TrainableLM:
             _ops.linear_backward(a.logits[rows], a.hf[rows], self._emb, None, self._demb, False, bf, nt, blk)
             _ops.embedding_backward(a.ids[rows], a.dx[rows], self._demb, nt)
 
+    def _mtp_forward_backward(self, a):
+        """Each head in turn: forward, fused cross-entropy (dlogits in place), backward into its
+        parameters, the shared embedding and a.dh (the gradient at hf)."""
+        nt, bf, eps, T = self.threads, self.bf16, self.cfg.norm_eps, a.T
+        scale = self._loss_scale * self.mtp_weight
+        tgt = a.tgt.reshape(a.B, T)
+        mt = a.mtgt.reshape(a.B, T)
+        self.mtp_losses = []
+        for j, P in enumerate(self._mtp, start=1):
+            mt[:, :T - j] = tgt[:, j:]            # head j at position i predicts target i + j
+            mt[:, max(0, T - j):] = -1
+            _ops.linear_forward(a.hf, P["p"], a.mz, False, bf, nt, a.hf)
+            _ops.rmsnorm_forward(a.mz, P["n"], eps, a.mh, a.mr, nt)
+            _ops.linear_forward(a.mh, self._emb, a.mlogits, False, bf, nt)
+            ls, n = _ops.cross_entropy_forward_backward(a.mlogits, a.mtgt, scale, nt)
+            self.mtp_losses.append((float(ls), int(n)))
+            # dlogits -> d(normed z) (in a.mh's place: it is needed for dE first)
+            for b in range(a.B):
+                rows = slice(b * T, (b + 1) * T)
+                _ops.linear_backward(a.mlogits[rows], a.mh[rows], self._emb, None, self._demb, False, bf, nt,
+                                     a.dw_block)
+            _ops.linear_backward(a.mlogits, a.mh, self._emb, a.dx, None, False, bf, nt)
+            _ops.rmsnorm_backward(a.dx, a.mz, P["n"], a.mr, a.mdz, P["dn"], False, nt)
+            np.add(a.dh, a.mdz, out=a.dh)          # the residual path z = hf + ...
+            _ops.linear_backward(a.mdz, a.hf, P["p"], a.dh, P["dp"], True, bf, nt, a.dw_block)
+
     def forward_backward(self, inputs, targets, loss_scale):
         """inputs, targets (B, T) int -> (loss_sum, n_targets); grads += d(loss_scale * loss_sum).
 
@@ -374,6 +449,7 @@ class TrainableLM:
         """
         a = self._check(inputs, targets)
         self._forward(a)
+        self._loss_scale = float(loss_scale)
         loss, n = _ops.cross_entropy_forward_backward(a.logits, a.tgt, float(loss_scale), self.threads)
         self._backward(a)
         return loss, n

@@ -70,6 +70,8 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = DEFAULT_VAL_FRACTION
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES
+    mtp: int = 0                           # extra heads predicting tokens t+2 .. t+1+mtp
+    mtp_weight: float = 0.3                # their loss weight: loss = main + mtp_weight * sum(heads)
 
     def validate(self):
         for name in ("batch_size", "grad_accum", "vocab_size"):
@@ -83,6 +85,10 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
         if self.optimizer not in ("adamw", "adam", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r} (adamw, adam or sgd)")
+        if int(self.mtp) != self.mtp or not 0 <= self.mtp <= 16:
+            raise ValueError(f"mtp must be an integer in 0..16, got {self.mtp}")
+        if not (self.mtp_weight >= 0 and math.isfinite(self.mtp_weight)):
+            raise ValueError(f"mtp_weight must be a finite number >= 0, got {self.mtp_weight}")
         if not (self.lr >= 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
         return self
@@ -253,6 +259,9 @@ class Trainer:
             ls, _ = self.model.forward_backward(x, y, scale)
             loss_sum += float(ls)
         loss = loss_sum / n_total
+        mtp = getattr(self.model, "mtp_losses", None)
+        if mtp and not math.isfinite(sum(ls for ls, _ in mtp)):
+            loss = float("nan")
         if not math.isfinite(loss):
             raise TrainingDiverged(self._diverged_message("loss", loss))
         if self.config.clip and self.config.clip > 0:
@@ -266,7 +275,10 @@ class Trainer:
             self.optimizer.step(lr)
             self.step += 1
             self.tokens_seen += n_tok
-        return {"loss": loss, "grad_norm": norm, "lr": lr, "tokens": n_tok}
+        r = {"loss": loss, "grad_norm": norm, "lr": lr, "tokens": n_tok}
+        if mtp:     # the last micro-batch's per-head mean losses
+            r["mtp_loss"] = [round(ls / n, 5) if n else None for ls, n in mtp]
+        return r
 
     def _diverged_message(self, what, value):
         last = self.last_checkpoint
@@ -369,6 +381,8 @@ class Trainer:
                 rec = {"step": self.step, "loss": r["loss"], "lr": r["lr"], "grad_norm": r["grad_norm"],
                        "tokens_per_s": r["tokens"] / dt if dt > 0 else 0.0, "tokens": self.tokens_seen,
                        "elapsed_s": round(self.elapsed_before + self._elapsed(), 3)}
+                if "mtp_loss" in r:
+                    rec["mtp_loss"] = r["mtp_loss"]
                 final = self.step >= self.max_steps or time_up
                 if self.val_batches and ((c.eval_every and self.step % c.eval_every == 0) or final):
                     vl, vp = self.evaluate()
@@ -467,7 +481,8 @@ def build_model(config, vocab_size):
     from .model import TrainableLM, make_config
     over = {"context_length": int(config.context)} if config.context else {}
     cfg = make_config(config.preset, vocab_size=int(vocab_size), **over)
-    return TrainableLM(cfg, seed=config.seed, threads=config.threads, bf16=config.bf16)
+    return TrainableLM(cfg, seed=config.seed, threads=config.threads, bf16=config.bf16,
+                       mtp=int(getattr(config, "mtp", 0) or 0), mtp_weight=float(getattr(config, "mtp_weight", 0.3)))
 
 
 def _sha256_file(path):
