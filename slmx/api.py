@@ -215,7 +215,7 @@ def _with_rope_scaling(cfg, rope_scaling):
 
 
 def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics=None,
-         kv_cache_type="f32", rope_scaling=None):
+         kv_cache_type="f32", rope_scaling=None, prefill_chunk=256):
     """Load a GGUF model by path or known name (e.g. "gemma3-270m"), a Hugging Face model
     folder (config.json + model.safetensors or its sharded index + tokenizer.json), or a model
     trained by `slmx train` (its output folder or a checkpoint folder). GGUF and safetensors
@@ -230,7 +230,12 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics
     rope_scaling: long-context RoPE scaling replacing the file's, e.g. {"type": "yarn",
     "factor": 4, "original_context_length": 2048} (see slmx.model.rope; types linear, ntk,
     dynamic, yarn, longrope, llama3, freq_factors; Hugging Face rope_scaling keys accepted).
+    prefill_chunk: prompts run in chunks of this many tokens (activation memory and the ring
+    buffers of sliding-window layers are sized by it).
     """
+    if isinstance(prefill_chunk, bool) or int(prefill_chunk) != prefill_chunk or prefill_chunk < 1:
+        raise ValueError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
+    prefill_chunk = int(prefill_chunk)
     from .infer.kv_cache import check_kv_cache_type
     check_kv_cache_type(kv_cache_type)
     from .convert import is_hf_folder
@@ -239,7 +244,8 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics
         cfg, tensors, tok, weights = load_hf_folder(path_or_name)
         cfg = _with_rope_scaling(cfg, rope_scaling)
         n_ctx = _check_n_ctx(n_ctx, cfg)
-        tr = Transformer(cfg, tensors, threads=threads, numerics=numerics or "fp32", n_ctx=n_ctx)
+        tr = Transformer(cfg, tensors, threads=threads, numerics=numerics or "fp32", n_ctx=n_ctx,
+                         max_batch=prefill_chunk)
         return LanguageModel(os.fspath(path_or_name), weights, cfg, tok, tr, n_ctx, kv_cache_type)
     if os.path.isdir(os.fspath(path_or_name)):
         # a model trained by `slmx train`: its output folder or one of its ckpt-* folders
@@ -256,5 +262,6 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics
                           f"{cfg.vocab_size} rows")
     cfg = _with_rope_scaling(cfg, rope_scaling)
     n_ctx = _check_n_ctx(n_ctx, cfg)
-    tr = Transformer(cfg, f.tensors, threads=threads, numerics=numerics or "ggml", n_ctx=n_ctx)
+    tr = Transformer(cfg, f.tensors, threads=threads, numerics=numerics or "ggml", n_ctx=n_ctx,
+                     max_batch=prefill_chunk)
     return LanguageModel(path, f, cfg, tok, tr, n_ctx, kv_cache_type)

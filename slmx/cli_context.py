@@ -1,5 +1,5 @@
 """`slmx generate` flags for the KV cache and long contexts: --kv-cache-type, --rope-scaling,
---rope-scale, --rope-original-ctx, --yarn-beta-fast/--yarn-beta-slow, --context-shift, --n-keep.
+--rope-scale, --rope-original-ctx, --yarn-beta-fast/--yarn-beta-slow, --context-shift, --n-keep, --prefill-chunk.
 Names follow the API: slmx.load(kv_cache_type=, rope_scaling=), generate(context_shift=, n_keep=)."""
 from .infer.kv_cache import KV_CACHE_TYPES
 
@@ -20,13 +20,15 @@ def add_context_flags(g):
     g.add_argument("--context-shift", nargs="?", const="rerotate", choices=("rerotate", "recompute"),
                    default=None, help="when the context is full, drop the oldest half and go on: "
                                       "re-rotate cached keys (default) or recompute the kept tokens")
+    g.add_argument("--prefill-chunk", type=int, default=256, metavar="N",
+                   help="run the prompt in chunks of N tokens (256)")
     g.add_argument("--n-keep", type=int, default=None,
                    help="tokens kept at the start on a context shift (default: the BOS)")
 
 
 def load_kwargs(a):
     """slmx.load keywords from the parsed flags (ValueError on a bad combination)."""
-    kw = {"kv_cache_type": a.kv_cache_type}
+    kw = {"kv_cache_type": a.kv_cache_type, "prefill_chunk": a.prefill_chunk}
     if a.rope_scaling is None:
         if any(v is not None for v in (a.rope_scale, a.rope_original_ctx, a.yarn_beta_fast, a.yarn_beta_slow)):
             raise ValueError("--rope-scale, --rope-original-ctx and --yarn-beta-* need --rope-scaling")
