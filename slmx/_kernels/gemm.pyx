@@ -227,6 +227,8 @@ cdef void gemm_blocked(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
             if priv:
                 n_mg = 1
                 n_ng = team
+            elif team == 1 and bkind != B_PACKED and mb <= 3 * MC_ROWS:
+                n_mg = 1        # one group of A tiles: B is packed once per depth block, not per group
             elif n_mg >= team:
                 n_mg = min(ntiles, _cdiv(n_mg, team) * team)
             else:
