@@ -3,7 +3,7 @@ F16, Q8_0, Q4_0 (flash attention on, as llama.cpp requires for a quantized V), l
 method at ctx 256 on tests/fixtures/perplexity_text.txt, and the share of scored rows whose argmax
 equals the F16 cache's.
 
-    python bench/kv_cache_quality_llamacpp.py MODEL.gguf
+    python bench/kv_cache_quality_llamacpp.py MODEL.gguf [TEXT [CHARS]]
 """
 import math
 import os
@@ -16,10 +16,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TEXT = os.path.join(HERE, "..", "tests", "fixtures", "perplexity_text.txt")
 
 
-def run(model, type_kv, ctx=256):
+def run(model, type_kv, ctx=256, text_path=TEXT, chars=None):
     llm = Llama(model_path=model, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True, n_threads=1,
                 n_threads_batch=1, verbose=False, flash_attn=True, type_k=type_kv, type_v=type_kv)
-    text = open(TEXT, encoding="utf-8").read()
+    text = open(text_path, encoding="utf-8").read()[:chars]
     tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
     bos, first = llm.token_bos(), ctx // 2
     nll, count, argmax = 0.0, 0, []
@@ -38,13 +38,13 @@ def run(model, type_kv, ctx=256):
     return math.exp(nll / count), np.array(argmax)
 
 
-def main(model):
+def main(model, text_path=TEXT, chars=None):
     ref = None
     for name, t in (("f16", 1), ("q8_0", 8), ("q4_0", 2)):
-        ppl, am = run(model, t)
+        ppl, am = run(model, t, text_path=text_path, chars=chars)
         ref = am if ref is None else ref
         print(f"llama.cpp {name:5s} ppl(ctx 256) {ppl:.4f}  top-1 vs f16 {float((am == ref).mean()):.4f}", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *(sys.argv[2:3] or [TEXT]), *(int(x) for x in sys.argv[3:4]))
