@@ -299,3 +299,20 @@ def test_gemma3_greedy_is_token_identical(gemma3_path):
     assert st["accepted"] == st["proposed"] > 0 and st["rate"] == 1.0
     with pytest.raises(ValueError, match="mtp"):
         m.generate("hi", draft="mtp")
+
+
+def test_cli_draft_flags(gemma3_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "slmx.cli", "generate", "-m", gemma3_path, "-p", "a b a b a",
+                               *args], capture_output=True, text=True, timeout=120)
+    r = run("-n", "6", "--temperature", "0", "--draft", "ngram", "--num-draft", "3")
+    assert r.returncode == 0, r.stderr
+    assert "[draft: ngram" in r.stderr and "accepted" in r.stderr
+    for args, word in ((["--num-draft", "0"], "num-draft"), (["--draft", "mtp"], "mtp"),
+                       (["--draft", "model"], "draft_model")):
+        r = run(*args)
+        assert r.returncode == 1 and r.stdout == "", r
+        assert len(r.stderr.strip().splitlines()) == 1 and word in r.stderr, r.stderr
