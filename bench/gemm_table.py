@@ -109,7 +109,7 @@ def main():
         if bf16:
             wb = ops.to_bf16(w)
             xb = ops.to_bf16(x)
-            runners["slmx"] = lambda: ops.linear(xb, wb, out=out, threads=args.threads)
+            runners["slmx"] = lambda: ops.linear(xb, wb, out=out, threads=args.threads, dtype="bf16")
         else:
             runners["slmx"] = lambda: ops.linear(x, w, out=out, threads=args.threads)
         if not args.no_numpy and not bf16:
