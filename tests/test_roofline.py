@@ -37,6 +37,7 @@ def test_roof_and_report():
     assert roofline._roof(gemv, ceilings) == (10.0, "memory", "fp32")
     assert roofline._roof(gemm, ceilings) == (400.0, "compute", "fp32")
     assert roofline._roof(qgemv, ceilings) == (1600.0, "compute", "int8")   # M = 1: no AMX roof
+    assert roofline._roof(dict(gemv, bandwidth=40.0), ceilings) == (20.0, "memory", "fp32")  # cache-resident
     text = "\n".join(roofline.report(ceilings, [gemv, gemm]))
     assert "50%" in text and "memory read 20.0 GB/s" in text      # 5 of 10; 200 of 400
     with pytest.raises(ValueError, match="dtype"):
