@@ -43,9 +43,10 @@ BY_NAME = {t.name: t for t in _TYPES}
 
 F32, F16, Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = (BY_NAME[n].id for n in
                                                      ("F32", "F16", "Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "BF16"))
+Q4_1, Q5_1 = BY_NAME["Q4_1"].id, BY_NAME["Q5_1"].id
 
 # Types slmx's kernels compute with (dequantize, dot products).
-SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 
 
 def qtype(t):

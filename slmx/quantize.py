@@ -4,7 +4,7 @@
     quantize_model("model-f32.gguf", "model-q4_k_m.gguf", "Q4_K_M")   # llama.cpp's mixed recipe
     quantize_model("model-f32.gguf", "model-q6_k.gguf", "Q6_K")       # every weight matrix Q6_K
 
-Types. A plain tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K) puts every
+Types. A plain tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, Q4_K, Q5_K, Q6_K) puts every
 quantizable tensor in that type, as ``llama-quantize --pure`` does; a recipe (Q4_K_S, Q4_K_M,
 Q5_K_S, Q5_K_M) follows llama.cpp's rules for that file type: ``output.weight`` (or a tied
 ``token_embd.weight``) at Q6_K, ``attn_v`` and ``ffn_down`` of some layers at Q6_K / Q5_K
@@ -14,8 +14,9 @@ type too, so every choice matches ``llama-quantize IN OUT TYPE`` with or without
 Which tensors are quantized (llama.cpp's rules): 2-D and 3-D tensors whose name ends in
 ``weight``, except norms, MoE router and a few small special tensors; 1-D tensors and the
 rest are copied unchanged. A row whose length is not a multiple of the type's block falls back
-as llama.cpp does (Q4_K -> Q5_0, Q6_K -> Q8_0, then F16); where that fallback is a type slmx
-has no encoder for (Q5_K -> Q5_1) or llama.cpp has none (Q8_0/Q4_0/Q5_0) it is a ValueError.
+as llama.cpp does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16); where llama.cpp has
+none (the 32-block types) it is a ValueError. (llama.cpp's other use of Q4_1/Q5_1, the first
+ffn_down layers of Q4_0/Q5_0 files, needs an importance matrix, which slmx does not take.)
 
 Tensors holding NaN or inf are refused (ValueError), as llama.cpp's loader refuses them.
 The encoders are slmx's kernels (``slmx.ops.quantize``), bit-exact with llama.cpp's quantizer
@@ -38,6 +39,7 @@ __all__ = ["quantize_model", "plan_types", "RECIPES", "TYPES"]
 RECIPES = {
     "F32": (0, "F32", False), "F16": (1, "F16", False), "BF16": (32, "BF16", False),
     "Q4_0": (2, "Q4_0", False), "Q5_0": (8, "Q5_0", False), "Q8_0": (7, "Q8_0", False),
+    "Q4_1": (3, "Q4_1", False), "Q5_1": (9, "Q5_1", False),
     "Q4_K": (15, "Q4_K", False), "Q5_K": (17, "Q5_K", False), "Q6_K": (18, "Q6_K", False),
     "Q4_K_S": (14, "Q4_K", True), "Q4_K_M": (15, "Q4_K", True),
     "Q5_K_S": (16, "Q5_K", True), "Q5_K_M": (17, "Q5_K", True),
@@ -46,7 +48,7 @@ TYPES = tuple(RECIPES)
 QUANTIZATION_VERSION = 2          # GGML_QNT_VERSION
 _FLOAT_TYPES = ("F32", "F16", "BF16")
 _FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-_WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K")
+_WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 _NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
                   "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
                   "indexer.q_proj.weight", "attn_rel_b.weight", ".position_embd", "sam.pos_embd",
@@ -104,7 +106,7 @@ class _State:
 
 def _mixed_type(st, ftype, base, name, cat, ne0):
     """llama.cpp's choice for one tensor under the mixed rules (the branches of its file types
-    slmx writes: Q4_0, Q5_0, Q8_0, Q4_K_S/M, Q5_K_S/M, Q6_K)."""
+    slmx writes: Q4_0, Q5_0, Q4_1, Q5_1, Q8_0, Q4_K_S/M, Q5_K_S/M, Q6_K)."""
     t = base
     falcon = st.arch == "falcon"
     if cat == "output" or (st.tied and cat == "token_embd"):

@@ -122,7 +122,7 @@ def test_dequantize_bad_inputs():
     with pytest.raises(ValueError):
         quant.dequantize(raw[:, ::2], int(G.Q8_0), 64)
     with pytest.raises(ValueError):
-        quant.dequantize(raw, 3, 128)                    # Q4_1: unsupported
+        quant.dequantize(raw, 9, 128)                    # Q8_1: unsupported
 
 
 # ----------------------------------------------------------------------------- quantize
@@ -183,7 +183,7 @@ def test_quantize_bad_inputs():
     with pytest.raises(ValueError):
         quant.quantize(np.zeros((4, 64), np.float32)[:, ::2], int(G.Q8_0))
     with pytest.raises(ValueError):
-        quant.quantize(x, 7)                             # Q5_1: unsupported
+        quant.quantize(x, 11)                            # Q3_K: unsupported
 
 
 # ----------------------------------------------------------------------------- K-quants vs llama.cpp
@@ -458,7 +458,7 @@ def test_linear_bad_inputs():
         (x, w, t, np.zeros((3, 8), np.float32)),                  # out shape
         (x, w, t, np.zeros((7, 3), np.float32).T),                # out not contiguous
         (x, w, t, np.zeros((3, 7), np.float64)),                  # out dtype
-        (x, w, 3, out),                                           # Q4_1: unsupported
+        (x, w, 10, out),                                          # Q2_K: unsupported
         (x.reshape(3, 256, 1), w, t, out),                        # x 3-D
         (np.zeros((3, 0), np.float32), np.zeros((7, 0), np.uint8), t, out),  # K = 0
     ]

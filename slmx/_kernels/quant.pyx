@@ -2,10 +2,10 @@
 """Block-quantized tensors in ggml's formats: dequantize, quantize, linear (x W^T), get_rows.
 
 Blocks are the bytes of the GGUF file (see quant_simd.h for each layout): F32, F16, BF16,
-Q8_0, Q4_0, Q5_0 (32 elements a block), Q4_K, Q5_K, Q6_K (256). A weight matrix W (N, K) is a
+Q8_0, Q4_0, Q5_0, Q4_1, Q5_1 (32 elements a block), Q4_K, Q5_K, Q6_K (256). A weight matrix W (N, K) is a
 uint8 array (N, row_bytes), one output feature a row, and is never dequantized as a whole:
 ``linear`` quantizes each activation row once to 8 bits (Q8_0-style blocks of 32 for
-Q8_0/Q4_0/Q5_0, Q8_K-style blocks of 256 for K-quants, as llama.cpp does) and runs integer dot
+Q8_0/Q4_0/Q5_0, the same plus per-block sums (llama.cpp's Q8_1) for Q4_1/Q5_1, Q8_K-style blocks of 256 for K-quants, as llama.cpp does) and runs integer dot
 products on the blocks (AVX-512 VNNI, AVX-512BW, AVX2, or portable C, chosen at run time).
 
 ``nthreads`` is the resolved thread count (``cpu.resolve_threads``); ``-1`` resolves it here.
@@ -50,9 +50,8 @@ slmx_f16_table_init()
 
 # Types each entry point handles (ggml ids).
 DEQUANT_TYPES = (qtypes.F32, qtypes.F16, qtypes.BF16, qtypes.Q8_0, qtypes.Q4_0, qtypes.Q5_0,
-                 qtypes.Q4_K, qtypes.Q5_K, qtypes.Q6_K)
-QUANT_TYPES = (qtypes.F32, qtypes.F16, qtypes.BF16, qtypes.Q8_0, qtypes.Q4_0, qtypes.Q5_0,
-               qtypes.Q4_K, qtypes.Q5_K, qtypes.Q6_K)
+                 qtypes.Q4_K, qtypes.Q5_K, qtypes.Q6_K, qtypes.Q4_1, qtypes.Q5_1)
+QUANT_TYPES = DEQUANT_TYPES
 LINEAR_TYPES = DEQUANT_TYPES
 
 # Work below this many bytes (weights streamed, elements converted) runs on one thread.
@@ -73,6 +72,11 @@ def _set_amx(bint allowed):
     global _amx_allowed
     _amx_allowed = allowed
     return bool(slmx_use_amx(slmx_simd_level(), qtypes.Q8_0, 1 << 20, _amx_allowed))
+
+
+def _amx_for(int type_id, int M):
+    """Whether linear of M activation rows with weights of type_id would run on AMX tiles now."""
+    return bool(slmx_use_amx(slmx_simd_level(), type_id, M, _amx_allowed))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -218,7 +222,7 @@ cdef void quantize_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks, 
 def quantize(x, int type_id, int nthreads=-1):
     """uint8 (..., row_bytes) = x float32 (..., K) encoded row by row as type_id blocks.
 
-    Bit-identical to ``gguf.quants.quantize`` for F32, F16, BF16, Q8_0, Q4_0, Q5_0, and to
+    Bit-identical to ``gguf.quants.quantize`` for F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, and to
     llama.cpp's quantizer without an importance matrix for Q4_K, Q5_K, Q6_K.
     K must be a multiple of the block size.
     """
@@ -411,10 +415,11 @@ def quantize_act(x, int type_id):
     """The 8-bit activation rows linear computes with for weights of type_id, decoded.
 
     x float32 (M, K) -> (q int8 (M, K), d float32 (M, K // block)) where block is 32 (Q8_0,
-    Q4_0, Q5_0 weights: Q8_0 blocks, d rounded to f16) or 256 (K-quants: Q8_K blocks).
+    Q4_0, Q5_0, Q4_1, Q5_1 weights: Q8_0 blocks, d rounded to f16) or 256 (K-quants: Q8_K blocks).
     x_q = q * d[:, k // block] is what the integer dot products see.
     """
-    _check_type(type_id, (qtypes.Q8_0, qtypes.Q4_0, qtypes.Q5_0, qtypes.Q4_K, qtypes.Q5_K, qtypes.Q6_K),
+    _check_type(type_id, (qtypes.Q8_0, qtypes.Q4_0, qtypes.Q5_0, qtypes.Q4_1, qtypes.Q5_1,
+                          qtypes.Q4_K, qtypes.Q5_K, qtypes.Q6_K),
                 "quantize_act")
     _array(x, "quantize_act: x")
     if x.dtype != np.float32 or x.ndim != 2:
@@ -437,7 +442,7 @@ def quantize_act(x, int type_id):
         d = np.ascontiguousarray(blocks[:, :, 288:292]).view(np.float32).reshape(M, K // 256)
     else:
         nc = (K // 32 + 1) // 2
-        chunks = rows.reshape(M, nc, 192)
+        chunks = rows[:, :nc * 192].reshape(M, nc, 192)
         q = chunks[:, :, :64].view(np.int8).reshape(M, nc * 64)[:, :K]
         dd = np.ascontiguousarray(chunks[:, :, 64:128]).view(np.float32).reshape(M, nc, 16)[:, :, ::8]
         d = dd.reshape(M, nc * 2)[:, :K // 32]

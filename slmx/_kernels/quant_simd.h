@@ -42,7 +42,9 @@
 #define SLMX_T_F32 0
 #define SLMX_T_F16 1
 #define SLMX_T_Q4_0 2
+#define SLMX_T_Q4_1 3
 #define SLMX_T_Q5_0 6
+#define SLMX_T_Q5_1 7
 #define SLMX_T_Q8_0 8
 #define SLMX_T_Q4_K 12
 #define SLMX_T_Q5_K 13
@@ -142,7 +144,7 @@ static inline float slmx_bf16_to_f32(uint16_t h) { uint32_t b = (uint32_t)h << 1
 static inline int slmx_block_size(int t) {
     switch (t) {
     case SLMX_T_F32: case SLMX_T_F16: case SLMX_T_BF16: return 1;
-    case SLMX_T_Q4_0: case SLMX_T_Q5_0: case SLMX_T_Q8_0: return 32;
+    case SLMX_T_Q4_0: case SLMX_T_Q5_0: case SLMX_T_Q8_0: case SLMX_T_Q4_1: case SLMX_T_Q5_1: return 32;
     case SLMX_T_Q4_K: case SLMX_T_Q5_K: case SLMX_T_Q6_K: return 256;
     }
     return 0;
@@ -153,6 +155,8 @@ static inline int slmx_type_size(int t) {
     case SLMX_T_F16: case SLMX_T_BF16: return 2;
     case SLMX_T_Q4_0: return 18;
     case SLMX_T_Q5_0: return 22;
+    case SLMX_T_Q4_1: return 20;
+    case SLMX_T_Q5_1: return 24;
     case SLMX_T_Q8_0: return 34;
     case SLMX_T_Q4_K: return 144;
     case SLMX_T_Q5_K: return 176;
@@ -245,6 +249,9 @@ static void slmx_dequant_qk(int t, const uint8_t *b, float *y) {
     }
 }
 
+static void slmx_dequant_q1_blocks(int t, const uint8_t *src, float *y, int64_t nblocks);   /* quant_q1.h */
+static void slmx_quant_q1_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks);
+
 /* nblocks blocks of type t from src into y (nblocks * block_size floats). */
 static void slmx_dequant_blocks(int t, const uint8_t *src, float *y, int64_t nblocks) {
     int64_t i;
@@ -255,6 +262,7 @@ static void slmx_dequant_blocks(int t, const uint8_t *src, float *y, int64_t nbl
     case SLMX_T_Q8_0: for (i = 0; i < nblocks; i++) slmx_dequant_q8_0(src + 34 * i, y + 32 * i); break;
     case SLMX_T_Q4_0: for (i = 0; i < nblocks; i++) slmx_dequant_q4_0(src + 18 * i, y + 32 * i); break;
     case SLMX_T_Q5_0: for (i = 0; i < nblocks; i++) slmx_dequant_q5_0(src + 22 * i, y + 32 * i); break;
+    case SLMX_T_Q4_1: case SLMX_T_Q5_1: slmx_dequant_q1_blocks(t, src, y, nblocks); break;
     case SLMX_T_Q4_K: case SLMX_T_Q5_K: case SLMX_T_Q6_K: {
         int ts = slmx_type_size(t);
         for (i = 0; i < nblocks; i++) slmx_dequant_qk(t, src + (size_t)ts * i, y + 256 * i);
@@ -314,7 +322,7 @@ static void slmx_quant_q5_0(const float *x, uint8_t *b) {
 
 #include "quant_kq.h"
 
-/* nblocks blocks of type t from x into dst. Types: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K. */
+/* nblocks blocks of type t from x into dst. Types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K. */
 static void slmx_quant_blocks(int t, const float *x, uint8_t *dst, int64_t nblocks) {
     int64_t i;
     if (slmx_is_b32(t) && slmx_quant_b32_simd(t, x, dst, nblocks)) return;
@@ -325,6 +333,7 @@ static void slmx_quant_blocks(int t, const float *x, uint8_t *dst, int64_t nbloc
     case SLMX_T_Q8_0: for (i = 0; i < nblocks; i++) slmx_quant_q8_0(x + 32 * i, dst + 34 * i); break;
     case SLMX_T_Q4_0: for (i = 0; i < nblocks; i++) slmx_quant_q4_0(x + 32 * i, dst + 18 * i); break;
     case SLMX_T_Q5_0: for (i = 0; i < nblocks; i++) slmx_quant_q5_0(x + 32 * i, dst + 22 * i); break;
+    case SLMX_T_Q4_1: case SLMX_T_Q5_1: slmx_quant_q1_blocks(t, x, dst, nblocks); break;
     case SLMX_T_Q4_K: case SLMX_T_Q5_K: case SLMX_T_Q6_K: slmx_quant_k_blocks(t, x, dst, nblocks); break;
     }
 }
@@ -514,6 +523,7 @@ static void slmx_qlinear_range_scalar(int t, const uint8_t *w, size_t rb, int64_
 #undef QVNNI
 #include "quant_simd_amx.h"
 #endif
+#include "quant_q1.h"
 
 /* ================================================================= dispatch */
 
@@ -529,13 +539,14 @@ static inline int slmx_b32_offset(int level, int t) {
 static inline size_t slmx_xq_row_bytes(int t, int K) {
     if (slmx_is_b32(t)) return (size_t)((K / 32 + 1) / 2) * sizeof(slmx_xb_chunk);
     if (slmx_is_k(t)) return (size_t)(K / 256) * sizeof(slmx_xk_block);
+    if (slmx_is_q1(t)) return slmx_q1_xq_row_bytes(K);
     return 0;
 }
 
 /* Scratch bytes per thread (one weight panel; amx: the AMX kernel's). */
 static inline size_t slmx_panel_bytes(int t, int amx) {
     size_t b = 64;
-    if (slmx_is_b32(t)) b = (size_t)(SLMX_KC / 64) * SLMX_NR * sizeof(slmx_pb_chunk);
+    if (slmx_is_b32(t) || slmx_is_q1(t)) b = (size_t)(SLMX_KC / 64) * SLMX_NR * sizeof(slmx_pb_chunk);
     if (slmx_is_k(t)) b = (size_t)(SLMX_KC / 256) * SLMX_NR * sizeof(slmx_pk_block);
 #if SLMX_X86
     if (amx && !slmx_is_float(t) && b < SLMX_AMX_SCRATCH) b = SLMX_AMX_SCRATCH;
@@ -569,7 +580,8 @@ static inline int slmx_row_group(int amx) {
 /* Whether linear with M activation rows of weights t runs on AMX tiles at this level. */
 static inline int slmx_use_amx(int level, int t, int M, int allowed) {
 #if SLMX_X86
-    return allowed && level >= SLMX_SIMD_VNNI && M >= SLMX_AMX_MIN_M && !slmx_is_float(t) && slmx_amx_usable();
+    return allowed && level >= SLMX_SIMD_VNNI && M >= SLMX_AMX_MIN_M && !slmx_is_float(t) && !slmx_is_q1(t)
+           && slmx_amx_usable();
 #else
     (void)level; (void)t; (void)M; (void)allowed;
     return 0;
@@ -578,6 +590,7 @@ static inline int slmx_use_amx(int level, int t, int M, int allowed) {
 
 /* Quantize one activation row x (K,) for weights of type t into dst (slmx_xq_row_bytes). */
 static void slmx_q_quantize_x(int level, int t, const float *x, int K, uint8_t *dst) {
+    if (slmx_is_q1(t)) { slmx_q1_quantize_x(level, x, K, dst); return; }
     if (slmx_is_b32(t)) {
         int off = slmx_b32_offset(level, t);
 #if SLMX_X86
@@ -607,6 +620,7 @@ static void slmx_q_quantize_x(int level, int t, const float *x, int K, uint8_t *
 static void slmx_q_linear_range(int level, int amx, int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
                                 const uint8_t *x, size_t ldx, int M, int K, float *out, size_t ldo,
                                 void *scratch) {
+    if (slmx_is_q1(t)) { slmx_linear_range_q1(level, t, w, rb, n0, n1, x, ldx, M, K, out, ldo, scratch); return; }
 #if SLMX_X86
     if (amx) { slmx_linear_range_amx(t, w, rb, n0, n1, x, ldx, M, K, out, ldo, scratch); return; }
     if (level >= SLMX_SIMD_VNNI) { slmx_linear_range_vnni(t, w, rb, n0, n1, x, ldx, M, K, out, ldo, scratch); return; }

@@ -17,11 +17,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import kquant_cases  # noqa: E402
 import llamacpp_quant  # noqa: E402
 
-# (slmx type name, pure, llama.cpp file type name); None where llama.cpp needs Q5_1 for the model
+# (slmx type name, pure, llama.cpp file type name)
 CASES = [("Q4_K_M", False, "Q4_K_M"), ("Q5_K_M", False, "Q5_K_M"), ("Q4_K_S", False, "Q4_K_S"),
          ("Q5_K_S", False, "Q5_K_S"), ("Q4_K", True, "Q4_K_M"), ("Q5_K", True, "Q5_K_M"),
          ("Q6_K", True, "Q6_K"), ("Q8_0", True, "Q8_0"), ("Q4_0", False, "Q4_0"), ("Q5_0", True, "Q5_0"),
-         ("F16", True, "F16"), ("BF16", True, "BF16")]
+         ("F16", True, "F16"), ("BF16", True, "BF16"), ("Q4_1", False, "Q4_1"), ("Q5_1", True, "Q5_1")]
 
 
 def main():
