@@ -97,6 +97,7 @@ static void slmx_q1_quantize_x(int level, const float *x, int K, uint8_t *dst) {
     (void)level;
     const slmx_xb_chunk *ch = (const slmx_xb_chunk *)dst;
     float *s = (float *)(dst + slmx_q1_chunk_bytes(K));
+    memset(s, 0, slmx_q1_xq_row_bytes(K) - slmx_q1_chunk_bytes(K));     /* padding read as 0 */
     for (int b = 0; b < K / 32; b++) {
         const slmx_xb_chunk *c = ch + (b >> 1);
         const int8_t *q = c->q + 32 * (b & 1);
@@ -125,26 +126,6 @@ static float slmx_dot_q1_scalar(int t, const uint8_t *w, const uint8_t *xr, int 
     return acc;
 }
 
-/* out[m, n] += sum_b m_w[n, b] * s[m, b] for the rows n in [n, n + nr). */
-static void slmx_q1_min_term(int t, const uint8_t *const *rows, int nr, const uint8_t *x, size_t ldx, int M,
-                             int K, float *o, size_t ldo) {
-    const int ts = slmx_q1_ts(t), nb = K / 32;
-    const size_t so = slmx_q1_chunk_bytes(K);
-    float mw[256];
-    for (int r = 0; r < nr; r++) {
-        for (int b0 = 0; b0 < nb; b0 += 256) {
-            int cnt = nb - b0 < 256 ? nb - b0 : 256;
-            for (int b = 0; b < cnt; b++) mw[b] = slmx_load_f16(rows[r] + (size_t)ts * (b0 + b) + 2);
-            for (int m = 0; m < M; m++) {
-                const float *s = (const float *)(x + (size_t)m * ldx + so) + b0;
-                float acc = 0.0f;
-                for (int b = 0; b < cnt; b++) acc += mw[b] * s[b];
-                o[(size_t)m * ldo + r] += acc;
-            }
-        }
-    }
-}
-
 #if SLMX_X86
 /* Blocks blk0 .. blk0+nblk of NR rows into pb chunks (unsigned q, offset 0). */
 static SLMX_TARGET_AVX2 void slmx_unpack_q1_avx2(int t, const uint8_t *const *rows, int blk0, int nblk,
@@ -170,6 +151,39 @@ static SLMX_TARGET_AVX2 void slmx_unpack_q1_avx2(int t, const uint8_t *const *ro
                                                             _mm256_set1_epi8(16)));
                 _mm256_store_si256((__m256i *)(pc->w + 32 * h), z);
                 _mm256_store_ps(pc->d + 8 * h, _mm256_set1_ps(_cvtsh_ss(slmx_load_u16(b))));
+            }
+        }
+    }
+}
+
+/* out[m, r] += sum_b m_w[r, b] * s[m, b] for the rows r < nr, 8 float lanes over blocks (the s
+ * padding of a row is zero). */
+static SLMX_TARGET_AVX2 void slmx_q1_min_term_avx2(int t, const uint8_t *const *rows, int nr, const uint8_t *x,
+                                                   size_t ldx, int M, int K, float *o, size_t ldo) {
+    const int ts = slmx_q1_ts(t), nb = K / 32;
+    const size_t so = slmx_q1_chunk_bytes(K);
+    float mw[SLMX_NR][256] __attribute__((aligned(32)));
+    for (int b0 = 0; b0 < nb; b0 += 256) {
+        const int cnt = nb - b0 < 256 ? nb - b0 : 256, c8 = (cnt + 7) / 8 * 8;
+        for (int r = 0; r < SLMX_NR; r++) {
+            int b = 0;
+            if (r < nr)
+                for (; b < cnt; b++) mw[r][b] = slmx_load_f16(rows[r] + (size_t)ts * (b0 + b) + 2);
+            for (; b < c8; b++) mw[r][b] = 0.0f;
+        }
+        for (int m = 0; m < M; m++) {
+            const float *s = (const float *)(x + (size_t)m * ldx + so) + b0;
+            __m256 acc[SLMX_NR];
+            for (int r = 0; r < SLMX_NR; r++) acc[r] = _mm256_setzero_ps();
+            for (int b = 0; b < c8; b += 8) {
+                __m256 sv = _mm256_loadu_ps(s + b);
+                for (int r = 0; r < SLMX_NR; r++) acc[r] = _mm256_fmadd_ps(_mm256_load_ps(mw[r] + b), sv, acc[r]);
+            }
+            for (int r = 0; r < nr; r++) {
+                __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+                v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+                v = _mm_add_ss(v, _mm_movehdup_ps(v));
+                o[(size_t)m * ldo + r] += _mm_cvtss_f32(v);
             }
         }
     }
@@ -206,7 +220,7 @@ static void slmx_linear_range_q1_simd(int level, int t, const uint8_t *w, size_t
                 kb[mr](p, (nblk + 1) / 2, xk + (size_t)m * ldx, ldx, o + (size_t)m * ldo, ldo, nr, kb0 > 0);
             }
         }
-        slmx_q1_min_term(t, rows, nr, x, ldx, M, K, o, ldo);
+        slmx_q1_min_term_avx2(t, rows, nr, x, ldx, M, K, o, ldo);
     }
 }
 #endif
