@@ -189,6 +189,45 @@ static SLMX_TARGET_AVX2 void slmx_q1_min_term_avx2(int t, const uint8_t *const *
     }
 }
 
+/* M = 1 on AVX-512 VNNI: NR rows decoded into registers (the panel bytes and scales of
+ * slmx_unpack_q1_avx2, so the numbers are those of the MR = 1 panel kernel), then the min term. */
+static SLMX_TARGET_AVX512VNNI void slmx_gemv_q1_vnni(int t, const uint8_t *const *rows, int nr, const uint8_t *x,
+                                                    int K, float *out, size_t pf) {
+    const int ts = slmx_q1_ts(t), qo = t == SLMX_T_Q4_1 ? 4 : 8;
+    const __m512i dsel = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const int nb = K / 32, kcb = SLMX_KC / 32;
+    for (int kb0 = 0; kb0 < nb; kb0 += kcb) {
+        const int nblk = nb - kb0 < kcb ? nb - kb0 : kcb, nc = (nblk + 1) / 2;
+        const slmx_xb_chunk *xc = (const slmx_xb_chunk *)x + kb0 / 2;
+        __m512 f[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) f[r] = _mm512_setzero_ps();
+        for (int c = 0; c < nc; c++) {
+            const int two = 2 * c + 1 < nblk;
+            __m512i xv = _mm512_load_si512((const __m512i *)xc[c].q);
+            __m512 xd = _mm512_load_ps(xc[c].d);
+            __m512i xcr = _mm512_load_si512((const __m512i *)xc[c].c);
+            for (int r = 0; r < SLMX_NR; r++) {
+                const uint8_t *bA = rows[r] + (size_t)(kb0 + 2 * c) * ts, *bB = bA + ts;
+                _mm_prefetch((const char *)bA + pf, _MM_HINT_T0);
+                uint32_t dh = (uint32_t)slmx_load_u16(bA) | (two ? (uint32_t)slmx_load_u16(bB) << 16 : 0u);
+                __m512 dv = _mm512_permutexvar_ps(dsel, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh))));
+                __m512i za = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bA + qo)));
+                __m512i zb = two ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bB + qo))) : _mm512_setzero_si512();
+                __m512i z = _mm512_mask_blend_epi64((__mmask8)0xf0, za, zb);
+                z = _mm512_mask_srli_epi16(z, (__mmask32)0xff00ff00u, z, 4);
+                z = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
+                if (t == SLMX_T_Q5_1) {
+                    uint64_t hm = slmx_load_u32(bA + 4);
+                    if (two) hm |= (uint64_t)slmx_load_u32(bB + 4) << 32;
+                    z = _mm512_mask_add_epi8(z, (__mmask64)hm, z, _mm512_set1_epi8(16));
+                }
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(xcr, z, xv)), _mm512_mul_ps(dv, xd), f[r]);
+            }
+        }
+        slmx_store4_vnni(out, slmx_hsum4_vnni(f[0], f[1], f[2], f[3]), nr, kb0 > 0);
+    }
+}
+
 typedef void (*slmx_q1_kern_fn)(const slmx_pb_chunk *, int, const uint8_t *, size_t, float *, size_t, int, int);
 
 static void slmx_linear_range_q1_simd(int level, int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
@@ -210,6 +249,11 @@ static void slmx_linear_range_q1_simd(int level, int t, const uint8_t *w, size_t
         const uint8_t *rows[SLMX_NR];
         for (int r = 0; r < SLMX_NR; r++) rows[r] = w + (size_t)(n + (r < nr ? r : nr - 1)) * rb;
         float *o = out + n;
+        if (M == 1 && level >= SLMX_SIMD_VNNI) {
+            slmx_gemv_q1_vnni(t, rows, nr, x, K, o, SLMX_PF_ROWS * rb);
+            slmx_q1_min_term_avx2(t, rows, nr, x, ldx, M, K, o, ldo);
+            continue;
+        }
         for (int kb0 = 0; kb0 < nb; kb0 += kcb) {
             int nblk = nb - kb0 < kcb ? nb - kb0 : kcb;
             slmx_pb_chunk *p = (slmx_pb_chunk *)scratch;
