@@ -50,13 +50,14 @@ FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1"
           "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
 
 
-def model_quantize(src, dst, ftype, pure=False, nthread=2):
+def model_quantize(src, dst, ftype, pure=False, nthread=2, allow_requantize=False):
     """llama_model_quantize(src, dst) with llama.cpp's file type ftype (name of FTYPES or int)."""
     import llama_cpp
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype = FTYPES[ftype] if isinstance(ftype, str) else int(ftype)
     p.nthread = nthread
     p.pure = bool(pure)
+    p.allow_requantize = bool(allow_requantize)
     rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(p))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({src}, ftype {ftype}) failed: {rc}")

@@ -127,3 +127,30 @@ def test_activation_blocks_are_q8_0(t, simd_level):
     q, d = quant.quantize_act(x, int(t))
     xq = q.astype(np.float64) * np.repeat(d.astype(np.float64), 32, axis=1)
     assert np.array_equal(xq, tq.q8_0_act_ref(x)[0])
+
+
+@pytest.mark.skipif(not llamacpp_quant.available(), reason="llama-cpp-python is not installed")
+def test_gemma_q5_k_m_with_q5_1_rows_runs_like_llamacpp(gemma3_path, tmp_path):
+    """Gemma 3 270M (d_model 640) at Q5_K_M: its Q5_K rows fall back to Q5_1 (81 tensors); the file
+    is llama.cpp's byte for byte and slmx's next-token logits follow llama.cpp's on it."""
+    import slmx
+    from llama_cpp import Llama
+    from slmx.formats import gguf as gguf_format
+    from slmx.quantize import quantize_model
+    ours, theirs = str(tmp_path / "slmx.gguf"), str(tmp_path / "llama.gguf")
+    quantize_model(gemma3_path, ours, "Q5_K_M", allow_requantize=True)
+    llamacpp_quant.model_quantize(gemma3_path, theirs, "Q5_K_M", allow_requantize=True)
+    with open(ours, "rb") as a, open(theirs, "rb") as b:
+        assert a.read() == b.read()
+    with gguf_format.read(ours) as f:
+        assert sum(t.type_name == "Q5_1" for t in f.tensors.values()) > 0
+    m = slmx.load(ours, threads=2, n_ctx=64)
+    llm = Llama(model_path=ours, n_ctx=64, n_threads=2, verbose=False)
+    ids = llm.tokenize(b"The capital of France is", add_bos=True, special=True)
+    llm.eval(ids)
+    ref = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+    got = np.asarray(m.logits(ids, last_only=True), np.float64).reshape(-1)[:ref.size]
+    assert got.argmax() == ref.argmax()
+    assert set(np.argsort(got)[-5:]) == set(np.argsort(ref)[-5:])
+    # the original Q4_K_M file differs from llama.cpp by ~1 logit (fp32 vs ggml sum orders)
+    assert np.abs(got - ref).max() < 0.05 * np.ptp(ref)
