@@ -15,7 +15,6 @@ from slmx.train.checkpoint import load_for_inference, save_checkpoint
 from slmx.train.model import TrainableLM, make_config
 from slmx.train.optim import AdamW
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = ("def add(a, b):\n    return a + b\n\n"
         "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n") * 12
 
@@ -113,7 +112,7 @@ def test_export_gguf_llama_cpp_greedy(ckpt, tmp_path):
 
 def test_cli_export_and_errors(ckpt, tmp_path):
     path, _ = ckpt
-    env = dict(os.environ, PYTHONPATH=REPO, PYTHONSAFEPATH="1")
+    env = None      # conftest points subprocesses at the slmx under test (installed or built in place)
     out = str(tmp_path / "c.gguf")
     r = subprocess.run([sys.executable, "-m", "slmx", "export", path, out, "--type", "F16"],
                        capture_output=True, text=True, env=env)

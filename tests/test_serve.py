@@ -1,6 +1,5 @@
 """`slmx serve`: the OpenAI-compatible server, driven by the official `openai` client (and raw
 httpx where the client hides the wire format), on a free loopback port in this process."""
-import ctypes
 import json
 import os
 import sys
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 
 import httpx
-import llama_cpp
 import openai
 
 import slmx  # noqa: E402
@@ -433,17 +431,10 @@ def test_load_200_requests_16_clients(server, client):
 
 # ------------------------------------------------------------------------------ templates, Gemma
 
-def _llamacpp_template(name, msgs):
-    arr = (llama_cpp.llama_chat_message * len(msgs))()
-    keep = []
-    for i, m in enumerate(msgs):
-        role, content = m["role"].encode(), m["content"].encode()
-        keep += [role, content]
-        arr[i].role, arr[i].content = role, content
-    buf = ctypes.create_string_buffer(1 << 16)
-    n = llama_cpp.llama_chat_apply_template(name.encode(), arr, len(msgs), True, buf, len(buf))
-    assert 0 < n < len(buf)
-    return buf.raw[:n].decode()
+# llama.cpp's renderings of its built-in templates and its Gemma tokenization, recorded by
+# tests/tools/llamacpp_chat_templates.py (llama-cpp-python is not a test dependency: its build takes minutes).
+with open(os.path.join(os.path.dirname(__file__), "fixtures", "llamacpp_chat_templates.json")) as _f:
+    LLAMACPP_CHAT = json.load(_f)
 
 
 class _Tok:
@@ -459,10 +450,9 @@ class _Tok:
     ("llama2", LLAMA2, "llama2-sys-bos", "<s>", "</s>"),
 ])
 def test_builtin_templates_match_llamacpp(name, template, llamacpp, bos, eos):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Capital of France?"}]
+    msgs = LLAMACPP_CHAT["conversation"]
     got = ChatTemplate(template, _Tok(bos, eos), "test").render(msgs)
-    want = _llamacpp_template(llamacpp, msgs)
+    want = LLAMACPP_CHAT["templates"][llamacpp]
     assert got == bos + want          # llama.cpp leaves the first BOS to the tokenizer
 
 
@@ -515,7 +505,7 @@ def test_gemma3_chat(gemma3_path):
     try:
         assert service.chat.source == "builtin:gemma"
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=120)
-        msgs = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+        msgs = LLAMACPP_CHAT["gemma_chat"]["messages"]
         r = client.chat.completions.create(model="gemma-3-270m-q4_k_m", messages=msgs, max_tokens=12,
                                            temperature=0)
         ids = service.chat.encode(msgs)
@@ -527,8 +517,7 @@ def test_gemma3_chat(gemma3_path):
         assert r.choices[0].finish_reason == want.finish_reason and want.text.strip()
         assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(want.token_ids)
         # the prompt ids are llama.cpp's: its built-in gemma template, tokenized by llama.cpp
-        ref = llama_cpp.Llama(gemma3_path, vocab_only=True, verbose=False)
-        text = _llamacpp_template("gemma", msgs)
-        assert ids == ref.tokenize(text.encode(), add_bos=True, special=True)
+        assert ids == LLAMACPP_CHAT["gemma_chat"]["ids"]
+        assert tok.decode(ids) == "<bos>" + LLAMACPP_CHAT["gemma_chat"]["text"]
     finally:
         srv.stop()
