@@ -165,10 +165,20 @@ static SLMX_TARGET_AVX2 void slmx_q1_min_term_avx2(int t, const uint8_t *const *
     float mw[SLMX_NR][256] __attribute__((aligned(32)));
     for (int b0 = 0; b0 < nb; b0 += 256) {
         const int cnt = nb - b0 < 256 ? nb - b0 : 256, c8 = (cnt + 7) / 8 * 8;
+        const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(ts));
+        const __m256i lo16 = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                              0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
         for (int r = 0; r < SLMX_NR; r++) {
             int b = 0;
-            if (r < nr)
-                for (; b < cnt; b++) mw[r][b] = slmx_load_f16(rows[r] + (size_t)ts * (b0 + b) + 2);
+            if (r < nr) {
+                const uint8_t *mp = rows[r] + (size_t)ts * b0 + 2;
+                for (; b + 8 <= cnt; b += 8) {      /* 8 f16 m's, ts bytes apart */
+                    __m256i g = _mm256_shuffle_epi8(_mm256_i32gather_epi32((const int *)(mp + (size_t)ts * b), idx, 1), lo16);
+                    g = _mm256_permute4x64_epi64(g, 0x08);
+                    _mm256_store_ps(mw[r] + b, _mm256_cvtph_ps(_mm256_castsi256_si128(g)));
+                }
+                for (; b < cnt; b++) mw[r][b] = slmx_load_f16(mp + (size_t)ts * b);
+            }
             for (; b < c8; b++) mw[r][b] = 0.0f;
         }
         for (int m = 0; m < M; m++) {
