@@ -156,49 +156,6 @@ static SLMX_TARGET_AVX2 void slmx_unpack_q1_avx2(int t, const uint8_t *const *ro
     }
 }
 
-/* out[m, r] += sum_b m_w[r, b] * s[m, b] for the rows r < nr, 8 float lanes over blocks (the s
- * padding of a row is zero). */
-static SLMX_TARGET_AVX2 void slmx_q1_min_term_avx2(int t, const uint8_t *const *rows, int nr, const uint8_t *x,
-                                                   size_t ldx, int M, int K, float *o, size_t ldo) {
-    const int ts = slmx_q1_ts(t), nb = K / 32;
-    const size_t so = slmx_q1_chunk_bytes(K);
-    float mw[SLMX_NR][256] __attribute__((aligned(32)));
-    for (int b0 = 0; b0 < nb; b0 += 256) {
-        const int cnt = nb - b0 < 256 ? nb - b0 : 256, c8 = (cnt + 7) / 8 * 8;
-        const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(ts));
-        const __m256i lo16 = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
-                                              0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
-        for (int r = 0; r < SLMX_NR; r++) {
-            int b = 0;
-            if (r < nr) {
-                const uint8_t *mp = rows[r] + (size_t)ts * b0 + 2;
-                for (; b + 8 <= cnt; b += 8) {      /* 8 f16 m's, ts bytes apart */
-                    __m256i g = _mm256_shuffle_epi8(_mm256_i32gather_epi32((const int *)(mp + (size_t)ts * b), idx, 1), lo16);
-                    g = _mm256_permute4x64_epi64(g, 0x08);
-                    _mm256_store_ps(mw[r] + b, _mm256_cvtph_ps(_mm256_castsi256_si128(g)));
-                }
-                for (; b < cnt; b++) mw[r][b] = slmx_load_f16(mp + (size_t)ts * b);
-            }
-            for (; b < c8; b++) mw[r][b] = 0.0f;
-        }
-        for (int m = 0; m < M; m++) {
-            const float *s = (const float *)(x + (size_t)m * ldx + so) + b0;
-            __m256 acc[SLMX_NR];
-            for (int r = 0; r < SLMX_NR; r++) acc[r] = _mm256_setzero_ps();
-            for (int b = 0; b < c8; b += 8) {
-                __m256 sv = _mm256_loadu_ps(s + b);
-                for (int r = 0; r < SLMX_NR; r++) acc[r] = _mm256_fmadd_ps(_mm256_load_ps(mw[r] + b), sv, acc[r]);
-            }
-            for (int r = 0; r < nr; r++) {
-                __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
-                v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-                v = _mm_add_ss(v, _mm_movehdup_ps(v));
-                o[(size_t)m * ldo + r] += _mm_cvtss_f32(v);
-            }
-        }
-    }
-}
-
 /* M = 1 on AVX-512 VNNI: NR rows decoded into registers (the panel bytes and scales of
  * slmx_unpack_q1_avx2, so the numbers are those of the MR = 1 panel kernel), then the min term. */
 static SLMX_TARGET_AVX512VNNI void slmx_gemv_q1_vnni(int t, const uint8_t *const *rows, int nr, const uint8_t *x,
@@ -238,6 +195,76 @@ static SLMX_TARGET_AVX512VNNI void slmx_gemv_q1_vnni(int t, const uint8_t *const
     }
 }
 
+/* slmx_unpack_q1_avx2 in 64-byte registers (the same panel bytes and scales). */
+static SLMX_TARGET_AVX512 void slmx_unpack_q1_avx512(int t, const uint8_t *const *rows, int blk0, int nblk,
+                                                     slmx_pb_chunk *p, size_t pf) {
+    const int ts = slmx_q1_ts(t), qo = t == SLMX_T_Q4_1 ? 4 : 8;
+    const __m512i dsel = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const int nc = (nblk + 1) / 2;
+    for (int r = 0; r < SLMX_NR; r++) {
+        for (int c = 0; c < nc; c++) {
+            const int two = 2 * c + 1 < nblk;
+            const uint8_t *bA = rows[r] + (size_t)(blk0 + 2 * c) * ts, *bB = bA + ts;
+            _mm_prefetch((const char *)bA + pf, _MM_HINT_T0);
+            uint32_t dh = (uint32_t)slmx_load_u16(bA) | (two ? (uint32_t)slmx_load_u16(bB) << 16 : 0u);
+            __m512 dv = _mm512_permutexvar_ps(dsel, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)dh))));
+            __m512i za = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bA + qo)));
+            __m512i zb = two ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bB + qo))) : _mm512_setzero_si512();
+            __m512i z = _mm512_mask_blend_epi64((__mmask8)0xf0, za, zb);
+            z = _mm512_mask_srli_epi16(z, (__mmask32)0xff00ff00u, z, 4);
+            z = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
+            if (t == SLMX_T_Q5_1) {
+                uint64_t hm = slmx_load_u32(bA + 4);
+                if (two) hm |= (uint64_t)slmx_load_u32(bB + 4) << 32;
+                z = _mm512_mask_add_epi8(z, (__mmask64)hm, z, _mm512_set1_epi8(16));
+            }
+            slmx_pb_chunk *pc = p + (size_t)c * SLMX_NR + r;
+            _mm512_store_si512((__m512i *)pc->w, z);
+            _mm512_store_ps(pc->d, dv);
+        }
+    }
+}
+
+/* out[m, n] += sum_b m_w[n, b] * s[m, b] for n in [n0, n1): 16 weight rows in the lanes of two
+ * vectors, one broadcast activation sum a block. */
+static SLMX_TARGET_AVX2 void slmx_q1_min_range_avx2(int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
+                                                    const uint8_t *x, size_t ldx, int M, int K, float *out,
+                                                    size_t ldo) {
+    const int ts = slmx_q1_ts(t), nb = K / 32;
+    const size_t so = slmx_q1_chunk_bytes(K);
+    float mwt[128][16] __attribute__((aligned(32)));
+    for (int64_t nn = n0; nn < n1; nn += 16) {
+        const int cols = (int)(n1 - nn < 16 ? n1 - nn : 16);
+        for (int b0 = 0; b0 < nb; b0 += 128) {
+            const int cnt = nb - b0 < 128 ? nb - b0 : 128;
+            for (int j = 0; j < 16; j++) {
+                const uint8_t *mp = w + (size_t)(nn + j) * rb + (size_t)ts * b0 + 2;
+                if (j < cols) for (int b = 0; b < cnt; b++) mwt[b][j] = slmx_load_f16(mp + (size_t)ts * b);
+                else for (int b = 0; b < cnt; b++) mwt[b][j] = 0.0f;
+            }
+            for (int m = 0; m < M; m++) {
+                const float *s = (const float *)(x + (size_t)m * ldx + so) + b0;
+                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                for (int b = 0; b < cnt; b++) {
+                    __m256 sv = _mm256_set1_ps(s[b]);
+                    a0 = _mm256_fmadd_ps(_mm256_load_ps(mwt[b]), sv, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_load_ps(mwt[b] + 8), sv, a1);
+                }
+                float *om = out + (size_t)m * ldo + nn;
+                if (cols == 16) {
+                    _mm256_storeu_ps(om, _mm256_add_ps(_mm256_loadu_ps(om), a0));
+                    _mm256_storeu_ps(om + 8, _mm256_add_ps(_mm256_loadu_ps(om + 8), a1));
+                } else {
+                    float tmp[16];
+                    _mm256_storeu_ps(tmp, a0);
+                    _mm256_storeu_ps(tmp + 8, a1);
+                    for (int j = 0; j < cols; j++) om[j] += tmp[j];
+                }
+            }
+        }
+    }
+}
+
 typedef void (*slmx_q1_kern_fn)(const slmx_pb_chunk *, int, const uint8_t *, size_t, float *, size_t, int, int);
 
 static void slmx_linear_range_q1_simd(int level, int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
@@ -261,21 +288,21 @@ static void slmx_linear_range_q1_simd(int level, int t, const uint8_t *w, size_t
         float *o = out + n;
         if (M == 1 && level >= SLMX_SIMD_VNNI) {
             slmx_gemv_q1_vnni(t, rows, nr, x, K, o, SLMX_PF_ROWS * rb);
-            slmx_q1_min_term_avx2(t, rows, nr, x, ldx, M, K, o, ldo);
             continue;
         }
         for (int kb0 = 0; kb0 < nb; kb0 += kcb) {
             int nblk = nb - kb0 < kcb ? nb - kb0 : kcb;
             slmx_pb_chunk *p = (slmx_pb_chunk *)scratch;
-            slmx_unpack_q1_avx2(t, rows, kb0, nblk, p);
+            if (level >= SLMX_SIMD_AVX512) slmx_unpack_q1_avx512(t, rows, kb0, nblk, p, SLMX_PF_ROWS * rb);
+            else slmx_unpack_q1_avx2(t, rows, kb0, nblk, p);
             const uint8_t *xk = x + (size_t)(kb0 / 2) * sizeof(slmx_xb_chunk);
             for (int m = 0; m < M; m += mstep) {
                 int mr = M - m < mstep ? M - m : mstep;
                 kb[mr](p, (nblk + 1) / 2, xk + (size_t)m * ldx, ldx, o + (size_t)m * ldo, ldo, nr, kb0 > 0);
             }
         }
-        slmx_q1_min_term_avx2(t, rows, nr, x, ldx, M, K, o, ldo);
     }
+    slmx_q1_min_range_avx2(t, w, rb, n0, n1, x, ldx, M, K, out, ldo);
 }
 #endif
 
