@@ -114,7 +114,15 @@ def _print_info(path, f, d):
 def _cmd_bench_roofline(a):
     from . import roofline
     from ._kernels.cpu import resolve_threads
-    ceilings, kernels = roofline.run(threads=resolve_threads(a.threads), quick=a.quick, png=a.png or None)
+    png = a.png
+    if png is None:                      # the default: plot only when matplotlib is there
+        png = "roofline.png" if roofline.have_matplotlib() else ""
+        if not png:
+            print("roofline plot skipped: matplotlib is not installed (pip install 'slmx[plot]')")
+    elif png and not roofline.have_matplotlib():
+        raise ValueError(f"--png {png!r}: the roofline plot needs matplotlib (pip install 'slmx[plot]'), "
+                         "or pass --png '' for the table only")
+    ceilings, kernels = roofline.run(threads=resolve_threads(a.threads), quick=a.quick, png=png or None)
     if a.json:
         print(json.dumps({"ceilings": ceilings, "kernels": kernels}))
     return 0
@@ -438,8 +446,9 @@ def build_parser():
     b.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (3)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.add_argument("--quick", action="store_true", help="roofline: small buffers and short runs (seconds)")
-    b.add_argument("--png", default="roofline.png",
-                   help="roofline: where to write the plot (roofline.png; '' for none)")
+    b.add_argument("--png", default=None,
+                   help="roofline: where to write the plot (default roofline.png, skipped with a note when "
+                        "matplotlib is not installed; '' for none)")
     b.set_defaults(func=_cmd_bench)
 
     _add_training_parsers(sub)

@@ -190,6 +190,15 @@ def report(ceilings, kernels):
     return lines
 
 
+def have_matplotlib():
+    """Whether matplotlib (needed only for the plot) can be imported."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):     # a None entry in sys.modules raises ValueError
+        return False
+
+
 def plot(ceilings, kernels, path):
     """Write the roofline plot (log-log GFLOP/s against flop/byte) to ``path`` (PNG, atomically)."""
     try:

@@ -55,3 +55,22 @@ def test_cli_bench_roofline_quick(tmp_path):
     for name in ("fp32 GEMM", "bf16 GEMM", "Q4_K GEMV", "Q6_K GEMV", "attention"):
         assert name in r.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bench_roofline_without_matplotlib(tmp_path, monkeypatch, capsys):
+    """No matplotlib: the default run prints the table and a note; an explicit --png is a one-line error."""
+    import sys
+    from slmx import cli, roofline
+    ceilings = {"threads": 1, "bandwidth": 20.0, "bandwidth_cache": 40.0, "fp32": 400.0}
+    gemv = {"name": "fp32 GEMV", "kind": "fp32", "flops": 1e9, "bytes": 2e9, "seconds": 0.2}
+    monkeypatch.setattr(roofline, "measure_ceilings", lambda threads, quick: ceilings)
+    monkeypatch.setattr(roofline, "measure_kernels", lambda threads, quick: [gemv])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import matplotlib -> ImportError
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "roofline", "--quick", "-t", "1"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "fp32 GEMV" in out and "roofline plot skipped" in out and "matplotlib" in out
+    assert not (tmp_path / "roofline.png").exists()
+    assert cli.main(["bench", "roofline", "--quick", "-t", "1", "--png", str(tmp_path / "r.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("slmx: error: --png") and "matplotlib" in err and err.count("\n") == 1
