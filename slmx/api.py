@@ -251,7 +251,8 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics
         # a model trained by `slmx train`: its output folder or one of its ckpt-* folders
         from .train.checkpoint import load_for_inference
         path, cfg, tok, tr = load_for_inference(path_or_name, threads=threads)
-        return LanguageModel(path, None, cfg, tok, tr, int(n_ctx or cfg.context_length), kv_cache_type)
+        n_ctx = _check_n_ctx(n_ctx, cfg)       # bounded by the context length it was trained at
+        return LanguageModel(path, None, cfg, tok, tr, n_ctx, kv_cache_type)
     path = registry.resolve(path_or_name)
     f = gguf.read(path)
     cfg = config_from_gguf(f.metadata, f.tensors)

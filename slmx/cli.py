@@ -381,7 +381,8 @@ def _add_training_parsers(sub):
                     help="a text file (repeatable)")
     pp.add_argument("--data", nargs="+", default=None, metavar="PATH", help="text files, folders or globs")
     pp.add_argument("--ctx", type=int, default=None,
-                    help="window / chunk length in tokens (model context, max 512)")
+                    help="window / chunk length in tokens (default: the model's context, at most 512; larger values up to "
+                         "the model's context length)")
     pp.add_argument("--stride", type=int, default=None, help="window step in tokens, sliding method (ctx / 2)")
     pp.add_argument("--method", default="sliding", metavar="{sliding,llama.cpp}",
                     help="sliding windows (default), or llama.cpp's: chunks of ctx from BOS, second halves scored")

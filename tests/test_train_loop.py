@@ -485,6 +485,19 @@ def test_loaded_model_scores_like_the_training_model(tmp_path):
     ls, n = m.loss(ids[None, :-1].copy(), ids[None, 1:].copy())
     assert n == 63
     assert window_nll(lm, ids, 0) == pytest.approx(ls, rel=1e-4)
+    # n_ctx is bounded by the context it was trained at (as a GGUF's by its context length),
+    # for the output folder and a checkpoint folder, before any allocation
+    ck = os.path.join(out, sorted(d for d in os.listdir(out) if d.startswith("ckpt-"))[-1])
+    for path in (out, ck):
+        for n in (65, 1000, 100000000000):
+            with pytest.raises(ValueError, match=f"n_ctx {n} exceeds the model's context length 64"):
+                slmx.load(path, n_ctx=n, threads=1)
+    assert slmx.load(ck, n_ctx=64, threads=1).n_ctx == 64
+    for cmd in (["generate", "-m", out, "-p", "hi"], ["generate", "-m", ck, "-p", "hi"],
+                ["perplexity", "-m", out, "-f", os.path.join(data, sorted(os.listdir(data))[0])]):
+        r = _cli(*cmd, "--ctx", "100000000000")
+        assert r.returncode == 1 and r.stderr.startswith("slmx: error: n_ctx 100000000000 exceeds"), r.stderr
+        assert r.stderr.count("\n") == 1
 
 
 def test_cli_nan_loss_exits_nonzero_and_keeps_checkpoint(tmp_path):
