@@ -466,7 +466,7 @@ def build_parser():
     q.add_argument("input", help="GGUF file or Hugging Face model folder")
     q.add_argument("output", help="GGUF file to write (atomically)")
     q.add_argument("--type", required=True, type=str.upper, metavar="TYPE",
-                   help="Q8_0 Q4_0 Q5_0 Q4_K Q5_K Q6_K F16 BF16 F32, or Q4_K_S Q4_K_M Q5_K_S Q5_K_M")
+                   help="Q8_0 Q4_0 Q5_0 Q4_1 Q5_1 Q4_K Q5_K Q6_K F16 BF16 F32, or Q4_K_S Q4_K_M Q5_K_S Q5_K_M")
     mode = q.add_mutually_exclusive_group()
     mode.add_argument("--pure", action="store_true", help="every quantizable tensor at the recipe's base type")
     mode.add_argument("--mixed", action="store_true",

@@ -5,6 +5,7 @@
  *                                                                   x = d * (q - 8)
  *   Q5_0  32 elems, 22 B : f16 d | uint32 qh (bit j = 5th bit of elem j) | qs[16] as Q4_0
  *                                                                   x = d * (q - 16)
+ *   Q4_1 / Q5_1 (x = d * q + m): quant_q1.h, which also holds their linear
  *   Q4_K 256 elems, 144 B: f16 d | f16 dmin | scales[12] (8 x 6-bit scale, 8 x 6-bit min) | qs[128]
  *                          64-elem group g: low nibbles of qs[32g..] = elems 64g+0..31, high = +32..63
  *                                                                   x = d*sc_j*q - dmin*m_j (j = e/32)
