@@ -587,3 +587,53 @@ def test_run_training_pipeline_and_resume(tmp_path, monkeypatch):
     (data / "m0.py").write_text("changed\n")
     with pytest.raises(ValueError, match="changed since the checkpoint"):
         run_training(None, None, resume=b, progress=False, sample_tokens=0, out=io.StringIO())
+
+
+def _fake_corpus(tmp_path):
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for i in range(30):
+        (data / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * (5 + i))
+    return str(data)
+
+
+_FAKE_CFG = dict(preset="fake", batch_size=4, context=32, grad_accum=2, max_steps=12, lr=0.02, warmup=2,
+                 eval_every=4, ckpt_every=3, keep_checkpoints=10, eval_tokens=1024, val_fraction=0.1)
+
+
+def test_resume_from_an_older_checkpoint_sets_later_ones_aside(tmp_path, monkeypatch):
+    """--resume OUT/ckpt-000006 while ckpt-000009 and ckpt-000012 exist: those and the full log are
+    moved to OUT/superseded/..., `latest` follows the run, and the steps redo the same numbers."""
+    import io
+    from slmx.train.trainer import run_training
+    _patch_fakes(monkeypatch)
+    data = _fake_corpus(tmp_path)
+    a = str(tmp_path / "a")
+    run_training(TrainConfig(**_FAKE_CFG), a, data=[data], progress=False, sample_tokens=0, out=io.StringIO())
+    first = steps_of(os.path.join(a, "train.jsonl"))
+    buf = io.StringIO()
+    r = run_training(None, None, resume=os.path.join(a, ckpt.checkpoint_name(6)), progress=False,
+                     sample_tokens=0, out=buf)
+    assert r.step == 12 and [s for s, _ in r.losses] == list(range(7, 13))
+    assert "moved them" in buf.getvalue()
+    names = sorted(os.listdir(a))
+    assert not [n for n in names if n.startswith("ckpt-") and "." in n], names     # no ckpt-000009.1
+    assert ckpt.resolve_checkpoint(a).endswith(ckpt.checkpoint_name(12))
+    (aside,) = os.listdir(os.path.join(a, ckpt.SUPERSEDED))
+    aside = os.path.join(a, ckpt.SUPERSEDED, aside)
+    assert sorted(os.listdir(aside)) == [ckpt.checkpoint_name(9), ckpt.checkpoint_name(12), "train.jsonl"]
+    assert steps_of(os.path.join(aside, "train.jsonl")) == first
+    again = steps_of(os.path.join(a, "train.jsonl"))
+    assert [x["loss"] for x in again] == [x["loss"] for x in first]
+    # the end of the run: nothing to train is an error before any work, and nothing moves
+    with pytest.raises(ValueError, match="nothing to train"):
+        run_training(None, None, resume=a, progress=False, sample_tokens=0, out=io.StringIO())
+    assert len(os.listdir(os.path.join(a, ckpt.SUPERSEDED))) == 1
+
+
+def test_summary_line_without_steps_or_validation_has_no_nan():
+    from slmx.train.trainer import TrainResult, summary_line
+    s = summary_line(TrainResult(None, 20, "max_steps"), 3.0, 1.0, has_val=False)
+    assert "nan" not in s and "no training step" in s and "no validation split" in s
+    s = summary_line(TrainResult(None, 21, "max_steps", losses=[(21, 2.5)], val=[(21, 2.0)]), 3.0, 1.0)
+    assert "train loss 2.5000" in s and f"ppl {math.exp(2.0):.2f}" in s

@@ -185,6 +185,51 @@ def latest_checkpoint(out_dir):
     return os.path.join(out_dir, name)
 
 
+def checkpoint_step(path):
+    """The step in a checkpoint folder's name (ckpt-000200 or ckpt-000200.1 -> 200), or None."""
+    n = os.path.basename(os.path.normpath(os.fspath(path)))
+    if not n.startswith(_PREFIX):
+        return None
+    try:
+        return int(n[len(_PREFIX):].split(".")[0])
+    except ValueError:
+        return None
+
+
+SUPERSEDED = "superseded"
+
+
+def set_aside_later(out_dir, resumed, log_name="train.jsonl"):
+    """Before a run in OUT_DIR continues from the checkpoint RESUMED: move every other checkpoint of
+    OUT_DIR at its step or later, and a copy of the log, into OUT_DIR/superseded/after-step-N-<time>/
+    (nothing is deleted), and point OUT_DIR/latest at RESUMED when it is one of OUT_DIR's.
+    Returns (folder, [moved checkpoint names]); folder is None when nothing was later."""
+    step = checkpoint_step(resumed)
+    later = [p for p in list_checkpoints(out_dir)
+             if os.path.abspath(p) != os.path.abspath(resumed) and step is not None
+             and (checkpoint_step(p) or 0) >= step]
+    dest = None
+    if later:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest = os.path.join(out_dir, SUPERSEDED, f"after-step-{step:06d}-{stamp}")
+        k = 0
+        while os.path.exists(dest):
+            k += 1
+            dest = os.path.join(out_dir, SUPERSEDED, f"after-step-{step:06d}-{stamp}.{k}")
+        os.makedirs(dest)
+        log = os.path.join(out_dir, log_name)
+        if os.path.exists(log):
+            shutil.copy2(log, os.path.join(dest, log_name))
+        for p in later:
+            os.rename(p, os.path.join(dest, os.path.basename(p)))
+        _fsync_dir(out_dir)
+    if os.path.abspath(os.path.dirname(os.path.abspath(resumed))) == os.path.abspath(out_dir):
+        cur = latest_checkpoint(out_dir)
+        if cur is None or os.path.abspath(cur) != os.path.abspath(resumed):
+            _write_text_atomic(os.path.join(out_dir, LATEST), os.path.basename(os.path.normpath(resumed)) + "\n")
+    return dest, [os.path.basename(p) for p in later]
+
+
 def resolve_checkpoint(path):
     """A checkpoint folder from PATH: a checkpoint folder itself (has state.json) or a training
     output folder (follows its `latest`). Raises CheckpointError."""

@@ -585,6 +585,10 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
             if v is not None:
                 setattr(config, k, v)
         out_dir = out_dir or os.path.dirname(os.path.abspath(ck_dir))
+        end = config.max_steps or (None if st.get("fit_steps_to_time") else st["schedule"]["max_steps"])
+        if end is not None and int(st["step"]) >= end:
+            raise ValueError(f"nothing to train: {ck_dir} is at step {st['step']} and the run ends at step {end}; "
+                             f"give --max-steps N > {st['step']} to train further")
         files = st["data"]["files"]
         missing = [p for p in files if not os.path.exists(p)]
         if missing:
@@ -664,6 +668,11 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
                       max_seconds=max_seconds, out=out)
     if st is not None:
         checkpoint = ckpt.load_checkpoint(ck_dir)
+        aside, later = ckpt.set_aside_later(out_dir, ck_dir, LOG_NAME)
+        if later:
+            print(f"note: resuming from {os.path.basename(os.path.normpath(ck_dir))}, which is older than "
+                  f"{', '.join(later)}: moved them and a copy of {LOG_NAME} to {aside} (nothing deleted)",
+                  file=out, flush=True)
         trainer.restore(checkpoint)
         del checkpoint                       # free the loaded arrays before peak RSS is measured
         if config.max_steps and config.max_steps != trainer.schedule.max_steps:
@@ -690,11 +699,7 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
     what = "peak RSS while training" if rss_reset else "peak RSS of the process"
     print(f"memory: budget {tot / 2**20:.1f} MiB, {what} {peak / 2**20:.1f} MiB "
           f"(budget/peak {tot / max(1, peak):.3f})", file=out, flush=True)
-    vl = result.final_val_loss
-    print(f"done: step {result.step} ({result.stop_reason}), train loss {result.final_loss:.4f}, "
-          f"val loss {vl:.4f} (ppl {math.exp(vl) if vl == vl and vl < 700 else float('nan'):.2f}) vs unigram "
-          f"entropy {H:.4f} nats/token; {result.tokens:,} tokens in {result.elapsed_s:.1f} s of training, "
-          f"{time.perf_counter() - t_run:.1f} s in all", file=out, flush=True)
+    print(summary_line(result, H, time.perf_counter() - t_run, has_val=bool(val)), file=out, flush=True)
     print(f"checkpoint: {result.checkpoint}", file=out, flush=True)
     result.memory = {"budget": budget, "peak_rss": peak, "peak_rss_reset": rss_reset}
     result.unigram_entropy = H
@@ -706,6 +711,24 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
         except Exception as e:  # a sample is a courtesy; never fail a finished run over it
             print(f"sample: could not generate ({type(e).__name__}: {e})", file=out, flush=True)
     return result
+
+
+def summary_line(result, unigram_entropy, total_s, has_val=True):
+    """The `done:` line of a run: its losses (only what was measured) and this session's tokens/time."""
+    parts = [f"done: step {result.step} ({result.stop_reason})"]
+    if result.losses:
+        parts.append(f", train loss {result.final_loss:.4f}")
+    else:
+        parts.append(", no training step ran in this session")
+    if result.val:
+        vl = result.final_val_loss
+        ppl = math.exp(vl) if vl == vl and vl < 700 else float("inf")
+        parts.append(f", val loss {vl:.4f} (ppl {ppl:.2f})")
+    elif not has_val:
+        parts.append(", no validation split")
+    parts.append(f" vs unigram entropy {unigram_entropy:.4f} nats/token; {result.tokens:,} tokens in "
+                 f"{result.elapsed_s:.1f} s of training, {total_s:.1f} s in all")
+    return "".join(parts)
 
 
 def sample_text(model, tokenizer, prompt, n_tokens=120, seed=0, temperature=0.8, threads=None):
