@@ -7,17 +7,34 @@ import numpy as np
 BENCH_TEXT = "The quick brown fox jumps over the lazy dog. " * 120
 
 
+def check_bench_args(n_prompt, n_decode, repeats, names=("n_prompt", "n_decode", "repeats")):
+    """(n_prompt, n_decode, repeats) as ints; ValueError naming the option (from ``names``) when one
+    is out of range (n_prompt >= 1, n_decode >= 0, repeats >= 1)."""
+    out = []
+    for name, v, lo in zip(names, (n_prompt, n_decode, repeats), (1, 0, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"bench: {name} must be an integer >= {lo}, got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
 def model_throughput(model, n_prompt=512, n_decode=64, repeats=3):
     """dict with median prefill and decode tokens/s over `repeats` runs.
 
     Prefill: one forward over an n_prompt-token prompt (from an empty cache). Decode: n_decode
     single-token forwards that follow it, greedy (argmax of each step's logits).
     """
-    ids = model.tokenizer.encode(BENCH_TEXT, add_bos=True)[:n_prompt]
-    if len(ids) < n_prompt:
-        ids = (ids * (n_prompt // max(1, len(ids)) + 1))[:n_prompt]
+    n_prompt, n_decode, repeats = check_bench_args(n_prompt, n_decode, repeats)
     if n_prompt + n_decode > model.n_ctx:
         raise ValueError(f"bench: {n_prompt} + {n_decode} tokens exceed n_ctx {model.n_ctx}")
+    tok = model.tokenizer
+    bos = getattr(tok, "bos_id", None)
+    # a BOS only when the vocabulary has one (trained tokenizers need not)
+    ids = [int(i) for i in tok.encode(BENCH_TEXT, add_bos=bos is not None)][:n_prompt]
+    if not ids:
+        ids = [0 if bos is None else int(bos)]
+    if len(ids) < n_prompt:
+        ids = (ids * (n_prompt // len(ids) + 1))[:n_prompt]
     tr, cache = model.transformer, model.cache
     pre, dec = [], []
     for _ in range(repeats):

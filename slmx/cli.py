@@ -132,8 +132,16 @@ def _cmd_bench(a):
     if a.model == "roofline":
         return _cmd_bench_roofline(a)
     from .api import load
-    from .bench import model_throughput
-    model = load(a.model, threads=a.threads, n_ctx=max(1024, a.n_prompt + a.n_decode))
+    from .bench import check_bench_args, model_throughput
+    check_bench_args(a.n_prompt, a.n_decode, a.repeats, names=("--n-prompt", "--n-decode", "--repeats"))
+    need = a.n_prompt + a.n_decode          # the KV cache the run needs, bounded by the model
+    try:
+        model = load(a.model, threads=a.threads, n_ctx=need)
+    except ValueError as e:
+        if "exceeds the model's context length" not in str(e):
+            raise
+        raise ValueError(f"--n-prompt {a.n_prompt} + --n-decode {a.n_decode} = {need} tokens: "
+                         f"{str(e).split(' exceeds ')[1]} is smaller") from None
     r = model_throughput(model, n_prompt=a.n_prompt, n_decode=a.n_decode, repeats=a.repeats)
     if a.json:
         print(json.dumps(r))

@@ -86,3 +86,23 @@ def test_closed_pipe_is_quiet(gemma3_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 0, err
     assert "error" not in err and "Traceback" not in err, err
+
+
+def test_bench_small_model_and_bad_counts(capsys):
+    """bench sizes the KV cache to what the run needs (a 128-context model runs), needs no BOS token,
+    and bad counts are one-line errors naming the option."""
+    import json
+    sys.path.insert(0, os.path.dirname(__file__))
+    from hf_tiny import tiny_llama
+    from slmx.cli import main
+    _, path = tiny_llama()
+    assert main(["bench", path, "--n-prompt", "16", "--n-decode", "8", "--repeats", "1", "-t", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n_prompt"] == 16 and r["n_decode"] == 8 and r["prefill_tokens_per_s"] > 0
+    for args, msg in ((["--n-prompt", "0"], "--n-prompt must be an integer >= 1, got 0"),
+                      (["--repeats", "0"], "--repeats must be an integer >= 1, got 0"),
+                      (["--n-decode", "-1"], "--n-decode must be an integer >= 0, got -1"),
+                      (["--n-prompt", "120", "--n-decode", "9"], "= 129 tokens: the model's context length 128")):
+        assert main(["bench", path, "-t", "1", *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("slmx: error: ") and msg in err and err.count("\n") == 1, err
