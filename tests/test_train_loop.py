@@ -59,8 +59,9 @@ class FakeConfig:
 class FakeLM:
     """logits = tanh(E[x]) U^T, E and U (V, d): enough to learn bigrams."""
 
-    def __init__(self, vocab=32, d=8, seed=0, nan_at_call=None):
+    def __init__(self, vocab=32, d=8, seed=0, nan_at_call=None, interrupt_at_call=None):
         self.cfg = FakeConfig(vocab_size=vocab, d_model=d)
+        self.interrupt_at_call = interrupt_at_call
         self.buf = FakeBuf([("token_embd.weight", (vocab, d)), ("output.weight", (vocab, d))])
         self.buf.params[:] = np.random.default_rng(seed).normal(0, 0.5, self.buf.n_params)
         self.calls = 0
@@ -81,6 +82,8 @@ class FakeLM:
 
     def forward_backward(self, inputs, targets, loss_scale):
         self.calls += 1
+        if self.calls == self.interrupt_at_call:
+            raise KeyboardInterrupt
         h, p, mask, yy, loss, n = self._forward(inputs, targets)
         if self.nan_at_call is not None and self.calls >= self.nan_at_call:
             return float("nan"), n
@@ -282,6 +285,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert c.step == 4
     ev = [r for r in read_log(tmp_path / "train.jsonl") if r.get("event") == "diverged"]
     assert len(ev) == 1 and ev[0]["step"] == 6
+
+
+def test_interrupt_right_after_a_checkpoint_writes_no_duplicate(tmp_path):
+    # grad_accum 2: call 9 is the first micro-batch of step 5, just after the step-4 checkpoint
+    t = make_trainer(str(tmp_path), model=FakeLM(interrupt_at_call=9))
+    with pytest.raises(KeyboardInterrupt):
+        t.train()
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path))] == ["ckpt-000004"]
+    assert ckpt.resolve_checkpoint(str(tmp_path)).endswith("ckpt-000004")
+    # one step later: the interrupt writes the step it reached
+    t = make_trainer(str(tmp_path / "b"), model=FakeLM(interrupt_at_call=11))
+    with pytest.raises(KeyboardInterrupt):
+        t.train()
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path / "b"))] == ["ckpt-000004",
+                                                                                         "ckpt-000005"]
 
 
 def test_time_limit_fits_max_steps(tmp_path):

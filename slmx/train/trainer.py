@@ -189,6 +189,7 @@ class Trainer:
         self.tokens_seen = 0
         self.elapsed_before = 0.0           # seconds of training before a resume
         self.last_checkpoint = None
+        self.saved_step = None              # the step of the newest checkpoint this trainer wrote or restored
         self.last_metrics = {}
         self._log = None
         self._bar = None
@@ -221,7 +222,7 @@ class Trainer:
         p = ckpt.save_checkpoint(self.out_dir, self.step, _weight_views(self.model),
                                  self.optimizer.state_dict(), self.state(), self.tokenizer_path,
                                  keep=self.config.keep_checkpoints)
-        self.last_checkpoint = p
+        self.last_checkpoint, self.saved_step = p, self.step
         return p
 
     def restore(self, checkpoint):
@@ -238,7 +239,7 @@ class Trainer:
         self.elapsed_before = float(st.get("elapsed_s", 0.0))
         self.last_metrics = st.get("metrics") or {}
         self.fit_steps_to_time = bool(st.get("fit_steps_to_time", False)) and self.max_seconds is not None
-        self.last_checkpoint = checkpoint.path
+        self.last_checkpoint, self.saved_step = checkpoint.path, self.step
         if self.log_path:
             truncate_log(self.log_path, self.step)
 
@@ -347,7 +348,6 @@ class Trainer:
         self._bar = self._make_bar()
         step_times = []
         refits, fit_t, fit_step = [], 0.0, 0
-        last_save = self.step
         reason = "max_steps"
         if self._log and self.step:
             self._log.write({"event": "resume", "step": self.step, "message": f"resumed at step {self.step}"})
@@ -400,15 +400,17 @@ class Trainer:
                 result.losses.append((self.step, r["loss"]))
                 self._update_bar(rec)
                 if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < self.max_steps:
-                    self.save_checkpoint()
-                    last_save = self.step
+                    with _sigint_deferred():     # a Ctrl-C now is handled once the checkpoint is complete
+                        self.save_checkpoint()
                 if time_up:
                     reason = "time"
                     break
-            if self.out_dir and (last_save != self.step or self.last_checkpoint is None):
+            if self.out_dir and self.saved_step != self.step:
                 self.save_checkpoint()
         except KeyboardInterrupt:
-            if self.out_dir and self.step:
+            if self.out_dir and self.step and self.saved_step == self.step:
+                self._write(f"interrupted: step {self.step} is already in {self.last_checkpoint}")
+            elif self.out_dir and self.step:
                 self._write(f"interrupted: writing a checkpoint of step {self.step}")
                 self.save_checkpoint()
             raise
