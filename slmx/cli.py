@@ -345,7 +345,9 @@ def _add_training_parsers(sub):
     t.add_argument("--batch-size", type=int, default=None, help="sequences per micro-batch (8)")
     t.add_argument("--context", type=int, default=None, help="tokens per sequence (the preset's context)")
     t.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (1)")
-    t.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: fit --max-minutes)")
+    t.add_argument("--max-steps", type=int, default=None,
+                   help="optimizer steps (default: fit --max-minutes); with --resume only where to stop: the "
+                        "run keeps its learning-rate schedule")
     t.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock limit of the training loop; without --max-steps the schedule is "
                         "fitted to it from the first steps' timing (10 when neither is given)")

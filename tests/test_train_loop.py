@@ -655,3 +655,30 @@ def test_summary_line_without_steps_or_validation_has_no_nan():
     assert "nan" not in s and "no training step" in s and "no validation split" in s
     s = summary_line(TrainResult(None, 21, "max_steps", losses=[(21, 2.5)], val=[(21, 2.0)]), 3.0, 1.0)
     assert "train loss 2.5000" in s and f"ppl {math.exp(2.0):.2f}" in s
+
+
+def test_resume_with_max_steps_keeps_the_schedule(tmp_path, monkeypatch):
+    """--resume --max-steps K stops at K on the original run's schedule (no refit, no lr cliff);
+    resuming again finishes it exactly like the uninterrupted run; past the horizon the lr stays final."""
+    import io
+    from slmx.train.trainer import run_training
+    _patch_fakes(monkeypatch)
+    data = _fake_corpus(tmp_path)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    run_training(TrainConfig(**_FAKE_CFG), a, data=[data], progress=False, sample_tokens=0, out=io.StringIO())
+    cfg = dict(_FAKE_CFG, max_steps=12)
+    run_training(TrainConfig(**cfg), b, data=[data], progress=False, sample_tokens=0, out=io.StringIO())
+    buf = io.StringIO()
+    r = run_training(None, None, resume=os.path.join(b, ckpt.checkpoint_name(6)), progress=False, sample_tokens=0,
+                     out=buf, overrides={"max_steps": 8})
+    assert r.step == 8 and "keeps the run's horizon of 12" in buf.getvalue()
+    assert ckpt.read_state(b)[1]["schedule"]["max_steps"] == 12
+    r = run_training(None, None, resume=b, progress=False, sample_tokens=0, out=io.StringIO())
+    assert r.step == 12
+    la, lb = steps_of(os.path.join(a, "train.jsonl")), steps_of(os.path.join(b, "train.jsonl"))
+    for k in ("step", "lr", "loss"):
+        assert [x[k] for x in la] == [x[k] for x in lb], k
+    r = run_training(None, None, resume=b, progress=False, sample_tokens=0, out=io.StringIO(),
+                     overrides={"max_steps": 14})
+    lr = [x["lr"] for x in steps_of(os.path.join(b, "train.jsonl"))]
+    assert r.step == 14 and lr[12:] == [pytest.approx(0.02 * 0.1)] * 2

@@ -188,6 +188,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.elapsed_before = 0.0           # seconds of training before a resume
+        self.stop_at = None                 # end at this step instead of the schedule's max_steps
         self.last_checkpoint = None
         self.saved_step = None              # the step of the newest checkpoint this trainer wrote or restored
         self.last_metrics = {}
@@ -199,7 +200,9 @@ class Trainer:
 
     @property
     def max_steps(self):
-        return self.schedule.max_steps
+        """The step training ends at: stop_at when set (a resumed run stopping early or going on
+        past its schedule), else the schedule's horizon."""
+        return self.stop_at if self.stop_at is not None else self.schedule.max_steps
 
     @property
     def log_path(self):
@@ -577,17 +580,24 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
     Returns TrainResult. Raises TrainingDiverged on NaN/inf.
     """
     t_run = time.perf_counter()
-    ck_dir = st = None
+    ck_dir = st = stop_at = None
     if resume:
         ck_dir, st = ckpt.read_state(resume)        # the tensors are loaded once the model exists
         config = TrainConfig.from_dict(st["train_config"])
-        if st.get("fit_steps_to_time"):
+        overrides = dict(overrides or {})
+        if st.get("fit_steps_to_time"):       # the horizon was never fixed: --max-steps fixes it now
             config.max_steps = None
-        for k, v in (overrides or {}).items():
+        else:                                 # the run's schedule stays; --max-steps only says where to stop
+            stop_at = overrides.pop("max_steps", None)
+            horizon = int(st["schedule"]["max_steps"])
+            config.max_steps = horizon
+        for k, v in overrides.items():
             if v is not None:
                 setattr(config, k, v)
+        if stop_at is not None and int(stop_at) <= 0:
+            raise ValueError(f"max_steps must be positive, got {stop_at}")
         out_dir = out_dir or os.path.dirname(os.path.abspath(ck_dir))
-        end = config.max_steps or (None if st.get("fit_steps_to_time") else st["schedule"]["max_steps"])
+        end = stop_at or config.max_steps or (None if st.get("fit_steps_to_time") else horizon)
         if end is not None and int(st["step"]) >= end:
             raise ValueError(f"nothing to train: {ck_dir} is at step {st['step']} and the run ends at step {end}; "
                              f"give --max-steps N > {st['step']} to train further")
@@ -677,10 +687,17 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
                   file=out, flush=True)
         trainer.restore(checkpoint)
         del checkpoint                       # free the loaded arrays before peak RSS is measured
-        if config.max_steps and config.max_steps != trainer.schedule.max_steps:
+        if config.max_steps and config.max_steps != trainer.schedule.max_steps:   # a horizon fixed only now
             trainer.schedule = Schedule.from_dict(dict(trainer.schedule.to_dict(), max_steps=config.max_steps))
-            print(f"note: max_steps changed to {config.max_steps}: the schedule differs from the original run",
-                  file=out, flush=True)
+        if stop_at is not None and stop_at != trainer.schedule.max_steps:
+            trainer.stop_at = int(stop_at)
+            H_end = trainer.schedule.max_steps
+            if stop_at < H_end:
+                print(f"note: stopping at step {stop_at}; the learning-rate schedule keeps the run's horizon of "
+                      f"{H_end} steps (resume again to continue it)", file=out, flush=True)
+            else:
+                print(f"note: training past the schedule's {H_end} steps to {stop_at}: steps after {H_end} run "
+                      f"at its final lr {trainer.schedule.lr_at(H_end):.3g}", file=out, flush=True)
     n = model.buf.n_params
     print(f"model: {config.preset}, {n / 1e6:.2f}M parameters, d_model {model.cfg.d_model}, "
           f"{model.cfg.n_layers} layers, {model.cfg.n_heads} heads ({model.cfg.n_kv_heads} KV), ffn "
