@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from threadpoolctl import threadpool_limits
 
 from slmx._kernels import cpu
@@ -45,3 +46,39 @@ def test_features_and_levels():
     assert cpu.simd_level_name() == "scalar"
     cpu.set_simd_level(None)
     assert cpu.simd_level_name() == cpu.LEVEL_NAMES[cpu.hw_simd_level()] or os.environ.get("SLMX_SIMD")
+
+
+def test_threadpoolctl_limits_slmx_under_omp_num_threads():
+    """The same limit holds when OMP_NUM_THREADS=1 set OpenMP's start-up value (no lowering to see)."""
+    code = ("import warnings; warnings.simplefilter('ignore')\n"
+            "from threadpoolctl import threadpool_limits\nfrom slmx._kernels import cpu\n"
+            "with threadpool_limits(1):\n    print(cpu.resolve_threads(), cpu.resolve_threads(2))\n")
+    e = {k: v for k, v in os.environ.items() if k not in ("SLMX_NUM_THREADS", "OMP_NUM_THREADS")}
+    for env in ({}, {"OMP_NUM_THREADS": "1"}):
+        assert subprocess.check_output([sys.executable, "-c", code], env={**e, **env}, text=True).split() == ["1", "1"]
+
+
+def test_bad_thread_settings():
+    with pytest.raises(TypeError, match="threads must be an integer.*'two'"):
+        cpu.resolve_threads("two")
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        cpu.resolve_threads(-3)
+    with pytest.warns(RuntimeWarning, match="threads=1000 capped to"):
+        n = cpu.resolve_threads(1000)
+    assert 1 <= n <= (os.cpu_count() or 1)
+    code = "from slmx._kernels import cpu; cpu.resolve_threads()"
+    e = {k: v for k, v in os.environ.items() if k not in ("SLMX_NUM_THREADS", "OMP_NUM_THREADS", "SLMX_SIMD")}
+    for env, words in (({"SLMX_NUM_THREADS": "abc"}, "SLMX_NUM_THREADS='abc' ignored"),
+                       ({"SLMX_NUM_THREADS": "-3"}, "SLMX_NUM_THREADS='-3' ignored"),
+                       ({"SLMX_SIMD": "bogus"}, "SLMX_SIMD='bogus' ignored: accepted values are scalar, avx2")):
+        r = subprocess.run([sys.executable, "-c", code], env={**e, **env}, capture_output=True, text=True)
+        assert r.returncode == 0 and r.stderr.count(words) == 1, r.stderr
+
+
+def test_load_threads_not_an_integer(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from hf_tiny import tiny_llama
+    import slmx
+    _, path = tiny_llama(str(tmp_path / "m"))
+    with pytest.raises(TypeError, match="threads must be an integer.*'two'"):
+        slmx.load(path, n_ctx=16, threads="two")

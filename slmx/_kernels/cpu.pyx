@@ -2,10 +2,15 @@
 
 The thread count used by every parallel kernel is resolved by `resolve_threads` in one place:
 an explicit ``threads`` argument, else ``SLMX_NUM_THREADS``, else ``OMP_NUM_THREADS``, else the
-cores this process may run on (affinity and cgroup quota); capped by OpenMP's max-threads ICV
-once that is lowered below its start-up value, so ``threadpoolctl.threadpool_limits(1)`` (which sets it) limits slmx too.
+cores this process may run on (affinity and cgroup quota). Caps: OpenMP's max-threads ICV once
+that is lowered below its start-up value, so ``threadpoolctl.threadpool_limits(1)`` (which sets
+it) limits slmx too; and an explicit argument is capped by the current ICV (OMP_NUM_THREADS, or
+the machine's processors when that is unset), with a one-line warning when that lowers it: with
+OMP_NUM_THREADS=1 the ICV cannot tell a threadpoolctl limit of 1 from the variable, so both cap
+(``SLMX_NUM_THREADS``, slmx's own setting, is not capped by OMP_NUM_THREADS).
 """
 import os
+import warnings
 
 include "simd.pxi"
 
@@ -106,20 +111,58 @@ def resolve_threads(threads=None):
     lowered after start-up, as ``threadpoolctl.threadpool_limits`` does.
     """
     n = None
-    if threads is not None and int(threads) > 0:
-        n = int(threads)
-    else:
+    explicit = False
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int):
+            try:
+                import numpy as np
+                ok = isinstance(threads, np.integer)
+            except ImportError:
+                ok = False
+            if not ok:
+                raise TypeError(f"threads must be an integer (or None / -1 for automatic), got {threads!r}")
+        threads = int(threads)
+        if threads > 0:
+            n, explicit = threads, True
+        elif threads not in (0, -1):
+            raise ValueError(f"threads must be a positive integer (or None / -1 for automatic), got {threads}")
+    if n is None:
         for var in ("SLMX_NUM_THREADS", "OMP_NUM_THREADS"):
             v = os.environ.get(var, "").split(",")[0].strip()
             if v.isdigit() and int(v) > 0:
                 n = int(v)
                 break
+            if v and var == "SLMX_NUM_THREADS":
+                _warn_once(var, f"SLMX_NUM_THREADS={os.environ[var]!r} ignored: it must be a positive integer")
     if n is None:
         n = usable_cores()
     cur = omp_get_max_threads()
     if cur < _OMP_INITIAL_MAX:       # lowered since start-up (threadpoolctl, omp_set_num_threads)
         n = min(n, cur)
+    elif explicit and n > cur:
+        _warn_once(("threads", n, cur), f"threads={n} capped to {cur}: OpenMP's max threads "
+                   f"({'OMP_NUM_THREADS' if os.environ.get('OMP_NUM_THREADS') else 'the processors'})")
+        n = cur
     return max(1, n)
+
+
+_WARNED = set()
+
+
+def _warn_once(key, msg):
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _check_simd_env():
+    v = os.environ.get("SLMX_SIMD", "")
+    if v and v not in LEVEL_NAMES + ("none", "0"):
+        warnings.warn(f"SLMX_SIMD={v!r} ignored: accepted values are {', '.join(LEVEL_NAMES)}", RuntimeWarning,
+                      stacklevel=2)
+
+
+_check_simd_env()
 
 
 def cache_sizes():
