@@ -563,6 +563,7 @@ def _patch_fakes(monkeypatch):
     monkeypatch.setattr(T, "prepare_tokenizer", prepare_tokenizer)
     monkeypatch.setattr(T, "load_tokenizer", lambda p: ByteTokenizer())
     monkeypatch.setattr(T, "build_model", lambda cfg, V: FakeLM(vocab=V, d=8, seed=cfg.seed))
+    monkeypatch.setattr(T, "check_preset", lambda name: None)
     monkeypatch.setattr(T, "make_optimizer", lambda name, buf, lr, *a, **k: FakeAdamW(buf, lr))
     monkeypatch.setattr(T, "_default_clip_grad_norm", lambda buf, mx, threads=None: numpy_clip(buf, mx))
 
@@ -682,3 +683,44 @@ def test_resume_with_max_steps_keeps_the_schedule(tmp_path, monkeypatch):
                      overrides={"max_steps": 14})
     lr = [x["lr"] for x in steps_of(os.path.join(b, "train.jsonl"))]
     assert r.step == 14 and lr[12:] == [pytest.approx(0.02 * 0.1)] * 2
+
+
+def test_resume_reports_this_sessions_tokens(tmp_path, monkeypatch):
+    import io
+    from slmx.train.trainer import run_training
+    _patch_fakes(monkeypatch)
+    data = _fake_corpus(tmp_path)
+    a = str(tmp_path / "a")
+    r = run_training(TrainConfig(**_FAKE_CFG), a, data=[data], progress=False, sample_tokens=0, out=io.StringIO())
+    per_step = 4 * 32 * 2
+    assert r.tokens == 12 * per_step
+    buf = io.StringIO()
+    r = run_training(None, None, resume=a, progress=False, sample_tokens=0, out=buf, overrides={"max_steps": 14})
+    assert r.tokens == 2 * per_step and f" {2 * per_step:,} tokens in" in buf.getvalue()
+    assert ckpt.read_state(a)[1]["tokens_seen"] == 14 * per_step
+
+
+def test_val_fraction_zero_says_there_is_no_validation_split(tmp_path, monkeypatch):
+    import io
+    from slmx.train.trainer import run_training
+    _patch_fakes(monkeypatch)
+    buf = io.StringIO()
+    run_training(TrainConfig(**dict(_FAKE_CFG, val_fraction=0.0, max_steps=3)), str(tmp_path / "a"),
+                 data=[_fake_corpus(tmp_path)], progress=False, sample_tokens=0, out=buf)
+    text = buf.getvalue()
+    assert "--val-fraction 0: no validation split" in text and "nan" not in text, text
+
+
+@pytest.mark.parametrize("args, what", [(["--val-fraction", "1.5"], "val_fraction"),
+                                        (["--val-fraction", "-0.1"], "val_fraction"),
+                                        (["--preset", "huge"], "preset"), (["--schedule", "bogus"], "schedule"),
+                                        (["--warmup", "-1"], "warmup"), (["--eval-every", "-5"], "eval_every")])
+def test_cli_train_rejects_bad_options_before_any_work(tmp_path, args, what):
+    out = tmp_path / "run"
+    (tmp_path / "a.py").write_text("def f(x):\n    return x\n" * 50)
+    r = _cli("train", "--data", str(tmp_path / "a.py"), "--out", str(out), "--max-steps", "2", "--no-progress", *args,
+             timeout=60)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("slmx: error: ") and what in lines[0], r.stderr
+    assert not out.exists() or not os.listdir(out)

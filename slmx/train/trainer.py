@@ -91,6 +91,17 @@ class TrainConfig:
             raise ValueError(f"mtp_weight must be a finite number >= 0, got {self.mtp_weight}")
         if not (self.lr >= 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("eval_every", "ckpt_every", "keep_checkpoints", "warmup"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_tokens <= 0:
+            raise ValueError(f"eval_tokens must be positive, got {self.eval_tokens}")
+        if not math.isfinite(self.clip):
+            raise ValueError(f"clip must be a finite number, got {self.clip}")
+        make_schedule(self.schedule, self.lr, self.max_steps or 10 ** 9, self.warmup, self.min_lr_ratio,
+                      self.decay_fraction)            # raises ValueError on an unknown name or bad values
         return self
 
     def to_dict(self):
@@ -111,8 +122,8 @@ class TrainResult:
     losses: list = field(default_factory=list)        # (step, loss) of this run's steps
     val: list = field(default_factory=list)           # (step, val_loss) of this run's evaluations
     checkpoint: Optional[str] = None
-    elapsed_s: float = 0.0
-    tokens: int = 0
+    elapsed_s: float = 0.0                  # seconds of training in this session (not before a resume)
+    tokens: int = 0                         # tokens trained in this session
 
     @property
     def final_loss(self):
@@ -348,6 +359,7 @@ class Trainer:
             self._log = JsonlLog(self.log_path)
         self._t_start = time.perf_counter()
         result = TrainResult(self.out_dir, self.step, "max_steps")
+        tokens0 = self.tokens_seen
         self._bar = self._make_bar()
         step_times = []
         refits, fit_t, fit_step = [], 0.0, 0
@@ -425,7 +437,7 @@ class Trainer:
                 self._log.close()
         result.step, result.stop_reason = self.step, reason
         result.checkpoint, result.elapsed_s = self.last_checkpoint, self._elapsed()
-        result.tokens = self.tokens_seen
+        result.tokens = self.tokens_seen - tokens0          # this session's (elapsed_s is this session's too)
         return result
 
     def _make_bar(self):
@@ -479,6 +491,13 @@ def make_optimizer(name, buf, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8,
     if name == "sgd":
         return optim.SGD(buf, lr, momentum=momentum, threads=threads)
     raise ValueError(f"unknown optimizer {name!r} (adamw, adam or sgd)")
+
+
+def check_preset(name):
+    """ValueError unless `name` is a model preset of slmx.train.model.PRESETS."""
+    from .model import PRESETS
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
 
 
 def build_model(config, vocab_size):
@@ -612,8 +631,11 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
         if ckpt.latest_checkpoint(out_dir) and os.path.exists(ckpt.latest_checkpoint(out_dir)):
             raise ValueError(f"{out_dir} already holds a training run; continue it with --resume {out_dir} "
                              f"or choose another --out")
+        config.validate()                     # options first: nothing is read or written before
+        check_preset(config.preset)
         files = resolve_data_files(data)
     config.validate()
+    check_preset(config.preset)
     if config.max_steps is None and config.max_minutes is None:
         config.max_minutes = 10.0
         print("no --max-steps or --max-minutes: training for 10 minutes", file=out, flush=True)
@@ -668,8 +690,9 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
     sampler = WindowSampler(td.train.tokens, config.batch_size, T, seed=config.seed)
     val = validation_batches(td.val.tokens, config.batch_size, T, config.eval_tokens)
     if not val:
-        print("warning: no validation data (the corpus has a single document); validation is skipped",
-              file=out, flush=True)
+        why = ("--val-fraction 0: no validation split" if not config.val_fraction else
+               "no validation data (the corpus has a single document)")
+        print(f"note: {why}; validation is skipped", file=out, flush=True)
     extra = {"preset": config.preset,
              "data": {"files": files, "folder": data_dir, "fingerprint": td.fingerprint,
                       "train_tokens": td.train.n_tokens, "val_tokens": td.val.n_tokens},
