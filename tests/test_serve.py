@@ -333,6 +333,32 @@ def test_disconnect_frees_slot(tiny_lm):
         srv.stop()
 
 
+def test_shutdown_ends_active_streams_cleanly(tiny_lm, caplog):
+    """Shutdown (what Ctrl-C does) during a stream: the stream ends with a final chunk
+    (finish_reason "abort") and [DONE], within a bounded time, with no ASGI traceback."""
+    import logging
+    import threading
+    service, srv = _start_slow(tiny_lm, parallel=1, max_queue=0)
+    cm, r = _long_stream(srv.url)
+    try:
+        assert next(r.lines).startswith("data: ")
+        caplog.set_level(logging.ERROR)
+        t0 = time.monotonic()
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        rest = list(r.lines)
+        stopper.join(10)
+        assert not stopper.is_alive() and time.monotonic() - t0 < 1.5
+    finally:
+        cm.__exit__(None, None, None)
+    assert rest[-1] == "data: [DONE]", rest[-3:]
+    last = json.loads(rest[-2][len("data: "):])
+    assert last["choices"][0]["finish_reason"] == "abort"
+    assert service.engine.snapshot()["stats"]["generated_tokens"] < N_CTX - 8
+    assert not [rec for rec in caplog.records if "Exception in ASGI" in rec.getMessage()
+                or "Cancel" in rec.getMessage()], [rec.getMessage() for rec in caplog.records]
+
+
 def test_disconnect_non_streaming_frees_slot(tiny_lm):
     service, srv = _start_slow(tiny_lm, parallel=1, max_queue=0)
     engine = service.engine

@@ -41,7 +41,8 @@ class Event:
     """What a sequence's callback receives.
 
     kind "text": new text (possibly ""), with `logprobs` of the tokens decoded since the last event;
-    kind "done": the last text, finish_reason ("stop" | "length") and usage;
+    kind "done": the last text, finish_reason ("stop" | "length" | "abort": ended by drain(), the
+    server shutting down) and usage;
     kind "error": message (the sequence ended because the engine failed).
     """
     kind: str
@@ -174,6 +175,7 @@ class Engine:
         self._cv = threading.Condition()
         self._thread = None
         self._stop = False
+        self._draining = False
         # statistics (read by /metrics)
         self.stats = collections.Counter()
         self._recent = collections.deque()     # (time, tokens generated in that step)
@@ -228,6 +230,9 @@ class Engine:
         with self._cv:
             if self._stop:
                 raise RuntimeError("the engine is stopped")
+            if self._draining:
+                self.stats["rejected"] += 1
+                raise QueueFull("the server is shutting down")
             if len(self.waiting) >= self.max_queue + len(self.free_slots):
                 self.stats["rejected"] += 1
                 raise QueueFull(f"all {self.parallel} slots are busy and {len(self.waiting)} requests wait")
@@ -235,6 +240,14 @@ class Engine:
             self.stats["submitted"] += 1
             self._cv.notify_all()
         return seq
+
+    def drain(self):
+        """Shutting down: end every running and waiting sequence after the current step with the
+        text so far and finish_reason "abort" (their callbacks get a normal "done" event), and
+        refuse new submissions (QueueFull)."""
+        with self._cv:
+            self._draining = True
+            self._cv.notify_all()
 
     def cancel(self, seq):
         """Stop a sequence (client gone); its slot is free before the next step."""
@@ -272,10 +285,12 @@ class Engine:
     def _loop(self):
         while True:
             with self._cv:
+                self._abort_if_draining()
                 self._reap()
                 self._admit()
                 while not self.running and not self._stop:
                     self._cv.wait()
+                    self._abort_if_draining()
                     self._reap()
                     self._admit()
                 if self._stop:
@@ -292,6 +307,15 @@ class Engine:
                     for s in batch:
                         if s.state != "done":
                             self._finish(s, None, error=self.error)
+
+    def _abort_if_draining(self):
+        """(lock held) drain(): end what runs or waits with finish_reason "abort"."""
+        if not self._draining:
+            return
+        for s in list(self.running) + list(self.waiting):
+            if not s.cancelled:          # a cancelled one is reaped as such
+                self._finish(s, "abort")
+        self.waiting.clear()
 
     def _reap(self):
         """(lock held) free the slots of cancelled or finished sequences."""

@@ -602,8 +602,10 @@ def create_app(service):
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error},
-                     lifespan=_asynccontextmanager(lifespan))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error},
+                    lifespan=_asynccontextmanager(lifespan))
+    app.state.slmx_service = S          # _Server drains its engine when shutdown begins
+    return app
 
 
 def _asynccontextmanager(fn):
@@ -635,13 +637,29 @@ def build_service(model, n_ctx=None, parallel=4, max_queue=None, api_key=None, t
     return Service(engine, tmpl, model_id, api_key=api_key, aliases=aliases, model_meta=meta)
 
 
+def _make_server(config):
+    """A uvicorn.Server that, when shutdown begins (Ctrl-C, SIGTERM, should_exit), first drains
+    the app's engine: running streams end at once with a final chunk (finish_reason "abort") and
+    `data: [DONE]`, so uvicorn never has to cancel a request task (no traceback, no cut stream)."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            service = getattr(getattr(config.app, "state", None), "slmx_service", None)
+            if service is not None:
+                service.engine.drain()
+            await super().shutdown(sockets=sockets)
+
+    return _Server(config)
+
+
 class ServerThread:
     """Run the app with uvicorn on a background thread (tests, benchmarks). port 0: a free port."""
 
     def __init__(self, app, host="127.0.0.1", port=0, log_level="warning"):
         import uvicorn
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                                    lifespan="on", timeout_graceful_shutdown=2))
+        self.server = _make_server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                                  lifespan="on", timeout_graceful_shutdown=2))
         self.thread = None
         self.host = host
         self.port = None
@@ -683,4 +701,6 @@ def run(model, host="127.0.0.1", port=8080, parallel=4, n_ctx=None, api_key=None
     print(f"slmx serve: {service.model_id} ({service.model_meta['arch']}, ctx {service.engine.n_ctx} per "
           f"sequence, {parallel} parallel, chat template {service.chat.source}) on http://{host}:{port}/v1",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    server = _make_server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                         timeout_graceful_shutdown=5))
+    server.run()
