@@ -250,6 +250,11 @@ def load(path_or_name=registry.DEFAULT_MODEL, threads=None, n_ctx=None, numerics
     if os.path.isdir(os.fspath(path_or_name)):
         # a model trained by `slmx train`: its output folder or one of its ckpt-* folders
         from .train.checkpoint import load_for_inference
+        if rope_scaling is not None:
+            from .model.rope import normalize_rope_scaling
+            if normalize_rope_scaling(rope_scaling) is not None:   # a bad value is named first
+                raise ValueError("rope_scaling: not supported for a model trained by `slmx train` "
+                                 "(it runs at the context it was trained at)")
         path, cfg, tok, tr = load_for_inference(path_or_name, threads=threads)
         n_ctx = _check_n_ctx(n_ctx, cfg)       # bounded by the context length it was trained at
         return LanguageModel(path, None, cfg, tok, tr, n_ctx, kv_cache_type)

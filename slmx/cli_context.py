@@ -42,6 +42,17 @@ def load_kwargs(a):
                  ("beta_slow", a.yarn_beta_slow)):
         if v is not None:
             sc[k] = v
+    from .model.rope import normalize_rope_scaling
+    try:
+        normalize_rope_scaling(sc)      # checked before the model loads, named as the flag
+    except ValueError as e:
+        msg = str(e)
+        for key, flag in (("original_context_length", "--rope-original-ctx"), ("factor", "--rope-scale"),
+                          ("beta_fast", "--yarn-beta-fast"), ("beta_slow", "--yarn-beta-slow")):
+            if msg.startswith(f"rope_scaling: {key} "):
+                msg = flag + msg[len(f"rope_scaling: {key}"):]
+                break
+        raise ValueError(msg) from None
     kw["rope_scaling"] = sc
     return kw
 

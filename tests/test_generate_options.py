@@ -89,8 +89,27 @@ def test_cli_flags(tiny):
     (["--logit-bias", "x=1"], "token id"), (["--logit-bias", "5=inf"], "logit_bias"),
     (["--num-beams", "0"], "num_beams"), (["--early-stopping", "maybe"], "early-stopping"),
     (["--top-logprobs", "-1"], "top_logprobs"), (["--frequency-penalty", "nan"], "frequency_penalty"),
+    (["--frequency-penalty", "1e40"], "frequency_penalty must be <= 10000"),
+    (["--presence-penalty=-1e40"], "presence_penalty must be >= -10000"),
+    (["--rope-scaling", "yarn", "--rope-scale", "0"], "--rope-scale must be a positive"),
+    (["--rope-scaling", "yarn", "--rope-scale", "-2"], "--rope-scale must be a positive"),
+    (["--rope-scaling", "yarn", "--rope-scale", "1e30"], "--rope-scale must be at most 1024"),
+    (["--rope-scaling", "yarn", "--rope-scale", "4", "--rope-original-ctx", "0"], "--rope-original-ctx must be"),
+    (["--rope-scaling", "yarn", "--rope-scale", "4", "--yarn-beta-fast", "-1"], "--yarn-beta-fast must be"),
 ])
 def test_cli_bad_flags_one_line_before_output(args, word):
     r = run("generate", "-m", "/nonexistent.gguf", "-p", "hi", *args)
     assert r.returncode == 1 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1 and word in r.stderr, r.stderr
+
+
+def test_top_p_zero_is_the_most_likely_token(tiny):
+    """top_p 0 (accepted by the server, as OpenAI reads it) keeps only the most likely token, in the
+    API and the CLI alike."""
+    m, path = tiny
+    greedy = m.generate(PROMPT, max_new_tokens=8, temperature=0).token_ids
+    assert m.generate(PROMPT, max_new_tokens=8, temperature=1.5, top_p=0.0, seed=1).token_ids == greedy
+    r = run("generate", "-m", path, "-p", "hello", "-n", "4", "--temperature", "1", "--top-p", "0", "-t", "1")
+    g = run("generate", "-m", path, "-p", "hello", "-n", "4", "--temperature", "0", "-t", "1")
+    assert r.returncode == 0 and g.returncode == 0, r.stderr
+    assert r.stdout == g.stdout

@@ -62,5 +62,6 @@ def test_degenerate_inputs_never_nan_or_empty():
         Sampler()(np.full(4, -np.inf, np.float32))
     with pytest.raises(ValueError):
         Sampler(temperature=-1)
-    with pytest.raises(ValueError):
-        Sampler(top_p=0)
+    with pytest.raises(ValueError, match="top_p"):
+        Sampler(top_p=-0.1)
+    assert Sampler(seed=0, temperature=5.0, top_p=0)(np.arange(10, dtype=np.float32)) == 9   # the top token

@@ -247,7 +247,7 @@ def test_bad_logits_are_value_errors():
 @pytest.mark.parametrize("kw, word", [
     (dict(temperature=-1), "temperature"), (dict(temperature=float("nan")), "temperature"),
     (dict(temperature=float("inf")), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"),
-    (dict(top_p=0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(min_p=-0.1), "min_p"), (dict(min_p=2), "min_p"),
+    (dict(top_p=-0.5), "top_p"), (dict(top_p=1.5), "top_p"), (dict(min_p=-0.1), "min_p"), (dict(min_p=2), "min_p"),
     (dict(typical_p=0), "typical_p"), (dict(repeat_penalty=0), "repeat_penalty"),
     (dict(repeat_penalty=float("inf")), "repeat_penalty"), (dict(repeat_last_n=-2), "repeat_last_n"),
     (dict(frequency_penalty=float("nan")), "frequency_penalty"), (dict(presence_penalty="x"), "presence_penalty"),

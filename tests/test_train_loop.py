@@ -511,6 +511,10 @@ def test_loaded_model_scores_like_the_training_model(tmp_path):
             with pytest.raises(ValueError, match=f"n_ctx {n} exceeds the model's context length 64"):
                 slmx.load(path, n_ctx=n, threads=1)
     assert slmx.load(ck, n_ctx=64, threads=1).n_ctx == 64
+    with pytest.raises(ValueError, match="rope_scaling: not supported for a model trained"):   # not ignored
+        slmx.load(out, rope_scaling={"type": "linear", "factor": 2}, threads=1)
+    with pytest.raises(ValueError, match="rope_scaling: factor must be a positive"):
+        slmx.load(out, rope_scaling={"type": "linear", "factor": 0}, threads=1)
     for cmd in (["generate", "-m", out, "-p", "hi"], ["generate", "-m", ck, "-p", "hi"],
                 ["perplexity", "-m", out, "-f", os.path.join(data, sorted(os.listdir(data))[0])]):
         r = _cli(*cmd, "--ctx", "100000000000")

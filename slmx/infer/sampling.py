@@ -48,6 +48,9 @@ def _is_int(v):
     return math.isfinite(v) and int(v) == v
 
 
+PENALTY_MAX = 1e4      # |frequency_penalty|, |presence_penalty| at most this
+
+
 def _finite(name, v, lo=None, hi=None, lo_open=False, hi_open=False):
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
         raise ValueError(f"{name} must be a finite number, got {v!r}")
@@ -103,10 +106,10 @@ def _descending_prefix(p, mass, strict=False, key=None):
 class Sampler:
     """Chooses the next token id from (vocab,) logits through the pipeline in the module docstring.
 
-    temperature: >= 0 (0 = greedy); top_k: >= 0 (0 = off); top_p: (0, 1] (1 = off);
+    temperature: >= 0 (0 = greedy); top_k: >= 0 (0 = off); top_p: [0, 1] (1 = off, 0 = the most likely token only);
     min_p: [0, 1] (0 = off); typical_p: (0, 1] (1 = off); repeat_penalty: > 0 (1 = off);
     repeat_last_n: how many previous tokens the penalties look at (0 = none, -1 = all);
-    frequency_penalty, presence_penalty: finite (0 = off); logit_bias: {token id: bias} (ids as
+    frequency_penalty, presence_penalty: in [-1e4, 1e4] (0 = off); logit_bias: {token id: bias} (ids as
     ints or decimal strings; bias finite or -inf); seed: int >= 0 for a reproducible stream of draws.
 
     `sampler(logits, prev_ids)` -> token id; `sampler.distribution(logits, prev_ids)` -> the
@@ -122,7 +125,9 @@ class Sampler:
         if top_k is not None and not (_is_int(top_k) and top_k >= 0):
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
         self.top_k = int(top_k or 0)
-        self.top_p = 1.0 if top_p is None else _finite("top_p", top_p, 0.0, 1.0, lo_open=True)
+        self.top_p = 1.0 if top_p is None else _finite("top_p", top_p, 0.0, 1.0)
+        if self.top_p == 0.0:     # nothing but the most likely token (as the server and OpenAI read it)
+            self.top_p, self.top_k = 1.0, 1
         self.min_p = 0.0 if min_p is None else _finite("min_p", min_p, 0.0, 1.0)
         self.typical_p = 1.0 if typical_p is None else _finite("typical_p", typical_p, 0.0, 1.0, lo_open=True)
         self.repeat_penalty = 1.0 if repeat_penalty is None else _finite("repeat_penalty", repeat_penalty, 0.0,
@@ -132,8 +137,9 @@ class Sampler:
         if not (_is_int(repeat_last_n) and repeat_last_n >= -1):
             raise ValueError(f"repeat_last_n must be an integer >= -1 (0 = none, -1 = all), got {repeat_last_n}")
         self.repeat_last_n = int(repeat_last_n)
-        self.frequency_penalty = _finite("frequency_penalty", frequency_penalty or 0.0)
-        self.presence_penalty = _finite("presence_penalty", presence_penalty or 0.0)
+        # bounded so count x penalty stays far inside float32 (|1e4 x n_ctx| << 3e38)
+        self.frequency_penalty = _finite("frequency_penalty", frequency_penalty or 0.0, -PENALTY_MAX, PENALTY_MAX)
+        self.presence_penalty = _finite("presence_penalty", presence_penalty or 0.0, -PENALTY_MAX, PENALTY_MAX)
         if seed is not None and not (_is_int(seed) and seed >= 0):
             raise ValueError(f"seed must be an integer >= 0, got {seed}")
         self.seed = None if seed is None else int(seed)

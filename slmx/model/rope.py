@@ -36,6 +36,9 @@ _KEYS = {"type", "factor", "original_context_length", "beta_fast", "beta_slow", 
 _IGNORED = {"rope_theta", "partial_rotary_factor"}   # carried elsewhere in the config
 
 
+MAX_FACTOR = 1024.0     # context extension factors beyond this are a typo, not a model
+
+
 def normalize_rope_scaling(scaling, head_dim=None):
     """A checked copy of a scaling dict (slmx or Hugging Face keys), or None for no scaling.
 
@@ -73,6 +76,8 @@ def normalize_rope_scaling(scaling, head_dim=None):
                 raise ValueError(f"rope_scaling: {k} must be a number, got {out[k]!r}") from None
             if not (math.isfinite(out[k]) and (out[k] > 0 or k in ("mscale", "mscale_all_dim"))):
                 raise ValueError(f"rope_scaling: {k} must be a positive finite number, got {out[k]}")
+            if k == "factor" and out[k] > MAX_FACTOR:
+                raise ValueError(f"rope_scaling: factor must be at most {MAX_FACTOR:g}, got {out[k]:g}")
     if "original_context_length" in out:
         v = out["original_context_length"]
         if isinstance(v, bool) or int(v) != v or v <= 0:
