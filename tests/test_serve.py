@@ -74,6 +74,22 @@ def test_models_health_metrics(server, client):
         assert f"# TYPE {name} " in m.text
 
 
+def test_decode_counters_mean_what_they_say(tiny_lm):
+    """One request of 5 tokens: one prompt forward (gives token 1), four decode forwards of one row."""
+    service, srv = _start(tiny_lm, parallel=1, max_queue=1)
+    try:
+        r = httpx.post(srv.url + "/v1/completions", json={"prompt": "hello there", "max_tokens": 5,
+                                                          "ignore_eos": True}, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        m = httpx.get(srv.url + "/metrics").text
+        val = {ln.split()[0]: float(ln.split()[1]) for ln in m.splitlines() if ln and not ln.startswith("#")}
+        assert val["slmx_forward_batches_total"] == 5
+        assert val["slmx_decode_steps_total"] == 4 and val["slmx_decode_batch_rows_total"] == 4
+        assert "# HELP slmx_decode_batch_rows_total " in m
+    finally:
+        srv.stop()
+
+
 def test_completion_equals_generate(server, client, tiny_lm):
     prompt = "hello world the cat"
     ids = tiny_lm.tokenizer.encode(prompt, parse_special=True)

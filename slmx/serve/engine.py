@@ -370,8 +370,10 @@ class Engine:
             return
         logits = self.model.forward_batch(ids, pos, [s.cache for s in seqs])
         self.last_batch = len(seqs)
-        self.stats["decode_steps"] += 1
-        self.stats["decode_rows"] += len(decoding)
+        self.stats["forward_steps"] += 1               # every batched forward (prompt chunks too)
+        if decoding:                                   # those that decoded: rows / steps = mean decode batch
+            self.stats["decode_steps"] += 1
+            self.stats["decode_rows"] += len(decoding)
         for b, s in enumerate(decoding):
             self._accept(s, logits[b])
         n = len(decoding)

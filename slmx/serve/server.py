@@ -298,10 +298,17 @@ class Metrics:
                [({}, s["kv_capacity_tokens"])])
         metric("slmx_kv_cache_usage_ratio", "gauge", "Filled / total KV-cache positions.",
                [({}, f"{s['kv_used_tokens'] / max(1, s['kv_capacity_tokens']):.6f}")])
-        metric("slmx_decode_steps_total", "counter", "Batched decode forwards.", [({}, st.get("decode_steps", 0))])
-        metric("slmx_decode_batch_rows_total", "counter", "Sequences summed over decode forwards.",
-               [({}, st.get("decode_rows", 0))])
-        metric("slmx_decode_batch_size", "gauge", "Sequences in the last decode forward.", [({}, s["last_batch"])])
+        metric("slmx_forward_batches_total", "counter",
+               "Batched model forwards of the engine (decode rows and prompt chunks).",
+               [({}, st.get("forward_steps", 0))])
+        metric("slmx_decode_steps_total", "counter",
+               "Batched forwards that decoded at least one sequence (prompt-only forwards not counted).",
+               [({}, st.get("decode_steps", 0))])
+        metric("slmx_decode_batch_rows_total", "counter",
+               "Decoding sequences summed over those forwards (>= slmx_decode_steps_total; "
+               "their ratio is the mean decode batch).", [({}, st.get("decode_rows", 0))])
+        metric("slmx_decode_batch_size", "gauge", "Sequences (decoding or prefilling) in the last forward.",
+               [({}, s["last_batch"])])
         return "\n".join(lines) + "\n"
 
 
