@@ -49,7 +49,23 @@ class LanguageModel:
             raise ValueError("prompt must be a string or a list of token ids, got None")
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt, add_bos=add_bos, parse_special=True)
-        ids = [int(i) for i in prompt]
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            raise TypeError("prompt must be a string or a sequence of token ids, got bytes "
+                            "(decode it to str first)")
+        if isinstance(prompt, np.ndarray):
+            if prompt.ndim != 1 or not (np.issubdtype(prompt.dtype, np.integer) or prompt.size == 0):
+                raise TypeError(f"prompt must be a string or a 1-D array of integer token ids, "
+                                f"got an array of shape {prompt.shape} and dtype {prompt.dtype}")
+            prompt = prompt.tolist()
+        try:
+            seq = list(prompt)
+        except TypeError:
+            raise TypeError(f"prompt must be a string or a sequence of token ids, got "
+                            f"{type(prompt).__name__}") from None
+        bad = [i for i in seq if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+        if bad:
+            raise TypeError(f"token ids must be integers, got {bad[0]!r}")
+        ids = [int(i) for i in seq]
         bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is out of range [0, {self.config.vocab_size})")
@@ -117,7 +133,7 @@ class LanguageModel:
         import time
         from .infer.generate import GenerationResult
         if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1 for beam search, got {max_new_tokens}")
+            raise ValueError(f"max_new_tokens must be an integer >= 1 for beam search, got {max_new_tokens!r}")
         if len(ids) >= self.n_ctx:
             raise ValueError(f"generate: prompt of {len(ids)} tokens does not fit the context of "
                              f"{self.n_ctx} tokens")

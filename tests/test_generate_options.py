@@ -113,3 +113,19 @@ def test_top_p_zero_is_the_most_likely_token(tiny):
     g = run("generate", "-m", path, "-p", "hello", "-n", "4", "--temperature", "0", "-t", "1")
     assert r.returncode == 0 and g.returncode == 0, r.stderr
     assert r.stdout == g.stdout
+
+
+def test_prompt_and_count_types(tiny):
+    """prompt is a str or a sequence of int token ids; anything else is a TypeError saying so."""
+    m, _ = tiny
+    for bad, word in ((123, "got int"), (b"hi", "got bytes"), ([1.5, 2.0], "token ids must be integers, got 1.5"),
+                      ([1, True], "got True"), (np.array([1.0, 2.0]), "dtype float64")):
+        with pytest.raises(TypeError, match=word):
+            m.generate(bad, max_new_tokens=2)
+        with pytest.raises(TypeError, match=word):
+            m.logits(bad)
+    assert m.generate(np.array(PROMPT, np.int64), max_new_tokens=2, temperature=0).token_ids == \
+        m.generate(tuple(PROMPT), max_new_tokens=2, temperature=0).token_ids
+    for kw in ({}, {"num_beams": 2}):
+        with pytest.raises(ValueError, match="max_new_tokens must be an integer .*got '3'"):
+            m.generate(PROMPT, max_new_tokens="3", **kw)

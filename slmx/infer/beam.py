@@ -20,6 +20,8 @@ child is handed over, and extra children of the same parent get a copy of its fi
 beams' next tokens run in one batched forward (Transformer.forward_batch) when the model has one.
 num_beams=1 is greedy decoding.
 """
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,8 +79,9 @@ def beam_search(transformer, new_cache, prompt_ids, num_beams=4, max_new_tokens=
     logprobs: each Beam gets .logprobs, a TokenLogprob per token (with top_logprobs alternatives).
     """
     check_beam_options(num_beams, length_penalty, early_stopping)
-    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1 for beam search, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Real) or \
+            not math.isfinite(max_new_tokens) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1 for beam search, got {max_new_tokens!r}")
     prompt_ids = [int(i) for i in prompt_ids]
     if not prompt_ids:
         raise ValueError("beam search: the prompt is empty (no tokens)")

@@ -1,4 +1,6 @@
 """The generation loop: prefill the prompt in batches, then one token at a time over the KV cache."""
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -65,8 +67,9 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
     if len(prompt_ids) >= cache.n_ctx:
         raise ValueError(f"generate: prompt of {len(prompt_ids)} tokens does not fit the context of "
                          f"{cache.n_ctx} tokens")
-    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Real) or \
+            not math.isfinite(max_new_tokens) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     room = cache.n_ctx - len(prompt_ids)
     max_new = int(max_new_tokens) if context_shift else min(int(max_new_tokens), room)
     if n_keep is None:

@@ -24,6 +24,8 @@ Drafters:
                                   of the context's last n-gram; no model
     MTPDrafter(heads)             the target's own multi-token-prediction heads (slmx train --mtp)
 """
+import math
+import numbers
 import time
 
 import numpy as np
@@ -298,8 +300,9 @@ def speculative_generate(transformer, tokenizer, cache, prompt_ids, drafter, num
     if len(prompt_ids) >= cache.n_ctx:
         raise ValueError(f"generate: prompt of {len(prompt_ids)} tokens does not fit the context of "
                          f"{cache.n_ctx} tokens")
-    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Real) or \
+            not math.isfinite(max_new_tokens) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if isinstance(num_draft, bool) or int(num_draft) != num_draft or not 1 <= num_draft <= 64:
         raise ValueError(f"num_draft must be an integer in 1..64, got {num_draft}")
     num_draft = int(num_draft)
