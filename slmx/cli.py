@@ -242,6 +242,13 @@ def _cmd_export(a):
     r = export_checkpoint(a.checkpoint, a.output, format=a.format, type=a.type, threads=a.threads)
     size = f", {r['bytes'] / 2**20:.1f} MiB" if "bytes" in r else ""
     print(f"{r['path']}: step {r['step']} exported as {r['format']}{size}")
+    if r.get("mtp_heads_dropped"):
+        n = r["mtp_heads_dropped"]
+        print(f"note: the checkpoint's {n} multi-token-prediction head{'s' * (n > 1)} (mtp.*) are not exported "
+              f"({r['format']} has no place for them); for --draft mtp use the checkpoint folder itself")
+    for what, n in sorted((r.get("fallbacks") or {}).items()):
+        print(f"note: {n} tensor{'s' * (n > 1)} fell back {what} (rows not a multiple of the type's block size, "
+              f"as llama.cpp does)")
     return 0
 
 
@@ -280,6 +287,9 @@ def _cmd_quantize(a):
     counts = ", ".join(f"{n} {t}" for t, n in sorted(r["counts"].items(), key=lambda kv: -kv[1]))
     print(f"{r['path']}: {r['type']} (file type {r['file_type']}), {r['n_tensors']} tensors ({counts}), "
           f"{r['bytes'] / 1e6:.2f} MB")
+    for what, n in sorted((r.get("fallbacks") or {}).items()):
+        print(f"note: {n} tensor{'s' * (n > 1)} fell back {what} (rows not a multiple of the type's block size, "
+              f"as llama.cpp does)")
     return 0
 
 

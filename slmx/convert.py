@@ -227,11 +227,12 @@ def gguf_tensors(tensors, type="F32", threads=None):
     return out
 
 
-def write_gguf(path, cfg, tensors, tokenizer, type="F32", name=None, threads=None):
+def write_gguf(path, cfg, tensors, tokenizer, type="F32", name=None, threads=None, report=None):
     """Write a GGUF model file atomically: metadata for ``cfg`` (llama.cpp's layout), the
     tokenizer, the tensors at ``type`` (F32/F16/BF16, or a quantized type / recipe of
     slmx.quantize: an F32 file is written next to ``path`` first, then quantized into it and
-    removed). Returns the file size."""
+    removed). Returns the file size. report: a dict that gets "fallbacks" ({"Q4_K -> Q5_0": n}:
+    tensors whose rows do not fit the type's blocks, as slmx.quantize.quantize_model reports)."""
     from .tokenizer.gguf_meta import gguf_metadata
     key = _check_type(type)
     if key not in FLOAT_TYPES:
@@ -241,7 +242,10 @@ def write_gguf(path, cfg, tensors, tokenizer, type="F32", name=None, threads=Non
         os.close(fd)
         try:
             write_gguf(tmp, cfg, tensors, tokenizer, "F32", name=name)
-            return quantize_model(tmp, path, key, threads=threads)["bytes"]
+            r = quantize_model(tmp, path, key, threads=threads)
+            if report is not None:
+                report["fallbacks"] = r.get("fallbacks", {})
+            return r["bytes"]
         finally:
             try:
                 os.unlink(tmp)
@@ -379,13 +383,19 @@ def export_checkpoint(ckpt_dir, out, format="gguf", type="F32", threads=None):
     if format not in ("gguf", "hf"):
         raise ValueError(f"format must be 'gguf' or 'hf', got {format!r}")
     _check_type(type)
-    c, cfg, tok, tensors = _checkpoint(ckpt_dir)
-    if format == "gguf":
-        size = write_gguf(out, cfg, tensors, tok, type=type, name=f"slmx-{os.path.basename(c.path)}",
-                          threads=threads)
-        return {"path": os.fspath(out), "format": "gguf", "type": _check_type(type),
-                "step": c.step, "bytes": size}
-    if _check_type(type) != "F32":
+    if format == "hf" and _check_type(type) != "F32":
         raise ValueError("--format hf writes F32 weights (no --type)")
+    c, cfg, tok, tensors = _checkpoint(ckpt_dir)
+    # multi-token-prediction heads (mtp.*) have no place in llama.cpp's or transformers' layout
+    # (llama.cpp refuses a file with tensors it does not know): they are left out, and said so
+    mtp = sorted({k.split(".")[1] for k in tensors if k.startswith("mtp.")})
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("mtp.")}
+    if format == "gguf":
+        report = {}
+        size = write_gguf(out, cfg, tensors, tok, type=type, name=f"slmx-{os.path.basename(c.path)}",
+                          threads=threads, report=report)
+        return {"path": os.fspath(out), "format": "gguf", "type": _check_type(type),
+                "step": c.step, "bytes": size, "mtp_heads_dropped": len(mtp),
+                "fallbacks": report.get("fallbacks", {})}
     write_hf_folder(out, cfg, tensors, tok)
-    return {"path": os.fspath(out), "format": "hf", "step": c.step}
+    return {"path": os.fspath(out), "format": "hf", "step": c.step, "mtp_heads_dropped": len(mtp)}

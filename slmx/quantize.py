@@ -149,12 +149,13 @@ def _mixed_type(st, ftype, base, name, cat, ne0):
 
 
 def plan_types(tensors, type="Q4_K_M", pure=None, arch="llama", n_layers=None, n_expert=0,
-               n_head=0, n_head_kv=0):
+               n_head=0, n_head_kv=0, fallbacks=None):
     """llama.cpp's tensor types for a model: {name: type name} for every tensor.
 
     tensors: {name: (current type name, shape)} (numpy shape order; ``ne[0]`` = shape[-1]).
     type: a name of :data:`TYPES`; pure: None = plain types pure, recipes mixed.
     n_layers: ``<arch>.block_count`` (needed by the mixed rules); n_expert: ``<arch>.expert_count``.
+    fallbacks: a dict that gets {"Q4_K -> Q5_0": n} for tensors whose rows do not fit their type.
     """
     key = str(type).upper()
     if key not in RECIPES:
@@ -182,9 +183,12 @@ def plan_types(tensors, type="Q4_K_M", pure=None, arch="llama", n_layers=None, n
                 if t not in _FALLBACK:
                     raise ValueError(f"tensor {name}: rows of {ne0} are not a multiple of {t}'s block "
                                      f"size {qtypes.qtype(t).block_size} (llama.cpp has no fallback for {t})")
-                t = _FALLBACK[t]
+                t0, t = t, _FALLBACK[t]
                 if ne0 % qtypes.qtype(t).block_size:
                     t = "F16"
+                if fallbacks is not None:
+                    k = f"{t0} -> {t}"
+                    fallbacks[k] = fallbacks.get(k, 0) + 1
             if t not in _WRITABLE:
                 raise ValueError(f"tensor {name}: rows of {ne0} need llama.cpp's fallback type {t}, "
                                  "which slmx does not write; choose Q4_K/Q6_K or a recipe of them")
@@ -277,7 +281,8 @@ def quantize_model(src, dst, type="Q4_K_M", pure=None, threads=None, allow_requa
     docstring); pure: override that. threads: kernel threads. allow_requantize: accept already
     quantized input tensors (dequantized first, as llama.cpp's --allow-requantize).
     progress: callable(name, new type, i, n) after each tensor. Returns a summary dict
-    (path, type, file_type, bytes, n_tensors, types {name: type}, counts {type: n}).
+    (path, type, file_type, bytes, n_tensors, types {name: type}, counts {type: n},
+    fallbacks {"Q4_K -> Q5_0": n}: tensors whose rows do not fit the type's blocks).
     """
     from .ops import quantize
     key = str(type).upper()
@@ -291,10 +296,11 @@ def quantize_model(src, dst, type="Q4_K_M", pure=None, threads=None, allow_requa
         arch = s.value("general.architecture")
         if not isinstance(arch, str):
             raise ValueError(f"{s.path}: no general.architecture")
+        fallbacks = {}
         types = plan_types({n: (v[0], v[1]) for n, v in s.tensors.items()}, key, pure=pure, arch=arch,
                            n_layers=s.value(f"{arch}.block_count"), n_expert=s.value(f"{arch}.expert_count", 0),
                            n_head=s.value(f"{arch}.attention.head_count", 0),
-                           n_head_kv=s.value(f"{arch}.attention.head_count_kv", 0))
+                           n_head_kv=s.value(f"{arch}.attention.head_count_kv", 0), fallbacks=fallbacks)
         meta = {k: v for k, v in s.metadata.items()
                 if k not in ("general.quantization_version", "general.file_type", "split.no", "split.count",
                              "split.tensors.count")}
@@ -323,4 +329,4 @@ def quantize_model(src, dst, type="Q4_K_M", pure=None, threads=None, allow_requa
     for t in types.values():
         counts[t] = counts.get(t, 0) + 1
     return {"path": os.fspath(dst), "type": key, "file_type": ftype, "bytes": size,
-            "n_tensors": len(types), "types": types, "counts": counts}
+            "n_tensors": len(types), "types": types, "counts": counts, "fallbacks": fallbacks}

@@ -124,3 +124,35 @@ def test_cli_export_and_errors(ckpt, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "slmx", "convert", str(tmp_path), out],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "config.json" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_cli_export_notes_dropped_mtp_heads_and_type_fallbacks(ckpt, tmp_path):
+    """An MTP checkpoint exports without its mtp.* heads (llama.cpp refuses unknown tensors) and
+    says so; Q4_K on 64-wide rows says how many tensors fell back to Q5_0 (gguf-py reads the types)."""
+    import gguf
+    from slmx.tokenizer import save_json, train_bpe
+    tok = train_bpe([TEXT], vocab_size=300, progress=False)
+    tok_path = str(tmp_path / "tokenizer.json")
+    save_json(tok, tok_path)
+    cfg = make_config("nano", vocab_size=tok.vocab_size, context_length=64)
+    model = TrainableLM(cfg, seed=0, threads=1, mtp=2)
+    opt = AdamW(model.buf, lr=3e-3, decay_mask=model.buf.decay_mask, threads=1)
+    p = save_checkpoint(str(tmp_path / "out"), 1, model.state_tensors(), opt.state_dict(),
+                        {"model_config": cfg.to_dict()}, tok_path)
+    out = str(tmp_path / "mtp.gguf")
+    r = subprocess.run([sys.executable, "-m", "slmx", "export", p, out, "--type", "Q4_K"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stdout.splitlines() if ln.startswith("note: ")]
+    assert any("2 multi-token-prediction heads" in ln and "not exported" in ln for ln in notes), r.stdout
+    rd = gguf.GGUFReader(out)
+    assert not [t.name for t in rd.tensors if t.name.startswith("mtp.")]
+    n_q5 = sum(1 for t in rd.tensors if t.tensor_type == gguf.GGMLQuantizationType.Q5_0)
+    assert n_q5 > 0
+    assert f"note: {n_q5} tensors fell back Q4_K -> Q5_0" in r.stdout, r.stdout
+    assert slmx.load(out, n_ctx=16, threads=1).config.vocab_size == tok.vocab_size
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    llama_cpp.Llama(model_path=out, n_ctx=16, verbose=False, n_threads=1)    # raises if it refuses the file
