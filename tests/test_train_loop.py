@@ -638,7 +638,7 @@ def test_resume_from_an_older_checkpoint_sets_later_ones_aside(tmp_path, monkeyp
     r = run_training(None, None, resume=os.path.join(a, ckpt.checkpoint_name(6)), progress=False,
                      sample_tokens=0, out=buf)
     assert r.step == 12 and [s for s, _ in r.losses] == list(range(7, 13))
-    assert "moved them" in buf.getvalue()
+    assert "moved the later ckpt-000009, ckpt-000012 and a copy of train.jsonl" in buf.getvalue()
     names = sorted(os.listdir(a))
     assert not [n for n in names if n.startswith("ckpt-") and "." in n], names     # no ckpt-000009.1
     assert ckpt.resolve_checkpoint(a).endswith(ckpt.checkpoint_name(12))

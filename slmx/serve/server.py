@@ -9,6 +9,8 @@
 Errors are OpenAI-style JSON bodies {"error": {"message", "type", "param", "code"}} with a 4xx
 status for bad requests (400), a bad or missing API key (401), an unknown model or route (404),
 a too-large body (413), and 503 when every slot is busy and the waiting queue is full.
+Shutdown (Ctrl-C, SIGTERM) stops accepting connections and ends running streams at once with a
+final chunk (finish_reason "abort") and `data: [DONE]`; requests still arriving get 503.
 Model compute runs on the engine's thread, tokenization on a worker thread: the event loop only
 moves bytes.
 """

@@ -8,6 +8,9 @@ Layout of a training output folder OUT:
     OUT/ckpt-000200/state.json             config, step, schedule, optimizer scalars, RNG and
                                            sampler state, data fingerprint, metrics, file sizes
 
+    OUT/superseded/after-step-000200-<time>/  checkpoints past 200 and a copy of the log, moved
+                                           there when a run resumes from ckpt-000200 (nothing is deleted)
+
 A checkpoint is written into OUT/.tmp-ckpt-000200-<pid>/ (every file fsynced, state.json last),
 the folder is renamed to ckpt-000200, and then `latest` is replaced (temp file, fsync, rename).
 A kill at any moment leaves `latest` naming a complete checkpoint. Older checkpoints beyond

@@ -705,8 +705,8 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
         checkpoint = ckpt.load_checkpoint(ck_dir)
         aside, later = ckpt.set_aside_later(out_dir, ck_dir, LOG_NAME)
         if later:
-            print(f"note: resuming from {os.path.basename(os.path.normpath(ck_dir))}, which is older than "
-                  f"{', '.join(later)}: moved them and a copy of {LOG_NAME} to {aside} (nothing deleted)",
+            print(f"note: resuming from {os.path.basename(os.path.normpath(ck_dir))}, an older checkpoint: moved "
+                  f"the later {', '.join(later)} and a copy of {LOG_NAME} to {aside} (nothing deleted)",
                   file=out, flush=True)
         trainer.restore(checkpoint)
         del checkpoint                       # free the loaded arrays before peak RSS is measured
