@@ -138,14 +138,15 @@ class LanguageModel:
             raise ValueError(f"generate: prompt of {len(ids)} tokens does not fit the context of "
                              f"{self.n_ctx} tokens")
         max_new = min(int(max_new_tokens), self.n_ctx - len(ids))
+        timings = {}
         t0 = time.perf_counter()
         # every beam's cache made alike (same size, so the same ring layout on sliding-window layers)
         kv_type = self.cache.kv_cache_type
         beams = beam_search(self.transformer, lambda n: self.make_cache(kv_type, n), ids, num_beams=num_beams,
                             max_new_tokens=max_new, length_penalty=length_penalty,
                             early_stopping=early_stopping, eos_ids=self.tokenizer.eos_ids,
-                            logprobs=want_lp, top_logprobs=top_n)
-        dt = time.perf_counter() - t0
+                            logprobs=want_lp, top_logprobs=top_n, timings=timings)
+        dt = time.perf_counter() - t0 - timings.get("prompt_seconds", 0.0)   # the search after the prompt
         stops = [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
         hit = None
         for b in beams:
@@ -162,9 +163,11 @@ class LanguageModel:
         if on_text and text:
             on_text(text)
         n_tok = sum(len(b.token_ids) for b in beams)
+        tp = timings.get("prompt_seconds", 0.0)
         return GenerationResult(text=text, token_ids=list(best.token_ids), prompt_ids=ids, finish_reason=finish,
-                                prompt_tokens_per_s=0.0, decode_tokens_per_s=n_tok / dt if dt > 0 else 0.0,
-                                decode_seconds=dt, stop=hit, logprobs=lps, beams=beams)
+                                prompt_tokens_per_s=len(ids) / tp if tp > 0 else 0.0,
+                                decode_tokens_per_s=n_tok / dt if dt > 0 else 0.0,
+                                prompt_seconds=tp, decode_seconds=dt, stop=hit, logprobs=lps, beams=beams)
 
     def _load_draft(self, path):
         drafts = self.__dict__.setdefault("_drafts", {})

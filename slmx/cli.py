@@ -1,6 +1,7 @@
 """`slmx <command>`: thin argument parsing over the Python API."""
 import argparse
 import json
+import os
 import sys
 
 from .errors import FormatError, ModelNotFoundError
@@ -48,6 +49,27 @@ def _cmd_generate(a):
     return 0
 
 
+def _info_trained(a):
+    """`slmx info` on a folder that is not a Hugging Face one: a `slmx train` output or checkpoint."""
+    from .train.checkpoint import CheckpointError, read_state
+    try:
+        ck, state = read_state(a.model)
+    except CheckpointError as e:
+        raise ValueError(f"{a.model}: {e}; slmx info takes a GGUF file, a Hugging Face model folder or a "
+                         "`slmx train` output / checkpoint folder") from None
+    files = state.get("files") or {}
+    d = {"path": ck, "kind": "slmx train checkpoint", "step": state.get("step"),
+         "model_config": state.get("model_config"), "files": files}
+    if a.json:
+        print(json.dumps(d, indent=2, default=str))
+        return 0
+    print(f"folder:        {ck} (slmx train checkpoint, step {d['step']})")
+    mc = d["model_config"] or {}
+    print("config:        " + ", ".join(f"{k}={v}" for k, v in mc.items()))
+    print("files:         " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in files.items()))
+    return 0
+
+
 def _cmd_info(a):
     from .convert import describe_hf, is_hf_folder
     from .formats import gguf
@@ -65,6 +87,8 @@ def _cmd_info(a):
                   f"{row['elements'] / 1e6:10.2f} M elements")
         print("tokenizer:     " + ", ".join(f"{k}={v}" for k, v in d["tokenizer"].items()))
         return 0
+    if os.path.isdir(a.model):
+        return _info_trained(a)
     path = resolve(a.model)
     with gguf.read(path) as f:
         d = gguf.describe(f)

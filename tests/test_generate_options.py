@@ -129,3 +129,12 @@ def test_prompt_and_count_types(tiny):
     for kw in ({}, {"num_beams": 2}):
         with pytest.raises(ValueError, match="max_new_tokens must be an integer .*got '3'"):
             m.generate(PROMPT, max_new_tokens="3", **kw)
+
+
+def test_kv_type_block_size_named_and_beam_prompt_rate(tiny):
+    m, path = tiny                            # head_dim 16
+    for t in ("q4_0", "q8_0"):
+        with pytest.raises(ValueError, match=f"kv_cache_type {t}: head_dim 16 is not a multiple of its block size 32"):
+            slmx.load(path, n_ctx=16, threads=1, kv_cache_type=t)
+    r = m.generate(PROMPT, max_new_tokens=3, num_beams=2)
+    assert r.prompt_tokens_per_s > 0 and r.prompt_seconds > 0 and r.decode_tokens_per_s > 0

@@ -511,6 +511,10 @@ def test_loaded_model_scores_like_the_training_model(tmp_path):
             with pytest.raises(ValueError, match=f"n_ctx {n} exceeds the model's context length 64"):
                 slmx.load(path, n_ctx=n, threads=1)
     assert slmx.load(ck, n_ctx=64, threads=1).n_ctx == 64
+    i = _cli("info", out)                     # described, as generate accepts it
+    assert i.returncode == 0 and "slmx train checkpoint, step 6" in i.stdout and "n_layers=" in i.stdout, i.stderr
+    i = _cli("info", str(tmp_path))           # a folder that is no model: what info takes
+    assert i.returncode == 1 and "slmx info takes a GGUF file" in i.stderr and i.stderr.count("\n") == 1
     with pytest.raises(ValueError, match="rope_scaling: not supported for a model trained"):   # not ignored
         slmx.load(out, rope_scaling={"type": "linear", "factor": 2}, threads=1)
     with pytest.raises(ValueError, match="rope_scaling: factor must be a positive"):

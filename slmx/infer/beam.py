@@ -22,6 +22,7 @@ num_beams=1 is greedy decoding.
 """
 import math
 import numbers
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,13 +71,15 @@ def _copy_rows(dst, src, length):
 
 
 def beam_search(transformer, new_cache, prompt_ids, num_beams=4, max_new_tokens=32, length_penalty=1.0,
-                early_stopping=False, eos_ids=(), first_cache=None, logprobs=False, top_logprobs=0):
+                early_stopping=False, eos_ids=(), first_cache=None, logprobs=False, top_logprobs=0,
+                timings=None):
     """The num_beams best continuations of prompt_ids (list of ints) -> list of Beam, best first.
 
     new_cache(n_ctx) makes an empty KV cache (first_cache, if given, is used for the first beam and
     must have the layout new_cache gives: forks copy rows between them);
     transformer.forward(ids, pos, cache) -> (1, vocab) logits. eos_ids end a hypothesis.
     logprobs: each Beam gets .logprobs, a TokenLogprob per token (with top_logprobs alternatives).
+    timings: a dict, given -> timings["prompt_seconds"] is set to the prompt's forward time.
     """
     check_beam_options(num_beams, length_penalty, early_stopping)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Real) or \
@@ -95,7 +98,10 @@ def beam_search(transformer, new_cache, prompt_ids, num_beams=4, max_new_tokens=
         raise ValueError(f"beam search: prompt + max_new_tokens = {max_len} exceeds the context of "
                          f"{cache0.n_ctx} tokens")
     cache0.reset()
+    t0 = time.perf_counter()
     logits = transformer.forward(prompt_ids, 0, cache0)
+    if timings is not None:
+        timings["prompt_seconds"] = time.perf_counter() - t0
     V = logits.shape[-1]
     if K > V:
         raise ValueError(f"num_beams {n} is too large for a vocabulary of {V} tokens")

@@ -51,6 +51,9 @@ class KVCache:
             raise ValueError(f"slack must be an integer >= 0, got {slack}")
         self.kv_cache_type = check_kv_cache_type(kv_cache_type)
         self.kv_type = _attention.KV_TYPES[kv_cache_type]
+        if kv_cache_type in ("q8_0", "q4_0") and cfg.head_dim % 32:
+            raise ValueError(f"kv_cache_type {kv_cache_type}: head_dim {cfg.head_dim} is not a multiple of "
+                             f"its block size 32 (use f32 or f16 for this model)")
         self.n_ctx = int(n_ctx)
         self.n_layers, self.n_kv_heads, self.head_dim = cfg.n_layers, cfg.n_kv_heads, cfg.head_dim
         self.row_bytes = _attention.kv_row_bytes(self.kv_type, cfg.head_dim)   # one head's row
