@@ -523,8 +523,14 @@ def build_parser():
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"slmx: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv=None):
+    import warnings
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning      # the CLI prints warnings as one line
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -106,3 +106,14 @@ def test_bench_small_model_and_bad_counts(capsys):
         assert main(["bench", path, "-t", "1", *args]) == 1
         err = capsys.readouterr().err
         assert err.startswith("slmx: error: ") and msg in err and err.count("\n") == 1, err
+
+
+def test_too_many_threads_capped_with_one_line_warning():
+    sys.path.insert(0, os.path.dirname(__file__))
+    from hf_tiny import tiny_llama
+    _, path = tiny_llama()
+    r = run("generate", "-m", path, "-p", "hi", "-n", "2", "-t", "1000")
+    assert r.returncode == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if "threads=1000" in ln]
+    assert len(warn) == 1 and warn[0].startswith("slmx: warning: threads=1000 capped to"), r.stderr
+    assert "threads: 1000" not in r.stderr
