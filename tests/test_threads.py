@@ -82,3 +82,21 @@ def test_load_threads_not_an_integer(tmp_path):
     _, path = tiny_llama(str(tmp_path / "m"))
     with pytest.raises(TypeError, match="threads must be an integer.*'two'"):
         slmx.load(path, n_ctx=16, threads="two")
+
+
+def _spin_env(env):
+    code = ("import os, slmx._kernels.cpu; "
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    r = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_short_openmp_spin_by_default_user_setting_wins():
+    """The kernels load libgomp with a short spin (busy machines); the user's own setting is kept."""
+    from slmx._kernels import DEFAULT_GOMP_SPINCOUNT
+    assert _spin_env({}) == [DEFAULT_GOMP_SPINCOUNT, "None"]
+    assert _spin_env({"GOMP_SPINCOUNT": "7"}) == ["7", "None"]
+    assert _spin_env({"OMP_WAIT_POLICY": "active"}) == ["None", "active"]
