@@ -39,6 +39,20 @@ def check_logprobs(logprobs, top_logprobs, vocab_size):
     return bool(logprobs) or top_logprobs > 0, int(top_logprobs)
 
 
+
+def check_prompt(prompt_ids, cache, max_new_tokens):
+    """The prompt as a list of ints, after checking it fits `cache` and max_new_tokens is a count."""
+    prompt_ids = [int(i) for i in prompt_ids]
+    if not prompt_ids:
+        raise ValueError("generate: the prompt is empty (no tokens)")
+    if len(prompt_ids) >= cache.n_ctx:
+        raise ValueError(f"generate: prompt of {len(prompt_ids)} tokens does not fit the context of "
+                         f"{cache.n_ctx} tokens")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Real) or \
+            not math.isfinite(max_new_tokens) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    return prompt_ids
+
 def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, sampler=None, stop=None,
              stop_ids=None, on_text=None, logprobs=False, top_logprobs=0, context_shift=False,
              n_keep=None):
@@ -61,15 +75,7 @@ def generate(transformer, tokenizer, cache, prompt_ids, max_new_tokens=128, samp
     from ..tokenizer import StreamDecoder
 
     sampler = sampler or Sampler()
-    prompt_ids = [int(i) for i in prompt_ids]
-    if not prompt_ids:
-        raise ValueError("generate: the prompt is empty (no tokens)")
-    if len(prompt_ids) >= cache.n_ctx:
-        raise ValueError(f"generate: prompt of {len(prompt_ids)} tokens does not fit the context of "
-                         f"{cache.n_ctx} tokens")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Real) or \
-            not math.isfinite(max_new_tokens) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    prompt_ids = check_prompt(prompt_ids, cache, max_new_tokens)
     room = cache.n_ctx - len(prompt_ids)
     max_new = int(max_new_tokens) if context_shift else min(int(max_new_tokens), room)
     if n_keep is None:

@@ -24,13 +24,11 @@ Drafters:
                                   of the context's last n-gram; no model
     MTPDrafter(heads)             the target's own multi-token-prediction heads (slmx train --mtp)
 """
-import math
-import numbers
 import time
 
 import numpy as np
 
-from .generate import GenerationResult
+from .generate import GenerationResult, check_prompt
 
 DRAFTS = ("model", "ngram", "mtp")
 # Verification forwards run in pieces of at most this many rows: below 16 rows the quantized
@@ -294,15 +292,7 @@ def speculative_generate(transformer, tokenizer, cache, prompt_ids, drafter, num
     from .sampling import Sampler
 
     sampler = sampler or Sampler()
-    prompt_ids = [int(i) for i in prompt_ids]
-    if not prompt_ids:
-        raise ValueError("generate: the prompt is empty (no tokens)")
-    if len(prompt_ids) >= cache.n_ctx:
-        raise ValueError(f"generate: prompt of {len(prompt_ids)} tokens does not fit the context of "
-                         f"{cache.n_ctx} tokens")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Real) or \
-            not math.isfinite(max_new_tokens) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    prompt_ids = check_prompt(prompt_ids, cache, max_new_tokens)
     if isinstance(num_draft, bool) or int(num_draft) != num_draft or not 1 <= num_draft <= 64:
         raise ValueError(f"num_draft must be an integer in 1..64, got {num_draft}")
     num_draft = int(num_draft)
