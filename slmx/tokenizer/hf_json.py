@@ -312,24 +312,11 @@ def _config_token(cfg, key):
     return v if isinstance(v, str) else None
 
 
-def from_json_dict(d, config=None, where="tokenizer.json"):
-    """A :class:`BPETokenizer` from tokenizer.json content (a dict) and optionally the dict of
-    a tokenizer_config.json. Raises FormatError on anything unsupported or malformed."""
-    if not isinstance(d, dict):
-        raise FormatError(f"{where}: expected a JSON object")
-    model = _get(d, "model", dict, where, required=True)
-    kind = _get(model, "type", str, "model", default="BPE")
-    if kind != "BPE":
-        raise FormatError(f"model.type: {kind!r} is not supported (byte-level BPE only)")
-    if _get(model, "byte_fallback", bool, "model", default=False):
-        return _spm_from_json_dict(d, model, config, where)
-    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
-        if _get(model, key, str, "model", default=""):
-            raise FormatError(f"model.{key}: not supported")
+def _vocab_tokens(d, model, where, warn_flags):
+    """tokenizer.json's model.vocab and added_tokens, checked: (id_of, tokens by id (None for holes),
+    added token types by id). warn_flags: warn that single_word/lstrip/rstrip are ignored."""
     vocab = _get(model, "vocab", dict, "model", required=True)
-    merges_raw = _get(model, "merges", list, "model", default=[])
     added = _get(d, "added_tokens", list, where, default=[])
-
     id_of = {}
     for t, i in vocab.items():
         if not isinstance(i, int) or isinstance(i, bool) or i < 0:
@@ -346,7 +333,7 @@ def from_json_dict(d, config=None, where="tokenizer.json"):
             raise FormatError(f"{w}: {t!r} has id {i} but the vocabulary gives it {id_of[t]}")
         id_of[t] = i
         added_types[i] = TOKEN_CONTROL if _get(a, "special", bool, w, default=False) else TOKEN_USER_DEFINED
-        if any(_get(a, key, bool, w, default=False) for key in ("single_word", "lstrip", "rstrip")):
+        if warn_flags and any(_get(a, key, bool, w, default=False) for key in ("single_word", "lstrip", "rstrip")):
             warnings.warn(f"{w}: single_word/lstrip/rstrip of {t!r} are ignored by slmx")
     if not id_of:
         raise FormatError("model.vocab: the vocabulary is empty")
@@ -358,6 +345,26 @@ def from_json_dict(d, config=None, where="tokenizer.json"):
         if tokens[i] is not None:
             raise FormatError(f"token id {i} is given to both {tokens[i]!r} and {t!r}"[:200])
         tokens[i] = t
+    return id_of, tokens, added_types
+
+
+def from_json_dict(d, config=None, where="tokenizer.json"):
+    """A :class:`BPETokenizer` from tokenizer.json content (a dict) and optionally the dict of
+    a tokenizer_config.json. Raises FormatError on anything unsupported or malformed."""
+    if not isinstance(d, dict):
+        raise FormatError(f"{where}: expected a JSON object")
+    model = _get(d, "model", dict, where, required=True)
+    kind = _get(model, "type", str, "model", default="BPE")
+    if kind != "BPE":
+        raise FormatError(f"model.type: {kind!r} is not supported (byte-level BPE only)")
+    if _get(model, "byte_fallback", bool, "model", default=False):
+        return _spm_from_json_dict(d, model, config, where)
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if _get(model, key, str, "model", default=""):
+            raise FormatError(f"model.{key}: not supported")
+    merges_raw = _get(model, "merges", list, "model", default=[])
+    id_of, tokens, added_types = _vocab_tokens(d, model, where, warn_flags=True)
+    n = len(tokens)
     types = [TOKEN_NORMAL] * n
     for i, ty in added_types.items():
         types[i] = ty
@@ -500,33 +507,9 @@ def _spm_from_json_dict(d, model, config, where):
     from slmx.tokenizer.base import TOKEN_BYTE
     from slmx.tokenizer.spm import SPMTokenizer
     import numpy as np
-    vocab = _get(model, "vocab", dict, "model", required=True)
     merges_raw = _get(model, "merges", list, "model", default=[])
-    added = _get(d, "added_tokens", list, where, default=[])
-    id_of = {}
-    for t, i in vocab.items():
-        if not isinstance(i, int) or isinstance(i, bool) or i < 0:
-            raise FormatError(f"model.vocab[{t!r}]: expected a non-negative integer id, got {i!r}"[:200])
-        id_of[t] = i
-    added_types = {}
-    for k, a in enumerate(added):
-        w = f"added_tokens[{k}]"
-        i = _get(a, "id", int, w, required=True)
-        t = _get(a, "content", str, w, required=True)
-        if t in id_of and id_of[t] != i:
-            raise FormatError(f"{w}: {t!r} has id {i} but the vocabulary gives it {id_of[t]}")
-        id_of[t] = i
-        added_types[i] = TOKEN_CONTROL if _get(a, "special", bool, w, default=False) else TOKEN_USER_DEFINED
-    if not id_of:
-        raise FormatError("model.vocab: the vocabulary is empty")
-    n = max(id_of.values()) + 1
-    if n > len(id_of) + 65536:
-        raise FormatError(f"token ids go up to {n - 1} for {len(id_of)} tokens (too sparse)")
-    tokens = [None] * n
-    for t, i in id_of.items():
-        if tokens[i] is not None:
-            raise FormatError(f"token id {i} is given to both {tokens[i]!r} and {t!r}"[:200])
-        tokens[i] = t
+    id_of, tokens, added_types = _vocab_tokens(d, model, where, warn_flags=False)
+    n = len(tokens)
     types = [TOKEN_NORMAL] * n
     for i in range(n):
         t = tokens[i]
