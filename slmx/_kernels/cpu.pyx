@@ -31,7 +31,7 @@ _OMP_INITIAL_MAX = omp_get_max_threads()
 LEVEL_NAMES = ("scalar", "avx2", "avx512", "vnni", "bf16")
 
 # Every kernel module that dispatches on the SIMD level; set_simd_level reaches them all.
-_KERNEL_MODULES = ("cpu", "quant", "gemm", "ops_core", "attention", "train_ops", "optim", "bpe_train")
+_KERNEL_MODULES = ("cpu", "quant", "gemm", "ops_core", "attention", "train_ops", "optim", "bpe_train", "fused")
 
 
 def features():

@@ -24,6 +24,8 @@ cdef extern from "ops_core_simd.h" nogil:
     void slmx_ops_softmax_row(int lvl, const float *x, float *out, long C)
     void slmx_ops_act(int lvl, int kind, const float *g, const float *u, float *out, long n)
     void slmx_ops_rope_rotate(int lvl, float *x, const float *c, const float *s, long half, int neox)
+    void slmx_rope_cache(float pos, float theta_scale, float freq_scale, const float *ff, long half,
+                         float sin_sign, float *c, float *s)
     void slmx_ops_binary(int lvl, int op, const float *a, const float *b, float *out, long n)
     void slmx_ops_scale(int lvl, const float *a, float s, float *out, long n)
 
@@ -279,25 +281,6 @@ def scale(x, float s, out, int nthreads=1):
 
 # ----------------------------------------------------------------------------- RoPE
 
-cdef inline void rope_cache(float pos, float theta_scale, float freq_scale, const float *freq_factors,
-                            Py_ssize_t half, float sin_sign, float *c, float *s) noexcept nogil:
-    """c[i], s[i] = cos, sin(freq_scale * theta_i / ff_i), theta_0 = pos, theta_{i+1} = theta_i * theta_scale
-
-    The angle is accumulated in float by multiplication, as ggml's CPU rope does, so the
-    rotation matches llama.cpp's closely (not the exactly rounded pos * base^(-2i/D)).
-    """
-    cdef float theta = pos, ang
-    cdef Py_ssize_t i
-    for i in range(half):
-        if freq_factors != NULL:
-            ang = freq_scale * (theta / freq_factors[i])
-        else:
-            ang = freq_scale * theta
-        c[i] = cosf(ang)
-        s[i] = sinf(ang) * sin_sign
-        theta = theta * theta_scale
-
-
 cdef void rope_forward_rows(float *x, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t H, Py_ssize_t D,
                             const int64_t *pos64, const int32_t *pos32, float theta_scale,
                             float freq_scale, const float *freq_factors, Py_ssize_t half,
@@ -309,7 +292,7 @@ cdef void rope_forward_rows(float *x, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t H
     cdef float p
     for t in range(t0, t1):
         p = <float>(pos64[t] if pos64 != NULL else pos32[t])
-        rope_cache(p, theta_scale, freq_scale, freq_factors, half, sin_sign, c, s)
+        slmx_rope_cache(p, theta_scale, freq_scale, freq_factors, half, sin_sign, c, s)
         for h in range(H):
             slmx_ops_rope_rotate(lvl, x + (t * H + h) * D, c, s, half, neox)
 

@@ -55,6 +55,20 @@ static void slmx_act_scalar(int kind, const float *g, const float *u, float *out
     }
 }
 
+/* RoPE angles of one position: c[i], s[i] = cos, sin(freq_scale * theta_i / ff_i) (sin times
+ * sin_sign), theta_0 = pos, theta_{i+1} = theta_i * theta_scale. The angle is accumulated in float
+ * by multiplication, as ggml's CPU rope does (not the exactly rounded pos * base^(-2i/D)). */
+static void slmx_rope_cache(float pos, float theta_scale, float freq_scale, const float *ff, long half,
+                            float sin_sign, float *c, float *s) {
+    float theta = pos;
+    for (long i = 0; i < half; i++) {
+        float ang = ff ? freq_scale * (theta / ff[i]) : freq_scale * theta;
+        c[i] = cosf(ang);
+        s[i] = sinf(ang) * sin_sign;
+        theta = theta * theta_scale;
+    }
+}
+
 /* Elementwise bodies written once in plain C and instantiated per ISA (the compiler vectorizes
  * each copy for its target). */
 #define SLMX_ALWAYS_INLINE static inline __attribute__((always_inline))

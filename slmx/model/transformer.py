@@ -21,6 +21,7 @@ import numpy as np
 from .. import qtypes
 from . import rope as _rope
 from .._kernels import cpu as _cpu
+from .._kernels import fused as _fused
 from .._kernels import gemm as _gemm
 from .._kernels import ops_core as _core
 from .._kernels import quant as _quant
@@ -104,6 +105,23 @@ class Layer:
         self.rope_freq_scale = fs * cfg.layer_rope_freq_scale(i)
         self.rope_freq_factors = ff
         self.attn_scale = cfg.scale * af * af     # cos, sin scaled by af: q.k by af^2
+        self.fused_rows = 0                       # set by Transformer: rows the fused groups take
+
+    def build_fused(self, cfg, act):
+        """The fused groups of this block (slmx._kernels.fused.LinearGroup) for few-row steps:
+        attn_norm + q, k, v; o + post-norm + residual; ffn_norm + gate, up + GLU; down +
+        post-norm + residual. Skipped (fused_rows = 0) when a weight is F32 (those use gemm)."""
+        ws = (self.wq, self.wk, self.wv, self.wo, self.w_gate, self.w_up, self.w_down)
+        if any(w.type == qtypes.F32 for w in ws):
+            self.fused_rows = 0
+            return
+        LG, eps = _fused.LinearGroup, cfg.norm_eps
+        lw = lambda w: (w.data, w.type, w.bias)
+        self.f_qkv = LG([lw(self.wq), lw(self.wk), lw(self.wv)], norm=self.attn_norm, eps=eps)
+        self.f_o = LG([lw(self.wo)], eps=eps, post_norm=self.post_attn_norm)
+        self.f_ffn = LG([lw(self.w_gate), lw(self.w_up)], norm=self.ffn_norm, eps=eps, glu=act)
+        self.f_down = LG([lw(self.w_down)], eps=eps, post_norm=self.post_ffn_norm)
+        self.fused_rows = min(g.max_rows for g in (self.f_qkv, self.f_o, self.f_ffn, self.f_down))
 
 
 class Workspace:
@@ -189,6 +207,9 @@ class Transformer:
     # quantization can amplify into a different argmax). Speculative verification sets it, so
     # its logits are bit-identical to one-token decoding (linear: the same sums for M < 16).
     rowwise_attention = False
+    # fused: steps of up to Layer.fused_rows rows go through the fused kernels (slmx._kernels.fused:
+    # fewer calls and parallel regions, the same numbers); False runs the separate kernels.
+    fused = True
 
     def __init__(self, cfg, tensors, threads=None, max_batch=256, numerics="ggml", n_ctx=None):
         if numerics not in NUMERICS:
@@ -206,6 +227,13 @@ class Transformer:
             self.output = self.token_embd
         else:
             self.output = _linear(tensors, "output.weight", cfg.vocab_size, cfg.d_model)
+        act = ("geglu_f16" if self._f16 else "geglu") if cfg.activation == "gelu_tanh" else "swiglu"
+        for L in self.layers:
+            L.build_fused(cfg, act)
+        self._f_out = None
+        if self.output.type != qtypes.F32:
+            self._f_out = _fused.LinearGroup([(self.output.data, self.output.type, self.output.bias)],
+                                             norm=self.output_norm, eps=cfg.norm_eps)
         self._ws = {}
         self._batch_logits = None   # (B, vocab) logits of forward_batch, grown to the largest B
 
@@ -231,7 +259,29 @@ class Transformer:
         if self.cfg.embed_scale != 1.0:
             np.multiply(out, np.float32(self.cfg.embed_scale), out=out)
 
+    def _attend(self, L, li, v, t, pos, cache, nt):
+        if self.rowwise_attention and t > 1:
+            q, att = v["q"], v["att"]
+            for i in range(t):
+                cache.attend(li, q[i:i + 1], att[i:i + 1], pos + i, L.attn_scale, L.window, nt)
+        else:
+            cache.attend(li, v["q"], v["att"], pos, L.attn_scale, L.window, nt)
+
+    def _block_fused(self, L, li, v, t, pos, cache, nt):
+        """_block in 7 kernel calls (t <= L.fused_rows): the same numbers."""
+        x, o = v["x"], v["o"]
+        L.f_qkv(x, (v["q2"], v["k2"], v["v2"]), nt)
+        _fused.qk_rope(v["q"], v["k"], v["v"], v["pos"], L.q_norm, L.k_norm, self.cfg.norm_eps, L.rope_base,
+                       self.cfg.rope_neox, L.rope_freq_scale, L.rope_freq_factors, self._f16)
+        cache.store(li, pos, v["k"], v["v"])
+        self._attend(L, li, v, t, pos, cache, nt)
+        L.f_o(v["att2"], (o,), nt, x)
+        L.f_ffn(x, (v["gate"], v["up"]), nt)
+        L.f_down(v["gate"], (o,), nt, x)
+
     def _block(self, L, li, v, t, pos, cache, nt):
+        if t <= L.fused_rows and self.fused:
+            return self._block_fused(L, li, v, t, pos, cache, nt)
         cfg = self.cfg
         eps = cfg.norm_eps
         x, h, o = v["x"], v["h"], v["o"]
@@ -249,12 +299,7 @@ class Transformer:
             _core.round_f16(v["k"], nt)
             _core.round_f16(v["v"], nt)
         cache.store(li, pos, v["k"], v["v"])
-        if self.rowwise_attention and t > 1:
-            q, att = v["q"], v["att"]
-            for i in range(t):
-                cache.attend(li, q[i:i + 1], att[i:i + 1], pos + i, L.attn_scale, L.window, nt)
-        else:
-            cache.attend(li, v["q"], v["att"], pos, L.attn_scale, L.window, nt)
+        self._attend(L, li, v, t, pos, cache, nt)
         L.wo(v["att2"], o, nt)
         if L.post_attn_norm is not None:
             _core.rmsnorm(o, L.post_attn_norm, eps, o, nt)
@@ -323,8 +368,11 @@ class Transformer:
                 self.hidden = hid[0] if len(hid) == 1 else np.concatenate(hid)
             lg = outs[0] if len(outs) == 1 else np.concatenate(outs)
             return self._softcap(lg)
-        _core.rmsnorm(v["x"][t - 1:t], self.output_norm, self.cfg.norm_eps, ws.last, nt)
-        self.output(ws.last, ws.logits, nt)
+        if self._f_out is not None and self.fused:
+            self._f_out(v["x"][t - 1:t], (ws.logits,), nt)
+        else:
+            _core.rmsnorm(v["x"][t - 1:t], self.output_norm, self.cfg.norm_eps, ws.last, nt)
+            self.output(ws.last, ws.logits, nt)
         return self._softcap(ws.logits)
 
     def forward_batch(self, ids, positions, caches):
