@@ -174,3 +174,23 @@ def test_bad_inputs(simd_level):
         gemm.matmul_packed(a, b, out)                       # not a PackedB
     with pytest.raises(ValueError):
         gemm.pack_b([[1.0]])
+
+
+@pytest.mark.parametrize("M", [1, 2, 7])
+@pytest.mark.parametrize("K", [3, 16, 17, 40, 100])
+def test_linear_small_m_alignment(simd_level, M, K):
+    # the small-M dot products start with a step to the next 64-byte boundary of each row of w:
+    # every offset of w's data from a cache line (views into a larger buffer), a K shorter than
+    # that step, rows of W in groups of R plus a remainder (N = 13)
+    N = 13
+    x = rand(M, K)
+    buf = rand(N * K + 16)
+    base = (-(buf.ctypes.data % 64) // 4) % 16         # floats to the first 64-byte boundary
+    for off in range(16):
+        start = (base + off) % 16
+        w = buf[start:start + N * K].reshape(N, K)
+        ref = x.astype(np.float64) @ w.astype(np.float64).T
+        for nt in (1, 2):
+            out = np.full((M, N), np.nan, np.float32)
+            gemm.linear_f32(x, w, out, nt)
+            check(out, ref, K)
