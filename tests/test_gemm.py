@@ -194,3 +194,21 @@ def test_linear_small_m_alignment(simd_level, M, K):
             out = np.full((M, N), np.nan, np.float32)
             gemm.linear_f32(x, w, out, nt)
             check(out, ref, K)
+
+
+@pytest.mark.parametrize("dk", [-1, 0, 1, 2 * 256 + 37])
+def test_depth_blocks_per_call(simd_level, dk):
+    # unpacked calls take all of K as one depth block up to 3 KC, beyond that equal blocks of at
+    # most 2 KC: K on both sides of the switch and a K split into uneven multiples of 16
+    kc = gemm.block_sizes()[0]
+    K = 3 * kc + dk
+    for M, N in ((9, 45), (40, 70)):
+        a, w = rand(M, K), rand(N, K)
+        ref = a.astype(np.float64) @ w.astype(np.float64).T
+        for nt in (1, 2):
+            out = np.full((M, N), np.nan, np.float32)
+            gemm.linear_f32(a, w, out, nt)
+            check(out, ref, K)
+            out[:] = np.nan
+            gemm.matmul(a, np.ascontiguousarray(w.T), out, nt)
+            check(out, ref, K)
