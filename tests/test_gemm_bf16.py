@@ -86,3 +86,53 @@ def test_bf16_bad_inputs():
     buf = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="overlap"):
         gemm.linear_bf16(buf.view(np.uint16), ops.to_bf16(np.ones((3, 6), np.float32)), buf, 1)
+
+
+def _check_exact(x, w, out):
+    """out against the float64 product of the bf16 values (fp32 sums: error <= ~K ulp of |x||w|)"""
+    xv, wv = bf16_values(x).astype(np.float64), bf16_values(w).astype(np.float64)
+    ref = xv @ wv.T
+    tol = 4e-6 * (np.abs(xv) @ np.abs(wv).T) + 1e-6
+    assert np.all(np.abs(out - ref) <= tol), np.abs(out - ref).max()
+
+
+def _out(M, N, aligned):
+    """a C-contiguous float32 (M, N) output, its data 64-byte aligned or not (4 bytes off)"""
+    buf = np.full(M * N + 32, np.nan, np.float32)
+    off = (-buf.ctypes.data % 64) // 4
+    if not aligned:
+        off += 1
+    return buf[off:off + M * N].reshape(M, N)
+
+
+# The AMX path's task grid and writers: several groups of panels (N = 1000, 4133: a ragged last
+# panel), 32-row ranges split between threads when N has fewer panels than threads (N = 20),
+# depth blocks with a K tail (K = 2300: 3 blocks of 768 + C reloaded), M = 16 (the smallest
+# on tiles), the non-temporal writer (forced by a threshold of 0) into an aligned output and,
+# falling back to plain stores, a misaligned one.
+TASK_SHAPES = [(48, 200, 1000), (100, 64, 20), (33, 64, 4133), (64, 2300, 96), (16, 32, 4096)]
+
+
+@pytest.mark.parametrize("M,K,N", TASK_SHAPES)
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("writer", ["tiles", "stream", "stream-misaligned"])
+def test_linear_bf16_amx_tasks(simd_level, M, K, N, nthreads, writer):
+    old = gemm._set_bf16_stream_floats(0 if writer.startswith("stream") else 1 << 40)
+    try:
+        x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
+        w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
+        out = _out(M, N, writer != "stream-misaligned")
+        gemm.linear_bf16(x, w, out, nthreads)
+        _check_exact(x, w, out)
+    finally:
+        gemm._set_bf16_stream_floats(old)
+
+
+def test_linear_bf16_amx_reuses_workspace():
+    """calls of growing and shrinking size reuse the kept workspace without stale data"""
+    for M, K, N in [(64, 640, 96), (512, 96, 64), (32, 2048, 64), (64, 640, 96)]:
+        x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
+        w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
+        out = np.full((M, N), np.nan, np.float32)
+        gemm.linear_bf16(x, w, out, 2)
+        _check_exact(x, w, out)

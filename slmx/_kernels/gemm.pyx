@@ -48,7 +48,9 @@ cdef extern from "gemm_simd.h" nogil:
                    float *C, long ldc, long n0, long n1)
 
 cdef extern from "gemm_bf16_simd.h" nogil:
-    int SLMX_BF16_KC
+    int SLMX_BF16_BBUF
+    long slmx_bf16_amx_kc(long K)
+    long slmx_bf16_amx_ncp(long kc)
     void slmx_f32_to_bf16_n(const float *src, uint16_t *dst, long n)
     void slmx_bf16_to_f32_n(const uint16_t *src, float *dst, long n)
     void slmx_bf16_dot(int lvl, long K, const uint16_t *X, long ldx, const uint16_t *W, long ldw,
@@ -57,8 +59,8 @@ cdef extern from "gemm_bf16_simd.h" nogil:
     void slmx_bf16_amx_release()
     void slmx_bf16_pack_b(const uint16_t *W, long ldw, long N, long K, long n0, long k0, long kc, uint16_t *Bp)
     void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp)
-    void slmx_bf16_amx_panel(const uint16_t *Xp, long nks, long k0, long kc, const uint16_t *Bp, float *C,
-                             long ldc, long m0, long m1, long n0, int two_n, int acc)
+    void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, long N, long m0, long m1,
+                            long p0, long p1, long kc, uint16_t *Bp, float *C, long ldc, int stream)
 
 cdef extern from "simd.h" nogil:
     ctypedef struct slmx_cpu_features_t:
@@ -507,8 +509,40 @@ def matmul_packed(a, PackedB packed, out, int nthreads=1):
 # bf16 values travel as uint16 bit patterns (the upper half of a float32).
 
 cdef int _amx_bf16_allowed = 1
+cdef Py_ssize_t _bf16_stream_floats = 16777216   # C of at least this many floats (64 MB) is written
+                                                 # with non-temporal stores on the AMX path
+DEF BF16_WS_KEEP = 67108864         # a larger workspace is allocated per call, not kept
+# The AMX path's workspace (X packed into tiles + per-thread packed B), grown on demand and kept
+# (a 1 MB allocation per call costs page faults); a concurrent call takes a private buffer.
+cdef uint16_t *_bws = NULL
+cdef void *_bws_raw = NULL
+cdef size_t _bws_bytes = 0
+_bws_lock = threading.Lock()
+
+
+cdef uint16_t *_bws_get(size_t nbytes) except NULL:
+    global _bws, _bws_raw, _bws_bytes
+    if nbytes > _bws_bytes:
+        free(_bws_raw)
+        _bws_raw = malloc(nbytes + 64)
+        if _bws_raw == NULL:
+            _bws_bytes = 0
+            _bws = NULL
+            raise MemoryError("bf16 gemm workspace")
+        _bws_bytes = nbytes
+        _bws = <uint16_t *>_aligned(_bws_raw)
+    return _bws
 DEF BF16_AMX_MIN_M = 16   # fewer rows of x: dot products (an AMX tile would be mostly padding;
                           # M = 1 reads W at half the rate on tiles, measured)
+
+
+def _set_bf16_stream_floats(Py_ssize_t n):
+    """Set the output size (floats) from which the AMX path writes C with non-temporal stores
+    (tests); returns the previous value."""
+    global _bf16_stream_floats
+    old = _bf16_stream_floats
+    _bf16_stream_floats = max(0, n)
+    return old
 
 
 def _set_amx(bint allowed):
@@ -596,28 +630,35 @@ cdef void _bf16_dot_par(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const
             slmx_bf16_dot(lvl, K, X, K, W, K, C, N, a0, a1, 0, N)
 
 
-cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X, uint16_t *Xp, Py_ssize_t Mp,
-                    Py_ssize_t Kp, const uint16_t *W, float *C, Py_ssize_t ldc, uint16_t *bws,
-                    int nt) noexcept nogil:
-    """C (Mp x ldc) = X W^T on AMX tiles; Xp: room for X packed into Mp x Kp tiles; bws: 32 x KC
-    bf16 per thread"""
-    cdef Py_ssize_t npan = _cdiv(N, 32), kb, kc, p, mb
-    cdef Py_ssize_t nks = Kp // 32
-    for mb in prange(Mp // 16, num_threads=nt, schedule="static"):
-        slmx_bf16_pack_x(X, M, K, mb, mb + 1, Xp)
-    cdef uint16_t *bp = NULL
-    kb = kc = 0
+cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X, uint16_t *Xp,
+                    const uint16_t *W, float *C, uint16_t *bws, int nt) noexcept nogil:
+    """C (M, N) = X W^T on AMX tiles. Xp: room for X packed into 16 x 32 tiles (ceil(M / 16) x
+    ceil(K / 32) of them); bws: SLMX_BF16_BBUF bf16 per thread.
+
+    Tasks: groups of ncp 32-column panels (x, when there are fewer groups than threads, ranges
+    of 32-row blocks), handed out dynamically, so a thread the OS deschedules on a busy machine
+    takes fewer of them instead of holding up the call."""
+    cdef Py_ssize_t kc = slmx_bf16_amx_kc(K), npan = _cdiv(N, 32), nmb = _cdiv(M, 32)
+    cdef Py_ssize_t ncp = min(slmx_bf16_amx_ncp(kc), _cdiv(npan, nt))
+    cdef Py_ssize_t ngrp, nmg, ntask, t, g, mg, mb
+    ngrp = nt * _cdiv(npan, nt * ncp)
+    ncp = _cdiv(npan, ngrp)
+    ngrp = _cdiv(npan, ncp)
+    nmg = min(nmb, _cdiv(nt, ngrp))
+    ntask = ngrp * nmg
+    # non-temporal stores when C is far beyond the caches and its rows are 64-byte aligned
+    cdef int stream = M * N >= _bf16_stream_floats and (<uintptr_t>C) % 64 == 0 and N % 16 == 0
+    cdef uint16_t *bp
     with parallel(num_threads=nt):
-        bp = bws + omp_get_thread_num() * 32 * SLMX_BF16_KC
+        bp = bws + omp_get_thread_num() * SLMX_BF16_BBUF
         slmx_bf16_amx_config()
-        kb = 0
-        while kb < Kp:
-            kc = min(<Py_ssize_t>SLMX_BF16_KC, Kp - kb)
-            # the same static partition for every depth block: each thread owns its panels of C
-            for p in prange(npan, schedule="static"):
-                slmx_bf16_pack_b(W, K, N, K, p * 32, kb, kc, bp)
-                slmx_bf16_amx_panel(Xp, nks, kb, kc, bp, C, ldc, 0, Mp, p * 32, N - p * 32 > 16, kb > 0)
-            kb = kb + kc
+        for mb in prange(_cdiv(M, 16), schedule="dynamic"):
+            slmx_bf16_pack_x(X, M, K, mb, mb + 1, Xp)
+        for t in prange(ntask, schedule="dynamic"):
+            g = t // nmg
+            mg = t % nmg
+            slmx_bf16_amx_task(Xp, M, K, W, N, (mg * nmb) // nmg * 32, min(M, ((mg + 1) * nmb) // nmg * 32),
+                               g * ncp, min(npan, (g + 1) * ncp), kc, bp, C, N, stream)
         slmx_bf16_amx_release()
 
 
@@ -648,43 +689,32 @@ def linear_bf16(x, w, out, int nthreads=1):
     cdef const uint16_t *W = &wv[0, 0]
     cdef int lvl = slmx_simd_level()
     cdef int nt = nthreads if nthreads > 1 and M * N * K >= PAR_MIN_FMA // 4 else 1
-    cdef Py_ssize_t Mp, Kp, Np, r
+    cdef Py_ssize_t Mp, Kp
     cdef uint16_t *xp
     cdef uint16_t *bws
-    cdef float *cp
     if M < BF16_AMX_MIN_M or not _use_amx_bf16(lvl):
         with nogil:
             _bf16_dot_par(lvl, M, N, K, X, W, C, nt)
         return out
     Mp = _cdiv(M, 16) * 16
     Kp = _cdiv(K, 32) * 32
-    Np = _cdiv(N, 32) * 32
-    cdef bint pad_c = Mp != M or (N % 16) != 0
-    cdef void *xraw = NULL
-    cdef void *craw = NULL
-    cdef void *braw = malloc(<size_t>max(1, nt) * 32 * SLMX_BF16_KC * 2 + 64)
+    cdef size_t nbytes = <size_t>Mp * Kp * 2 + <size_t>nt * SLMX_BF16_BBUF * 2
+    cdef void *raw = NULL
+    locked = nbytes <= BF16_WS_KEEP and _bws_lock.acquire(False)
     try:
-        if braw == NULL:
-            raise MemoryError("bf16 gemm workspace")
-        bws = <uint16_t *>_aligned(braw)
-        xraw = malloc(<size_t>Mp * Kp * 2 + 64)
-        if xraw == NULL:
-            raise MemoryError("bf16 gemm workspace")
-        xp = <uint16_t *>_aligned(xraw)
-        if pad_c:
-            craw = malloc(<size_t>Mp * Np * 4 + 64)
-            if craw == NULL:
-                raise MemoryError("bf16 gemm workspace")
-            cp = _aligned(craw)
+        if locked:
+            xp = _bws_get(nbytes)
         else:
-            cp = C
+            raw = malloc(nbytes + 64)
+            if raw == NULL:
+                raise MemoryError("bf16 gemm workspace")
+            xp = <uint16_t *>_aligned(raw)
+        bws = xp + Mp * Kp
         with nogil:
-            _bf16_amx(M, N, K, X, xp, Mp, Kp, W, cp, Np if pad_c else N, bws, nt)
-            if pad_c:
-                for r in range(M):
-                    memcpy(C + r * N, cp + r * Np, N * 4)
+            _bf16_amx(M, N, K, X, xp, W, C, bws, nt)
     finally:
-        free(braw)
-        free(xraw)
-        free(craw)
+        if locked:
+            _bws_lock.release()
+        else:
+            free(raw)
     return out

@@ -5,14 +5,16 @@
  * of the fp32 additions.
  *
  * AMX (level >= BF16 and the OS granted the tiles): tdpbf16ps on 16 x 16 fp32 C tiles.
- *   A = 16 rows of X x 32 bf16, from a zero-padded copy of X packed tile by tile (1 KB each, so
- *       the tile loads stream through memory);
+ *   A = 16 rows of X x 32 bf16, from a zero-padded copy of X packed tile by tile once per call
+ *       (1 KB each, so the tile loads stream through memory);
  *   B = 16 pair-rows x 16 columns x 2 bf16 (the "VNNI" layout B[kp][n][j] = W[n][2 kp + j]):
- *       each block of 32 weight rows x KC_BF16 depth is transposed (as 32-bit pairs) into a
- *       per-thread buffer right before use, so W is read in place, once per depth block.
- *   Tiles: C 2 x 2 (tmm0..3) = 32 rows x 32 columns, A0/A1 = tmm4/5, B0/B1 = tmm6/7.
- *   C tiles load from / store to the output rows directly (a padded copy when M or N is not a
- *   multiple of 16).
+ *       a task's group of up to 8 panels of 32 weight rows is transposed (as 32-bit pairs) into
+ *       a per-thread buffer right before use (W is read in place, once per call) and reused by
+ *       every 32-row block of X.
+ *   Tiles: C 2 x 2 (tmm0..3) = 32 rows x 32 columns, held over the whole depth (K <= 2048; else
+ *   equal depth blocks <= 1024), A0/A1 = tmm4/5, B0/B1 = tmm6/7. Full C blocks load / store
+ *   their tiles at the output; edge blocks go through a 32 x 32 scratch (masked copies); a C
+ *   far larger than the caches is written with non-temporal stores.
  * Dot-product paths (no AMX): out[m, n] = dot(X[m], W[n]) over K for blocks of MB rows of X and
  *   NB rows of W, the MB x NB sums in registers:
  *   BF16 (vdpbf16ps, 32 products per instruction), AVX-512 and AVX2 (bf16 widened by a 16-bit
@@ -30,7 +32,22 @@
 #define SLMX_ALWAYS_INLINE_G static inline __attribute__((always_inline))
 #endif
 
-#define SLMX_BF16_KC 1024       /* AMX depth block (elements of K): 32 x 1024 bf16 = 64 KB of B */
+#define SLMX_BF16_BBUF (8 * 32 * 1024)   /* packed B per thread (bf16): at most 8 panels x 1024 depth, 512 KB */
+
+/* AMX depth block for K (a multiple of 32): all of K up to 2048 (the C tiles stay in registers
+ * over the whole sum), else equal blocks of at most 1024 */
+static inline long slmx_bf16_amx_kc(long K) {
+    long Kp = (K + 31) / 32 * 32;
+    if (Kp <= 2048) return Kp;
+    long nb = (Kp + 1023) / 1024;
+    return (Kp / 32 + nb - 1) / nb * 32;
+}
+
+/* 32-column panels of B per AMX task for depth block kc: as many as fit SLMX_BF16_BBUF, 1..8 */
+static inline long slmx_bf16_amx_ncp(long kc) {
+    long n = SLMX_BF16_BBUF / (32 * kc);
+    return n < 1 ? 1 : (n > 8 ? 8 : n);
+}
 
 static inline float slmx_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -264,69 +281,119 @@ static void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long m
     }
 }
 
-/* C rows [m0, m1) (m0, m1 multiples of 16) x columns [n0, n0 + 16 or 32) (+)= X . B over depth
- * [k0, k0 + kc): Xp the packed tiles of X (nks tiles per 16 rows), Bp the block of W from
- * slmx_bf16_pack_b, C fp32 with row stride ldc. acc = 0 zeroes the tiles first. */
-static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_panel(const uint16_t *Xp, long nks, long k0, long kc,
-                                                   const uint16_t *Bp, float *C, long ldc, long m0, long m1,
-                                                   long n0, int two_n, int acc) {
-    long nk = kc / 32;
-    for (long m = m0; m < m1; m += 32) {
-        int two_m = m + 16 < m1;
-        float *c0 = C + m * ldc + n0;
-        float *c2 = c0 + 16 * ldc;
-        if (acc) {
-            _tile_loadd(0, c0, ldc * 4);
-            if (two_n) _tile_loadd(1, c0 + 16, ldc * 4);
-            if (two_m) {
-                _tile_loadd(2, c2, ldc * 4);
-                if (two_n) _tile_loadd(3, c2 + 16, ldc * 4);
-            }
-        } else {
-            _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-        }
-        const uint16_t *a0 = Xp + ((m / 16) * nks + k0 / 32) * 512, *a1 = a0 + nks * 512;
-        if (two_m && two_n) {
-            for (long ks = 0; ks < nk; ks++) {
-                _tile_loadd(4, a0 + 512 * ks, 64);
-                _tile_loadd(6, Bp + ks * 1024, 64);
-                _tile_loadd(7, Bp + ks * 1024 + 512, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_loadd(5, a1 + 512 * ks, 64);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-        } else if (two_n) {
-            for (long ks = 0; ks < nk; ks++) {
-                _tile_loadd(4, a0 + 512 * ks, 64);
-                _tile_loadd(6, Bp + ks * 1024, 64);
-                _tile_loadd(7, Bp + ks * 1024 + 512, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-            }
-        } else if (two_m) {
-            for (long ks = 0; ks < nk; ks++) {
-                _tile_loadd(4, a0 + 512 * ks, 64);
-                _tile_loadd(5, a1 + 512 * ks, 64);
-                _tile_loadd(6, Bp + ks * 1024, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(2, 5, 6);
-            }
-        } else {
-            for (long ks = 0; ks < nk; ks++) {
-                _tile_loadd(4, a0 + 512 * ks, 64);
-                _tile_loadd(6, Bp + ks * 1024, 64);
-                _tile_dpbf16ps(0, 4, 6);
+/* One block of C: mv <= 32 rows x nv <= 32 columns at c (row stride ldc) (+)= X . B over nk steps
+ * of 32 depth: a0 = the first packed tile of X for this block and depth (the next 16 rows at
+ * a0 + astr), b = the packed B of the panel (2 tiles per step). The 2 x 2 fp32 C tiles stay in
+ * tmm0..3 over all nk steps. A full 32 x 32 block loads / stores its tiles at c; an edge block
+ * (or stream) goes through a 32 x 32 scratch, copied with masked (or non-temporal) stores.
+ * acc = 0 starts from zero, else from the values in C. */
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AMXBF16 void
+slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, float *c, long ldc,
+                    long mv, long nv, int acc, int stream) {
+    float sc[32 * 32] __attribute__((aligned(64)));
+    const int direct = mv == 32 && nv == 32 && !stream;
+    float *t = direct ? c : sc;
+    const long ldt = direct ? ldc : 32;
+    const int two_m = mv > 16, two_n = nv > 16;
+    const uint16_t *a1 = a0 + astr;
+    if (acc) {
+        if (!direct) {
+            __mmask16 k0 = slmx_tail_mask16(nv), k1 = slmx_tail_mask16(nv - 16 > 0 ? nv - 16 : 0);
+            for (long i = 0; i < mv; i++) {
+                _mm512_store_ps(sc + 32 * i, _mm512_maskz_loadu_ps(k0, c + i * ldc));
+                _mm512_store_ps(sc + 32 * i + 16, _mm512_maskz_loadu_ps(k1, c + i * ldc + 16));
             }
         }
-        _tile_stored(0, c0, ldc * 4);
-        if (two_n) _tile_stored(1, c0 + 16, ldc * 4);
+        _tile_loadd(0, t, ldt * 4);
+        if (two_n) _tile_loadd(1, t + 16, ldt * 4);
         if (two_m) {
-            _tile_stored(2, c2, ldc * 4);
-            if (two_n) _tile_stored(3, c2 + 16, ldc * 4);
+            _tile_loadd(2, t + 16 * ldt, ldt * 4);
+            if (two_n) _tile_loadd(3, t + 16 * ldt + 16, ldt * 4);
+        }
+    } else {
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    }
+    if (two_m && two_n) {
+        for (long ks = 0; ks < nk; ks++) {
+            _tile_loadd(4, a0 + 512 * ks, 64);
+            _tile_loadd(6, b + ks * 1024, 64);
+            _tile_loadd(7, b + ks * 1024 + 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_loadd(5, a1 + 512 * ks, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    } else if (two_n) {
+        for (long ks = 0; ks < nk; ks++) {
+            _tile_loadd(4, a0 + 512 * ks, 64);
+            _tile_loadd(6, b + ks * 1024, 64);
+            _tile_loadd(7, b + ks * 1024 + 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+    } else if (two_m) {
+        for (long ks = 0; ks < nk; ks++) {
+            _tile_loadd(4, a0 + 512 * ks, 64);
+            _tile_loadd(5, a1 + 512 * ks, 64);
+            _tile_loadd(6, b + ks * 1024, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(2, 5, 6);
+        }
+    } else {
+        for (long ks = 0; ks < nk; ks++) {
+            _tile_loadd(4, a0 + 512 * ks, 64);
+            _tile_loadd(6, b + ks * 1024, 64);
+            _tile_dpbf16ps(0, 4, 6);
         }
     }
+    _tile_stored(0, t, ldt * 4);
+    if (two_n) _tile_stored(1, t + 16, ldt * 4);
+    if (two_m) {
+        _tile_stored(2, t + 16 * ldt, ldt * 4);
+        if (two_n) _tile_stored(3, t + 16 * ldt + 16, ldt * 4);
+    }
+    if (direct) return;
+    if (nv == 32 && stream) {
+        for (long i = 0; i < mv; i++) {
+            _mm512_stream_ps(c + i * ldc, _mm512_load_ps(sc + 32 * i));
+            _mm512_stream_ps(c + i * ldc + 16, _mm512_load_ps(sc + 32 * i + 16));
+        }
+    } else {
+        __mmask16 k0 = slmx_tail_mask16(nv), k1 = slmx_tail_mask16(nv - 16 > 0 ? nv - 16 : 0);
+        for (long i = 0; i < mv; i++) {
+            _mm512_mask_storeu_ps(c + i * ldc, k0, _mm512_load_ps(sc + 32 * i));
+            _mm512_mask_storeu_ps(c + i * ldc + 16, k1, _mm512_load_ps(sc + 32 * i + 16));
+        }
+    }
+}
+
+/* One task of the AMX GEMM: C rows [m0, m1) x the 32-column panels [p0, p1) = X W^T over all of K.
+ * Xp: X packed by slmx_bf16_pack_x (all rows, nks = ceil(K / 32) tiles per 16 rows); W (N, K)
+ * row-major bf16, read in place; Bp: room for (p1 - p0) x 32 x kc bf16 (this thread's);
+ * kc: depth block (a multiple of 32). For each depth block the task's panels are packed once
+ * (the transposes run on the vector units beside the tile unit) and reused by every 32-row block
+ * of X, whose tiles stay in L1 across the panels; C tiles stay in tile registers over the depth
+ * block. stream: non-temporal stores for C (an output far larger than the caches). */
+static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, long N,
+                                                  long m0, long m1, long p0, long p1, long kc, uint16_t *Bp,
+                                                  float *C, long ldc, int stream) {
+    long Kp = (K + 31) / 32 * 32, nks = Kp / 32;
+    for (long kb = 0; kb < Kp; kb += kc) {
+        long kcb = Kp - kb < kc ? Kp - kb : kc;
+        int acc = kb > 0, st = stream && kb + kcb >= Kp;
+        for (long p = p0; p < p1; p++) slmx_bf16_pack_b(W, K, N, K, p * 32, kb, kcb, Bp + (p - p0) * 32 * kcb);
+        for (long m = m0; m < m1; m += 32) {
+            long mv = M - m < 32 ? M - m : 32;
+            const uint16_t *a0 = Xp + ((m / 16) * nks + kb / 32) * 512;
+            for (long p = p0; p < p1; p++) {
+                long nv = N - p * 32 < 32 ? N - p * 32 : 32;
+                slmx_bf16_amx_block(a0, nks * 512, kcb / 32, Bp + (p - p0) * 32 * kcb, C + m * ldc + p * 32, ldc,
+                                    mv, nv, acc, st);
+            }
+        }
+    }
+    if (stream) _mm_sfence();
 }
 #else
 static void slmx_bf16_amx_config(void) {}
@@ -337,10 +404,10 @@ static void slmx_bf16_pack_b(const uint16_t *W, long ldw, long N, long K, long n
 static void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp) {
     (void)X; (void)M; (void)K; (void)mb0; (void)mb1; (void)Xp;
 }
-static void slmx_bf16_amx_panel(const uint16_t *Xp, long nks, long k0, long kc, const uint16_t *Bp, float *C,
-                                long ldc, long m0, long m1, long n0, int two_n, int acc) {
-    (void)Xp; (void)nks; (void)k0; (void)kc; (void)Bp; (void)C; (void)ldc; (void)m0; (void)m1; (void)n0;
-    (void)two_n; (void)acc;
+static void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, long N, long m0, long m1,
+                               long p0, long p1, long kc, uint16_t *Bp, float *C, long ldc, int stream) {
+    (void)Xp; (void)M; (void)K; (void)W; (void)N; (void)m0; (void)m1; (void)p0; (void)p1; (void)kc; (void)Bp;
+    (void)C; (void)ldc; (void)stream;
 }
 #endif /* SLMX_X86 */
 
