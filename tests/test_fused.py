@@ -131,7 +131,7 @@ def test_qk_rope_bit_identical(norms, neox, simd_level):
     ff = (1 + rng.random(D // 2)).astype(np.float32)
     for f16 in (True, False):
         q, k, v = q0.copy(), k0.copy(), v0.copy()
-        fused.qk_rope(q, k, v, pos, qn, kn, EPS, 10000.0, neox, 0.5, ff, f16)
+        fused.qk_rope(q, k, v, pos, qn, kn, EPS, fused.rope_table(pos, 10000.0, D, 0.5, ff), neox, f16)
         rq, rk, rv = q0.copy(), k0.copy(), v0.copy()
         if norms:
             ops_core.rmsnorm(rq, qn, EPS, rq)
@@ -144,6 +144,34 @@ def test_qk_rope_bit_identical(norms, neox, simd_level):
         np.testing.assert_array_equal(q, rq)
         np.testing.assert_array_equal(k, rk)
         np.testing.assert_array_equal(v, rv)
+
+
+@pytest.mark.parametrize("kv", ["f32", "f16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("ring", [0, 64])
+def test_qk_rope_writes_cache_rows_as_store(kv, ring):
+    """qk_rope's cache write equals KVCache.store of the final k, v (format, ring rows)."""
+    from slmx._kernels import attention
+    rng = np.random.default_rng(5)
+    T, Hk, D, rows = 3, 2, 64, 128
+    kt = attention.KV_TYPES[kv]
+    k0 = rng.standard_normal((T, Hk, D)).astype(np.float32)
+    v0 = rng.standard_normal((T, Hk, D)).astype(np.float32)
+    q = rng.standard_normal((T, 4, D)).astype(np.float32)
+    pos = np.array([62, 63, 64] if ring else [5, 6, 90], np.int32)
+    shape, dt = ((rows, Hk, D), np.float32) if kt == 0 else ((rows, Hk, attention.kv_row_bytes(kt, D)), np.uint8)
+    kc, vc = np.zeros(shape, dt), np.zeros(shape, dt)
+    k, v = k0.copy(), v0.copy()
+    fused.qk_rope(q, k, v, pos, None, None, EPS, fused.rope_table(pos, 1e4, D), True, True, kc, vc, ring, kt)
+    rk, rv = np.zeros(shape, dt), np.zeros(shape, dt)
+    for t, p in enumerate(pos):
+        r = p % ring if ring else p
+        if kt == 0:
+            rk[r], rv[r] = k[t], v[t]
+        else:
+            attention.kv_quantize(k[t], kt, rk[r])
+            attention.kv_quantize(v[t], kt, rv[r])
+    np.testing.assert_array_equal(kc, rk)
+    np.testing.assert_array_equal(vc, rv)
 
 
 def test_bad_arguments():
@@ -169,7 +197,16 @@ def test_bad_arguments():
         g(np.zeros((1, 64), np.float64), (np.zeros((1, 32), np.float32),), 1)
     with pytest.raises(ValueError, match="positions"):
         z = np.zeros((1, 1, 8), np.float32)
-        fused.qk_rope(z, z.copy(), z.copy(), np.zeros(2, np.int32), None, None, EPS, 1e4, True)
+        fused.qk_rope(z, z.copy(), z.copy(), np.zeros(2, np.int32), None, None, EPS, np.zeros((2, 2, 4), np.float32),
+                      True)
+    z, p = np.zeros((1, 1, 32), np.float32), np.array([70], np.int32)
+    tab = fused.rope_table(p, 1e4, 32)
+    with pytest.raises(ValueError, match="outside the cache"):
+        fused.qk_rope(z, z.copy(), z.copy(), p, None, None, EPS, tab, True, False,
+                      np.zeros((64, 1, 32), np.float32), np.zeros((64, 1, 32), np.float32))
+    with pytest.raises(ValueError, match="cache array"):
+        fused.qk_rope(z, z.copy(), z.copy(), p, None, None, EPS, tab, True, False,
+                      np.zeros((64, 1, 32), np.float32), np.zeros((64, 1, 34), np.uint8), 64, 8)
 
 
 @pytest.fixture(scope="module")

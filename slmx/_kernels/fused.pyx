@@ -11,7 +11,9 @@ order as the separate calls, so the results are bit-identical to them:
   parallel region (each thread a contiguous share of each weight's rows), optionally the GLU
   (act(gate) * up) applied by each thread to the rows it just computed, and optionally an
   epilogue out = rmsnorm(out) then residual += out (Gemma's post-norms and the residual add).
-``qk_rope``: per-head RMSNorm of q and k, RoPE of both, the fp16 rounding of q, k, v, in one call.
+``qk_rope``: per-head RMSNorm of q and k, RoPE of both (by a ``rope_table`` shared by the layers
+  with the same RoPE parameters), the fp16 rounding of q, k, v, and the store of k, v into the
+  KV cache rows in the cache's format, in one call.
 
 Only for M <= ``LinearGroup.max_rows`` rows (below linear's AMX/multi-pass thresholds) and
 block-quantized or F16/BF16 weights; the transformer uses the separate kernels otherwise.
@@ -55,6 +57,10 @@ cdef extern from "f16_simd.h" nogil:
     void slmx_f16_round(int lvl, float *x, long n)
     void slmx_gelu_f16_init()
     void slmx_geglu_f16(int lvl, const float *g, const float *u, float *out, long n)
+
+cdef extern from "kvq_simd.h" nogil:
+    long slmx_kvq_row_bytes(int t, long D)
+    void slmx_kvq_quant_row(int t, const float *x, long D, uint8_t *dst)
 
 cdef extern from "stdlib.h" nogil:
     void *aligned_alloc(size_t alignment, size_t size)
@@ -321,48 +327,98 @@ cdef class LinearGroup:
         return outs
 
 
-def qk_rope(q, k, v, positions, q_norm, k_norm, float eps, float base, bint neox, float freq_scale=1.0,
-            freq_factors=None, bint f16=False):
+def rope_table(positions, float base, Py_ssize_t D, float freq_scale=1.0, freq_factors=None):
+    """float32 (T, 2, D // 2): row t = cos, sin of the RoPE angles of positions[t] (int32 (T,)),
+    exactly those ops_core.rope rotates by (n_rot = D, base, freq_scale, freq_factors (D // 2,)).
+    Layers sharing the RoPE parameters share one table (qk_rope's `table`)."""
+    if D <= 0 or D % 2 or D // 2 > ROPE_MAX_HALF:
+        raise ValueError(f"rope_table: head_dim {D} must be even, positive and at most {2 * ROPE_MAX_HALF}")
+    if not (isinstance(positions, np.ndarray) and positions.dtype == np.int32 and positions.ndim == 1
+            and positions.flags.c_contiguous):
+        raise ValueError("rope_table: positions must be a contiguous int32 (T,) array")
+    cdef Py_ssize_t half = D // 2, T = positions.shape[0], t
+    cdef const float *ff = NULL
+    if freq_factors is not None:
+        if not (isinstance(freq_factors, np.ndarray) and freq_factors.dtype == np.float32
+                and freq_factors.ndim == 1 and freq_factors.shape[0] >= half and freq_factors.flags.c_contiguous):
+            raise ValueError(f"rope_table: freq_factors must be float32 ({half},)")
+        ff = <const float *>cnp.PyArray_DATA(<cnp.ndarray>freq_factors)
+    out = np.empty((T, 2, half), np.float32)
+    cdef float *op = <float *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef const int32_t *pp = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>positions)
+    cdef float minus_two = -2.0
+    cdef float theta_scale = powf(base, minus_two / <float>D)      # as ops_core.rope
+    with nogil:
+        for t in range(T):
+            slmx_rope_cache(<float>pp[t], theta_scale, freq_scale, ff, half, 1.0, op + 2 * t * half,
+                            op + (2 * t + 1) * half)
+    return out
+
+
+cdef object _kv_dest(object a, Py_ssize_t Hk, Py_ssize_t rb, int kv_type, str name):
+    if not (isinstance(a, np.ndarray) and a.ndim == 3 and a.flags.c_contiguous
+            and a.dtype == (np.float32 if kv_type == 0 else np.uint8)
+            and a.shape[1] == Hk and a.shape[2] * a.itemsize == rb):
+        raise ValueError(f"qk_rope: {name} must be the C-contiguous cache array (rows, {Hk}, row) of kv_type {kv_type}")
+    return a
+
+
+def qk_rope(q, k, v, positions, q_norm, k_norm, float eps, table, bint neox, bint f16=False,
+            kc=None, vc=None, Py_ssize_t ring=0, int kv_type=0):
     """In place, for q (T, H, D), k (T, Hkv, D), v (T, Hkv, D) float32 at positions (T,) int32:
-    q, k := rmsnorm of every head row by q_norm, k_norm (D,) (skipped when None), then RoPE as
-    ops_core.rope (n_rot = D, base, neox, freq_scale, freq_factors), then with f16 q, k, v :=
+    q, k := rmsnorm of every head row by q_norm, k_norm (D,) (skipped when None), then RoPE by
+    `table` (rope_table of these positions; neox pairing or not), then with f16 q, k, v :=
     fp16-rounded. Equals rmsnorm, rope and round_f16 called one after the other, bit for bit.
+    With kc, vc (a KV cache layer's arrays: (rows, Hkv, D) float32, or uint8 rows of kv_type
+    F16 (1) / Q4_0 (2) / Q8_0 (8) as attention.kv_quantize writes them) the final k, v of token t
+    are also written to row positions[t] (positions[t] % ring when ring > 0) — the cache store.
     """
     for a, nm in ((q, "q"), (k, "k"), (v, "v")):
         if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 3 and a.flags.c_contiguous):
             raise ValueError(f"qk_rope: {nm} must be a float32 C-contiguous (T, heads, D) array")
     cdef Py_ssize_t T = q.shape[0], H = q.shape[1], D = q.shape[2], Hk = k.shape[1]
-    if k.shape[0] != T or k.shape[2] != D or v.shape[0] != T:
+    if k.shape[0] != T or k.shape[2] != D or v.shape != k.shape:
         raise ValueError(f"qk_rope: k {k.shape} / v {v.shape} do not match q {q.shape}")
-    if D % 2 or D // 2 > ROPE_MAX_HALF:
-        raise ValueError(f"qk_rope: head_dim {D} must be even and at most {2 * ROPE_MAX_HALF}")
+    cdef Py_ssize_t half = D // 2
     if not (isinstance(positions, np.ndarray) and positions.dtype == np.int32 and positions.ndim == 1
             and positions.shape[0] == T and positions.flags.c_contiguous):
         raise ValueError(f"qk_rope: positions must be int32 ({T},)")
+    if not (isinstance(table, np.ndarray) and table.dtype == np.float32 and table.flags.c_contiguous
+            and table.shape == (T, 2, half)):
+        raise ValueError(f"qk_rope: table must be float32 ({T}, 2, {half}) (rope_table)")
     cdef const float *qn = NULL
     cdef const float *kn = NULL
-    cdef const float *ff = NULL
     if (q_norm is None) != (k_norm is None):
         raise ValueError("qk_rope: give both q_norm and k_norm or neither")
     if q_norm is not None:
         qn = <const float *>cnp.PyArray_DATA(<cnp.ndarray>_f32_vec(q_norm, D, "qk_rope: q_norm"))
         kn = <const float *>cnp.PyArray_DATA(<cnp.ndarray>_f32_vec(k_norm, D, "qk_rope: k_norm"))
-    cdef Py_ssize_t half = D // 2
-    if freq_factors is not None:
-        if not (isinstance(freq_factors, np.ndarray) and freq_factors.dtype == np.float32
-                and freq_factors.ndim == 1 and freq_factors.shape[0] >= half and freq_factors.flags.c_contiguous):
-            raise ValueError(f"qk_rope: freq_factors must be float32 ({half},)")
-        ff = <const float *>cnp.PyArray_DATA(<cnp.ndarray>freq_factors)
+    cdef const int32_t *pp = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>positions)
+    cdef Py_ssize_t t, h, rb = 0, rows = 0, row
+    cdef uint8_t *kd = NULL
+    cdef uint8_t *vd = NULL
+    if (kc is None) != (vc is None):
+        raise ValueError("qk_rope: give both kc and vc or neither")
+    if kc is not None:
+        rb = slmx_kvq_row_bytes(kv_type, D)
+        if rb == 0 or (kv_type in (2, 8) and D % 32):
+            raise ValueError(f"qk_rope: kv_type {kv_type} cannot store rows of {D} elements")
+        _kv_dest(kc, Hk, rb, kv_type, "kc")
+        _kv_dest(vc, Hk, rb, kv_type, "vc")
+        rows = kc.shape[0]
+        if vc.shape[0] != rows or ring < 0 or ring > rows:
+            raise ValueError(f"qk_rope: kc, vc of {kc.shape[0]}, {vc.shape[0]} rows, ring {ring}")
+        for t in range(T):
+            row = pp[t] % ring if ring > 0 else pp[t]
+            if row < 0 or row >= rows:
+                raise ValueError(f"qk_rope: position {pp[t]} is outside the cache of {rows} rows")
+        kd = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>kc)
+        vd = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>vc)
     cdef float *qp = <float *>cnp.PyArray_DATA(<cnp.ndarray>q)
     cdef float *kp = <float *>cnp.PyArray_DATA(<cnp.ndarray>k)
     cdef float *vp = <float *>cnp.PyArray_DATA(<cnp.ndarray>v)
-    cdef const int32_t *pp = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>positions)
-    cdef float minus_two = -2.0
-    cdef float theta_scale = powf(base, minus_two / <float>D)      # as ops_core.rope
+    cdef const float *tp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>table)
     cdef int lvl = slmx_simd_level()
-    cdef float c[ROPE_MAX_HALF]
-    cdef float s[ROPE_MAX_HALF]
-    cdef Py_ssize_t t, h
     with nogil:
         if qn != NULL:
             for h in range(T * H):
@@ -370,13 +426,18 @@ def qk_rope(q, k, v, positions, q_norm, k_norm, float eps, float base, bint neox
             for h in range(T * Hk):
                 slmx_ops_rmsnorm_row(lvl, kp + h * D, kn, kp + h * D, D, eps)
         for t in range(T):
-            slmx_rope_cache(<float>pp[t], theta_scale, freq_scale, ff, half, 1.0, c, s)
             for h in range(H):
-                slmx_ops_rope_rotate(lvl, qp + (t * H + h) * D, c, s, half, neox)
+                slmx_ops_rope_rotate(lvl, qp + (t * H + h) * D, tp + 2 * t * half, tp + (2 * t + 1) * half, half, neox)
             for h in range(Hk):
-                slmx_ops_rope_rotate(lvl, kp + (t * Hk + h) * D, c, s, half, neox)
+                slmx_ops_rope_rotate(lvl, kp + (t * Hk + h) * D, tp + 2 * t * half, tp + (2 * t + 1) * half, half, neox)
         if f16:
             slmx_f16_round(lvl, qp, T * H * D)
             slmx_f16_round(lvl, kp, T * Hk * D)
             slmx_f16_round(lvl, vp, T * Hk * D)
+        if kd != NULL:
+            for t in range(T):
+                row = pp[t] % ring if ring > 0 else pp[t]
+                for h in range(Hk):
+                    slmx_kvq_quant_row(kv_type, kp + (t * Hk + h) * D, D, kd + (row * Hk + h) * rb)
+                    slmx_kvq_quant_row(kv_type, vp + (t * Hk + h) * D, D, vd + (row * Hk + h) * rb)
     return q, k, v

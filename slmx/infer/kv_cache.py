@@ -2,7 +2,8 @@
 
 The transformer talks to a cache only through `store` (write the new tokens' k, v of a layer)
 and `attend` (attention of the new queries over what is cached), plus `length`, `n_ctx`,
-`max_chunk`, `reset()`, `truncate()` and `shift()`, so other cache layouts drop in.
+`max_chunk`, `reset()`, `truncate()` and `shift()`, so other cache layouts drop in; a cache that
+also has `claim` (and `kv_type`) lets the fused decode kernel write the rows itself.
 
 Formats (`kv_cache_type`): "f32", "f16", "q8_0", "q4_0" — each cached row of head_dim elements
 stored in ggml's layout of that type (Q8_0 / Q4_0: blocks of 32 along head_dim with an fp16
@@ -144,16 +145,24 @@ class KVCache:
             return [(s, s + t, 0)]
         return [(s, r, 0), (0, s + t - r, r - s)]
 
-    def store(self, layer, pos, k, v):
-        """Write k, v (T, n_kv_heads, head_dim) float32 of layer `layer` at positions pos..pos+T-1."""
-        t = k.shape[0]
+    def claim(self, layer, pos, t):
+        """Check and record a write of positions pos..pos+t-1 of `layer`, for a kernel that writes
+        the rows itself (fused.qk_rope): returns (k, v, ring) — the layer's arrays and its ring
+        rows (0: position p in row p, else row p % ring), rows in the format of `kv_type`."""
         if pos < 0 or pos + t > self.n_ctx:
             raise ValueError(f"store: positions {pos}..{pos + t - 1} outside the cache of {self.n_ctx}")
         r = self.ring[layer]
         if r and self.window[layer] + t - 1 > r:
             raise ValueError(f"store: {t} tokens at once do not fit the ring buffer of {r} rows "
                              f"(window {self.window[layer]}); run at most {r - self.window[layer] + 1}")
-        K, V = self.k[layer], self.v[layer]
+        if r and pos + t - r > self._valid_from[layer]:
+            self._valid_from[layer] = pos + t - r
+        return self.k[layer], self.v[layer], r
+
+    def store(self, layer, pos, k, v):
+        """Write k, v (T, n_kv_heads, head_dim) float32 of layer `layer` at positions pos..pos+T-1."""
+        t = k.shape[0]
+        K, V, r = self.claim(layer, pos, t)
         for r0, r1, s0 in self._rows(layer, pos, t):
             n = r1 - r0
             if self.kv_type == 0:
@@ -165,8 +174,6 @@ class KVCache:
                                        self.kv_type, K[r0:r1].reshape(-1, rb))
                 _attention.kv_quantize(np.ascontiguousarray(v[s0:s0 + n]).reshape(-1, self.head_dim),
                                        self.kv_type, V[r0:r1].reshape(-1, rb))
-        if r and pos + t - r > self._valid_from[layer]:
-            self._valid_from[layer] = pos + t - r
 
     def attend(self, layer, q, out, pos, scale, window, nthreads, softcap=0.0):
         """out (T, H, D) = causal attention of queries q (T, H, D) at positions pos..pos+T-1

@@ -234,6 +234,7 @@ class Transformer:
         if self.output.type != qtypes.F32:
             self._f_out = _fused.LinearGroup([(self.output.data, self.output.type, self.output.bias)],
                                              norm=self.output_norm, eps=cfg.norm_eps)
+        self._rope_tabs = {}       # (base, freq_scale, factors) -> rope_table of this step's positions
         self._ws = {}
         self._batch_logits = None   # (B, vocab) logits of forward_batch, grown to the largest B
 
@@ -268,12 +269,23 @@ class Transformer:
             cache.attend(li, v["q"], v["att"], pos, L.attn_scale, L.window, nt)
 
     def _block_fused(self, L, li, v, t, pos, cache, nt):
-        """_block in 7 kernel calls (t <= L.fused_rows): the same numbers."""
+        """_block in 6 kernel calls (t <= L.fused_rows; 7 when the cache has no `claim`): the same numbers."""
         x, o = v["x"], v["o"]
         L.f_qkv(x, (v["q2"], v["k2"], v["v2"]), nt)
-        _fused.qk_rope(v["q"], v["k"], v["v"], v["pos"], L.q_norm, L.k_norm, self.cfg.norm_eps, L.rope_base,
-                       self.cfg.rope_neox, L.rope_freq_scale, L.rope_freq_factors, self._f16)
-        cache.store(li, pos, v["k"], v["v"])
+        key = (L.rope_base, L.rope_freq_scale, id(L.rope_freq_factors))
+        tab = self._rope_tabs.get(key)
+        if tab is None:         # one cos/sin table per step for the layers sharing RoPE parameters
+            tab = self._rope_tabs[key] = _fused.rope_table(v["pos"], L.rope_base, self.cfg.head_dim,
+                                                           L.rope_freq_scale, L.rope_freq_factors)
+        claim = getattr(cache, "claim", None)
+        if claim is not None:   # RoPE'd keys (and values) written straight into the cache rows
+            kc, vc, ring = claim(li, pos, t)
+            _fused.qk_rope(v["q"], v["k"], v["v"], v["pos"], L.q_norm, L.k_norm, self.cfg.norm_eps, tab,
+                           self.cfg.rope_neox, self._f16, kc, vc, ring, cache.kv_type)
+        else:
+            _fused.qk_rope(v["q"], v["k"], v["v"], v["pos"], L.q_norm, L.k_norm, self.cfg.norm_eps, tab,
+                           self.cfg.rope_neox, self._f16)
+            cache.store(li, pos, v["k"], v["v"])
         self._attend(L, li, v, t, pos, cache, nt)
         L.f_o(v["att2"], (o,), nt, x)
         L.f_ffn(x, (v["gate"], v["up"]), nt)
@@ -352,6 +364,7 @@ class Transformer:
             v["ids"][:] = ids[c0:c0 + t]
             np.add(np.arange(t, dtype=np.int32), np.int32(pos + c0), out=v["pos"])
             self._embed(v["ids"], v["x"], nt)
+            self._rope_tabs = {}
             for li, L in enumerate(self.layers):
                 self._block(L, li, v, t, pos + c0, cache, nt)
             if all_logits:
@@ -422,6 +435,7 @@ class Transformer:
             v["pos"][:] = np.concatenate([np.arange(p, p + n, dtype=np.int32) for p, n in zip(positions, lens)])
         rc = _RowCaches(caches, positions, lens)
         self._embed(v["ids"], v["x"], nt)
+        self._rope_tabs = {}
         for li, L in enumerate(self.layers):
             self._block(L, li, v, R, 0, rc, nt)
         for p, n, c in zip(positions, lens, caches):
