@@ -111,6 +111,7 @@ static inline float slmx_f16_to_f32(uint16_t h) { return slmx_f16_table[h]; }
 
 static inline uint16_t slmx_load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t slmx_load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t slmx_load_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static inline float slmx_load_f16(const uint8_t *p) { return slmx_f16_table[slmx_load_u16(p)]; }
 
 /* float32 -> float16 bits, round to nearest even; NaN keeps its top payload bits (as numpy). */

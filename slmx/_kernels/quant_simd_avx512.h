@@ -379,6 +379,86 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_b32_body)(const int t, const uint8
     }
 }
 
+#if QVNNI
+/* Q4_0 / Q5_0, M = 1, VNNI: the arithmetic of slmx_gemv_b32_body (same int32 lanes, same float
+ * products and sums, so bit-identical to it and to the panel kernels), with the four f16 weight
+ * scales of two chunks gathered by one word permute and multiplied by the activation scales at
+ * once (per chunk: two lane permutes instead of a scalar decode, a convert and a multiply). */
+static const int16_t QFN(slmx_b32_didx)[2][32] __attribute__((aligned(64))) = {
+    {0, 9, 18, 27},           /* Q4_0: d at bytes 0, 18, 36, 54 of the 72-byte group */
+    {0, 11, 22, 53}};         /* Q5_0: bytes 0, 22, 44 of bA, 42 of bA + 24 */
+
+SLMX_ALWAYS_INLINE QTARGET __m512i QFN(slmx_b32_nibbles)(const int t, const uint8_t *bA) {
+    const int ts = t == SLMX_T_Q4_0 ? 18 : 22, qo = t == SLMX_T_Q4_0 ? 2 : 6;
+    const uint8_t *bB = bA + ts;
+    __m512i za = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bA + qo)));
+    __m512i zb = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bB + qo)));
+    __m512i z = _mm512_mask_blend_epi64((__mmask8)0xf0, za, zb);
+    z = _mm512_mask_srli_epi16(z, (__mmask32)0xff00ff00u, z, 4);
+    z = _mm512_and_si512(z, _mm512_set1_epi8(0x0f));
+    if (t == SLMX_T_Q5_0) {
+        uint64_t hm = (uint64_t)slmx_load_u32(bA + 2) | (uint64_t)slmx_load_u32(bB + 2) << 32;
+        z = _mm512_mask_add_epi8(z, (__mmask64)hm, z, _mm512_set1_epi8(16));
+    }
+    return z;
+}
+
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_b4_body)(const int t, const uint8_t *const *rows, const uint8_t *x, int K,
+                                                       float *out, int nr, size_t pf) {
+    const int ts = t == SLMX_T_Q4_0 ? 18 : 22;
+    const __m512i didx = _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)QFN(slmx_b32_didx)[t == SLMX_T_Q5_0]));
+    const __m512i xdidx = _mm512_setr_epi32(0, 8, 16, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i sel0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i sel1 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    const int nb = K / 32, kcb = SLMX_KC / 32;
+    for (int kb0 = 0; kb0 < nb; kb0 += kcb) {
+        const int nblk = nb - kb0 < kcb ? nb - kb0 : kcb, nc = (nblk + 1) / 2;
+        const slmx_xb_chunk *xc = (const slmx_xb_chunk *)x + kb0 / 2;
+        __m512 f[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) f[r] = _mm512_setzero_ps();
+        int c = 0;
+        for (; 2 * c + 3 < nblk; c += 2) {                  /* two full chunks: blocks 2c .. 2c+3 */
+            __m512i xv0 = _mm512_load_si512((const __m512i *)xc[c].q);
+            __m512i xv1 = _mm512_load_si512((const __m512i *)xc[c + 1].q);
+            __m512i xcr0 = _mm512_load_si512((const __m512i *)xc[c].c);
+            __m512i xcr1 = _mm512_load_si512((const __m512i *)xc[c + 1].c);
+            __m128 xd4 = _mm512_castps512_ps128(_mm512_permutex2var_ps(_mm512_load_ps(xc[c].d), xdidx,
+                                                                       _mm512_load_ps(xc[c + 1].d)));
+            for (int r = 0; r < SLMX_NR; r++) {
+                const uint8_t *bA = rows[r] + (size_t)(kb0 + 2 * c) * ts;
+                _mm_prefetch((const char *)bA + pf, _MM_HINT_T0);
+                _mm_prefetch((const char *)bA + pf + 63, _MM_HINT_T0);
+                __m512i zd = t == SLMX_T_Q4_0
+                    ? _mm512_permutexvar_epi16(didx, _mm512_loadu_si512((const void *)bA))
+                    : _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)bA), didx,
+                                                _mm512_loadu_si512((const void *)(bA + 24)));
+                __m512 p4 = _mm512_castps128_ps512(_mm_mul_ps(_mm_cvtph_ps(_mm512_castsi512_si128(zd)), xd4));
+                __m512i w0 = QFN(slmx_b32_nibbles)(t, bA), w1 = QFN(slmx_b32_nibbles)(t, bA + 2 * ts);
+                __m512i t0 = _mm512_dpbusd_epi32(xcr0, w0, xv0), t1 = _mm512_dpbusd_epi32(xcr1, w1, xv1);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), _mm512_permutexvar_ps(sel0, p4), f[r]);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), _mm512_permutexvar_ps(sel1, p4), f[r]);
+            }
+        }
+        for (; c < nc; c++) {                                /* the rest: slmx_gemv_b32_body's steps */
+            const int two = 2 * c + 1 < nblk;
+            __m512i xv = _mm512_load_si512((const __m512i *)xc[c].q);
+            __m512 xd = _mm512_load_ps(xc[c].d);
+            __m512i xcr = _mm512_load_si512((const __m512i *)xc[c].c);
+            for (int r = 0; r < SLMX_NR; r++) {
+                const uint8_t *bA = rows[r] + (size_t)(kb0 + 2 * c) * ts;
+                __m512i wv;
+                __m512 dv;
+                if (two) QFN(slmx_b32_decode)(t, 1, bA, &wv, &dv);
+                else QFN(slmx_b32_decode)(t, 0, bA, &wv, &dv);
+                __m512i tt = _mm512_dpbusd_epi32(xcr, wv, xv);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_mul_ps(dv, xd), f[r]);
+            }
+        }
+        QFN(slmx_store4)(out, QFN(slmx_hsum4)(f[0], f[1], f[2], f[3]), nr, kb0 > 0);
+    }
+}
+#endif
+
 SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_k_body)(const int t, const uint8_t *const *rows, const uint8_t *x, int K,
                                                       float *out, int nr, size_t pf) {
     const int ts = t == SLMX_T_Q4_K ? 144 : (t == SLMX_T_Q5_K ? 176 : 210);
@@ -422,12 +502,99 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_k_body)(const int t, const uint8_t
     }
 }
 
+#if QVNNI
+/* Q4_K, M = 1, VNNI: the same int32 lanes (and so the same float sums) as slmx_gemv_k_body, in
+ * fewer instructions. Per super-block and row: the 128 qs bytes as two zmm, nibbles split once
+ * for two 64-element groups (lo(qs[0..63]) = elements 0..31 | 64..95, hi = 32..63 | 96..127, the
+ * activations shuffled to match once for all NR rows); dpbusd gives the 4-element partial dots D,
+ * which fit int16 (|D| <= 4*15*127), so a word permute pairs the D of two groups at the same lane
+ * and one dpwssd applies both groups' 6-bit scales: lane l < 8 = sum_c sc[2c] D(c, l), lane 8+l =
+ * sum_c sc[2c+1] D(c, 8+l), exactly the panel kernel's lanes. Mins: m_j times the activation's
+ * 32-sums (a word permute + madd), again the same int32 lanes. The scale/min bytes are unpacked in
+ * two 64-bit steps, lo = [sc0..3, m0..3], hi = [sc4..7, m4..7]. */
+static const int16_t QFN(slmx_q4k_pidx)[32] __attribute__((aligned(64))) = {
+    0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30,
+    32, 48, 34, 50, 36, 52, 38, 54, 40, 56, 42, 58, 44, 60, 46, 62};
+static const int16_t QFN(slmx_q4k_sidx)[32] __attribute__((aligned(64))) = {
+    0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3};
+static const int16_t QFN(slmx_q4k_midx)[32] __attribute__((aligned(64))) = {
+    4, 0, 5, 0, 6, 0, 7, 0, 36, 0, 37, 0, 38, 0, 39, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+
+static QTARGET void QFN(slmx_gemv_q4k)(const uint8_t *const *rows, const uint8_t *x, int K, float *out, int nr,
+                                        size_t pf) {
+    const int ts = 144;
+    const int nsb = K / 256, kcs = SLMX_KC / 256;
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    const __m512i pidx = _mm512_load_si512((const __m512i *)QFN(slmx_q4k_pidx));
+    const __m512i sidx = _mm512_load_si512((const __m512i *)QFN(slmx_q4k_sidx));
+    const __m512i midx = _mm512_load_si512((const __m512i *)QFN(slmx_q4k_midx));
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    const __m512i one_idx = _mm512_set1_epi32(1);
+    for (int s0 = 0; s0 < nsb; s0 += kcs) {
+        const int ns = nsb - s0 < kcs ? nsb - s0 : kcs;
+        __m512 f[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) f[r] = _mm512_setzero_ps();
+        for (int s = 0; s < ns; s++) {
+            const slmx_xk_block *xb = (const slmx_xk_block *)x + s0 + s;
+            __m512i x0 = _mm512_load_si512((const __m512i *)(xb->q));
+            __m512i x1 = _mm512_load_si512((const __m512i *)(xb->q + 64));
+            __m512i x2 = _mm512_load_si512((const __m512i *)(xb->q + 128));
+            __m512i x3 = _mm512_load_si512((const __m512i *)(xb->q + 192));
+            __m512i xl0 = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(1, 0, 1, 0));
+            __m512i xh0 = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(3, 2, 3, 2));
+            __m512i xl1 = _mm512_shuffle_i64x2(x2, x3, _MM_SHUFFLE(1, 0, 1, 0));
+            __m512i xh1 = _mm512_shuffle_i64x2(x2, x3, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256i bs2 = _mm256_madd_epi16(_mm256_load_si256((const __m256i *)xb->bsums), ones16);
+            const __m128 dxn = _mm_setr_ps(xb->d, -xb->d, 0.0f, 0.0f);
+            for (int r = 0; r < SLMX_NR; r++) {
+                const uint8_t *b = rows[r] + (size_t)(s0 + s) * ts;
+                _mm_prefetch((const char *)b + pf, _MM_HINT_T0);
+                _mm_prefetch((const char *)b + pf + 64, _MM_HINT_T0);
+                _mm_prefetch((const char *)b + pf + 128, _MM_HINT_T0);
+                /* the 6-bit scales and mins in 64-bit scalar steps: lo = [sc0..3 | m0..3], hi = [sc4..7 | m4..7] */
+                uint64_t A = slmx_load_u64(b + 4), C = slmx_load_u32(b + 12);
+                uint64_t lo = A & 0x3f3f3f3f3f3f3f3full;
+                uint64_t hi = ((C | C << 28) & 0x0f0f0f0f0f0f0f0full) | ((A >> 2) & 0x3030303030303030ull);
+                __m512i w16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)lo)));
+                __m512i w16h = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)hi)));
+                __m512i sc1 = _mm512_permutexvar_epi16(sidx, w16), sc2 = _mm512_permutexvar_epi16(sidx, w16h);
+                __m256i mn32 = _mm512_castsi512_si256(_mm512_maskz_permutex2var_epi16((__mmask32)0x55555555u, w16, midx, w16h));
+                __m512i z0 = _mm512_loadu_si512((const void *)(b + 16));
+                __m512i z1 = _mm512_loadu_si512((const void *)(b + 80));
+                __m512i a0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(z0, nib), xl0);
+                __m512i b0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(z0, 4), nib), xh0);
+                __m512i a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(z1, nib), xl1);
+                __m512i b1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(z1, 4), nib), xh1);
+                __m512i tt = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_permutex2var_epi16(a0, pidx, b0), sc1);
+                tt = _mm512_dpwssd_epi32(tt, _mm512_permutex2var_epi16(a1, pidx, b1), sc2);
+                __m256i mm = _mm256_madd_epi16(mn32, bs2);
+                /* [d*dx, (-dmin)*dx] (the same products as d*dx and cs*dx) */
+                __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)slmx_load_u32(b))), dxn);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_broadcastss_ps(dd), f[r]);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(mm)),
+                                       _mm512_permutexvar_ps(one_idx, _mm512_castps128_ps512(dd)), f[r]);
+            }
+        }
+        QFN(slmx_store4)(out, QFN(slmx_hsum4)(f[0], f[1], f[2], f[3]), nr, s0 > 0);
+    }
+}
+#endif
+
 static QTARGET void QFN(slmx_gemv)(int t, const uint8_t *const *rows, const uint8_t *x, int K, float *out, int nr, size_t pf) {
     switch (t) {
     case SLMX_T_Q8_0: QFN(slmx_gemv_b32_body)(SLMX_T_Q8_0, rows, x, K, out, nr, pf); break;
+#if QVNNI
+    case SLMX_T_Q4_0: QFN(slmx_gemv_b4_body)(SLMX_T_Q4_0, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q5_0: QFN(slmx_gemv_b4_body)(SLMX_T_Q5_0, rows, x, K, out, nr, pf); break;
+#else
     case SLMX_T_Q4_0: QFN(slmx_gemv_b32_body)(SLMX_T_Q4_0, rows, x, K, out, nr, pf); break;
     case SLMX_T_Q5_0: QFN(slmx_gemv_b32_body)(SLMX_T_Q5_0, rows, x, K, out, nr, pf); break;
+#endif
+#if QVNNI
+    case SLMX_T_Q4_K: QFN(slmx_gemv_q4k)(rows, x, K, out, nr, pf); break;
+#else
     case SLMX_T_Q4_K: QFN(slmx_gemv_k_body)(SLMX_T_Q4_K, rows, x, K, out, nr, pf); break;
+#endif
     case SLMX_T_Q5_K: QFN(slmx_gemv_k_body)(SLMX_T_Q5_K, rows, x, K, out, nr, pf); break;
     default: QFN(slmx_gemv_k_body)(SLMX_T_Q6_K, rows, x, K, out, nr, pf); break;
     }
