@@ -96,6 +96,8 @@ def test_not_causal(simd_level, H, Hkv, T, S):
 def test_threads_and_split(simd_level, nthreads):
     # decode over a long cache with one KV head: split-K with merged partial states
     out1, ref = run(1, 700, 4, 1, 256, True, 699, 0, nthreads=nthreads)
+    # 128..255 visible keys: two splits (the fewest that pay)
+    run(1, 150, 4, 1, 256, True, 149, 0, nthreads=nthreads)
     # sliding window on a long prompt
     run(130, 700, 4, 1, 64, True, 570, 5, nthreads=nthreads)
 

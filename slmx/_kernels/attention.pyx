@@ -50,6 +50,19 @@ DEF PAR_MIN = 131072 # rows * keys * D below this runs on one thread
 cdef Py_ssize_t _pack_max = 8388608
 
 
+# Split-K of a lone task (decode) starts at this many visible keys: 2 splits from 128 keys, then
+# one split per 128 keys up to 2 per thread.
+cdef Py_ssize_t _split_min = 2 * BK
+
+
+def _set_split_min(Py_ssize_t keys):
+    """(tests, benchmarks) the fewest visible keys split across threads; returns the previous value"""
+    global _split_min
+    old = _split_min
+    _split_min = keys
+    return old
+
+
 def _set_pack_limit(Py_ssize_t floats):
     """(tests) the largest shared K/V pack in floats; returns the previous limit"""
     global _pack_max
@@ -282,8 +295,8 @@ cdef int attention_forward(AttnArgs *a, int nthreads) noexcept nogil:
     if nt < 1 or a.T * a.Hkv * a.G * keys * a.D < PAR_MIN:
         nt = 1
     a.nsplit = 1
-    if nt > 1 and a.nbase < 2 * nt and keys >= 4 * BK:
-        a.nsplit = max(1, min(_cdiv(2 * nt, a.nbase), keys // (2 * BK)))
+    if nt > 1 and a.nbase < 2 * nt and keys >= _split_min:
+        a.nsplit = max(1, min(_cdiv(2 * nt, a.nbase), max(2, keys // (2 * BK))))
     a.partial = NULL
     if a.nsplit > 1:
         a.partial = slmx_att_scratch(1, <size_t>(a.nbase * a.nsplit * RMAX * (a.D + 2)))
@@ -309,7 +322,7 @@ cdef int attention_forward(AttnArgs *a, int nthreads) noexcept nogil:
             if err != 0:
                 return -1
     ntasks = a.nbase * a.nsplit
-    if nt == 1:
+    if nt == 1 or ntasks == 1:      # one task: no parallel region
         for t in range(ntasks):
             if attn_task(a, t) != 0:
                 return -1
