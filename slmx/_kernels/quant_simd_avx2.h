@@ -343,6 +343,131 @@ SLMX_Q_INST_AVX2(1)
 SLMX_Q_INST_AVX2(2)
 #undef SLMX_Q_INST_AVX2
 
+/* ------------------------------------------------------------------ M = 1 (decode)
+ * The panel kernels' arithmetic with MR = 1 (same int32 lanes, same float products in the same
+ * order: bit-identical to the panel path), the weights decoded into registers and used at once
+ * instead of being written to a panel and read back; prefetching pf bytes ahead. */
+SLMX_ALWAYS_INLINE QA void slmx_gemv_b32_body_avx2(const int t, const uint8_t *const *rows, const uint8_t *x, int K,
+                                                   float *out, int nr, size_t pf) {
+    const int ts = t == SLMX_T_Q8_0 ? 34 : (t == SLMX_T_Q4_0 ? 18 : 22);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int nb = K / 32, kcb = SLMX_KC / 32;
+    for (int kb0 = 0; kb0 < nb; kb0 += kcb) {
+        const int nblk = nb - kb0 < kcb ? nb - kb0 : kcb, nc = (nblk + 1) / 2;
+        const slmx_xb_chunk *xc = (const slmx_xb_chunk *)x + kb0 / 2;
+        __m256 f[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) f[r] = _mm256_setzero_ps();
+        for (int c = 0; c < nc; c++) {
+            for (int h = 0; h < 2; h++) {
+                const int have = 2 * c + h < nblk;
+                __m256i xv = _mm256_load_si256((const __m256i *)(xc[c].q + 32 * h));
+                __m256 xd = _mm256_load_ps(xc[c].d + 8 * h);
+                __m256i xcr = _mm256_load_si256((const __m256i *)(xc[c].c + 8 * h));
+                for (int r = 0; r < SLMX_NR; r++) {
+                    const uint8_t *b = rows[r] + (size_t)(kb0 + 2 * c + h) * ts;
+                    __m256i wv = _mm256_setzero_si256();
+                    __m256 dw = _mm256_setzero_ps();
+                    if (have) {
+                        _mm_prefetch((const char *)b + pf, _MM_HINT_T0);
+                        wv = slmx_unpack_block32_avx2(t, b);
+                        dw = _mm256_set1_ps(_cvtsh_ss(slmx_load_u16(b)));
+                    }
+                    __m256i tt;
+                    if (t == SLMX_T_Q8_0) tt = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv)), ones);
+                    else tt = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones), xcr);
+                    f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tt), _mm256_mul_ps(dw, xd), f[r]);
+                }
+            }
+        }
+        slmx_store4_avx2(out, slmx_hsum4_avx2(f[0], f[1], f[2], f[3]), nr, kb0 > 0);
+    }
+}
+
+SLMX_ALWAYS_INLINE QA void slmx_gemv_k_body_avx2(const int t, const uint8_t *const *rows, const uint8_t *x, int K,
+                                                 float *out, int nr, size_t pf) {
+    const int ts = t == SLMX_T_Q4_K ? 144 : (t == SLMX_T_Q5_K ? 176 : 210);
+    const __m256i nib = _mm256_set1_epi8(0x0f), sixteen = _mm256_set1_epi8(16), hmask = _mm256_set1_epi8(0x30);
+    const int nsb = K / 256, kcs = SLMX_KC / 256;
+    for (int s0 = 0; s0 < nsb; s0 += kcs) {
+        const int ns = nsb - s0 < kcs ? nsb - s0 : kcs;
+        __m256 f[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) f[r] = _mm256_setzero_ps();
+        for (int s = 0; s < ns; s++) {
+            const slmx_xk_block *xb = (const slmx_xk_block *)x + s0 + s;
+            __m256i bs = _mm256_load_si256((const __m256i *)xb->bsums);
+            __m256 dx = _mm256_set1_ps(xb->d);
+            for (int r = 0; r < SLMX_NR; r++) {
+                const uint8_t *b = rows[r] + (size_t)(s0 + s) * ts;
+                for (int l = 0; l < ts; l += 64) _mm_prefetch((const char *)b + pf + l, _MM_HINT_T0);
+                __m256i tt = _mm256_setzero_si256(), coef;
+                float d, cs;
+                if (t == SLMX_T_Q6_K) {
+                    const int8_t *sc = (const int8_t *)(b + 192);
+                    d = cs = _cvtsh_ss(slmx_load_u16(b + 208));
+                    __m128i s16 = _mm_loadu_si128((const __m128i *)sc);
+                    __m256i sc16 = _mm256_cvtepi8_epi16(s16);
+                    coef = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc16, 5));
+                    for (int h = 0; h < 2; h++) {
+                        __m256i A = _mm256_loadu_si256((const __m256i *)(b + 64 * h));
+                        __m256i B = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32));
+                        __m256i Q = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+                        __m256i w[4];
+                        w[0] = _mm256_or_si256(_mm256_and_si256(A, nib), _mm256_and_si256(_mm256_slli_epi16(Q, 4), hmask));
+                        w[1] = _mm256_or_si256(_mm256_and_si256(B, nib), _mm256_and_si256(_mm256_slli_epi16(Q, 2), hmask));
+                        w[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(A, 4), nib), _mm256_and_si256(Q, hmask));
+                        w[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(B, 4), nib),
+                                               _mm256_and_si256(_mm256_srli_epi16(Q, 2), hmask));
+                        for (int k = 0; k < 4; k++) {
+                            const int hh = 4 * h + k;
+                            /* lanes 0-7: scale 2hh, lanes 8-15: scale 2hh+1 */
+                            __m256i sv = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)sc[2 * hh])),
+                                                                 _mm_set1_epi16((short)sc[2 * hh + 1]), 1);
+                            __m256i pr = _mm256_maddubs_epi16(w[k], _mm256_load_si256((const __m256i *)(xb->q + 32 * hh)));
+                            tt = _mm256_add_epi32(tt, _mm256_madd_epi16(pr, sv));
+                        }
+                    }
+                } else {
+                    d = _cvtsh_ss(slmx_load_u16(b));
+                    cs = -_cvtsh_ss(slmx_load_u16(b + 2));
+                    const uint8_t *qs = t == SLMX_T_Q5_K ? b + 48 : b + 16;
+                    __m256i qh = t == SLMX_T_Q5_K ? _mm256_loadu_si256((const __m256i *)(b + 16)) : _mm256_setzero_si256();
+                    uint64_t sc8, mn8;
+                    slmx_scale_min_k4_all(b + 4, &sc8, &mn8);
+                    __m128i mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn8));
+                    coef = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(mn16, mn16)),
+                                                   _mm_unpackhi_epi16(mn16, mn16), 1);
+                    for (int j = 0; j < 8; j++) {
+                        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * (j >> 1)));
+                        if (j & 1) v = _mm256_srli_epi16(v, 4);
+                        v = _mm256_and_si256(v, nib);
+                        if (t == SLMX_T_Q5_K) {
+                            __m256i bit = _mm256_set1_epi8((char)(1 << j));
+                            v = _mm256_or_si256(v, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit), sixteen));
+                        }
+                        __m256i pr = _mm256_maddubs_epi16(v, _mm256_load_si256((const __m256i *)(xb->q + 32 * j)));
+                        tt = _mm256_add_epi32(tt, _mm256_madd_epi16(pr, _mm256_set1_epi16((short)((sc8 >> (8 * j)) & 0xff))));
+                    }
+                }
+                __m256i mm = _mm256_madd_epi16(coef, bs);
+                f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tt), _mm256_mul_ps(_mm256_set1_ps(d), dx), f[r]);
+                f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mm), _mm256_mul_ps(_mm256_set1_ps(cs), dx), f[r]);
+            }
+        }
+        slmx_store4_avx2(out, slmx_hsum4_avx2(f[0], f[1], f[2], f[3]), nr, s0 > 0);
+    }
+}
+
+static QA void slmx_gemv_avx2(int t, const uint8_t *const *rows, const uint8_t *x, int K, float *out, int nr, size_t pf) {
+    switch (t) {
+    case SLMX_T_Q8_0: slmx_gemv_b32_body_avx2(SLMX_T_Q8_0, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q4_0: slmx_gemv_b32_body_avx2(SLMX_T_Q4_0, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q5_0: slmx_gemv_b32_body_avx2(SLMX_T_Q5_0, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q4_K: slmx_gemv_k_body_avx2(SLMX_T_Q4_K, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q5_K: slmx_gemv_k_body_avx2(SLMX_T_Q5_K, rows, x, K, out, nr, pf); break;
+    default: slmx_gemv_k_body_avx2(SLMX_T_Q6_K, rows, x, K, out, nr, pf); break;
+    }
+}
+
 static QA void slmx_unpack_b32_avx2(int t, const uint8_t *const *rows, int blk0, int nblk, slmx_pb_chunk *p) {
     if (t == SLMX_T_Q8_0) slmx_unpack_b32_body_avx2(SLMX_T_Q8_0, rows, blk0, nblk, p);
     else if (t == SLMX_T_Q4_0) slmx_unpack_b32_body_avx2(SLMX_T_Q4_0, rows, blk0, nblk, p);
@@ -364,7 +489,9 @@ static QA void slmx_linear_range_avx2(int t, const uint8_t *w, size_t rb, int64_
         const uint8_t *rows[SLMX_NR];
         for (int r = 0; r < SLMX_NR; r++) rows[r] = w + (size_t)(n + (r < nr ? r : nr - 1)) * rb;
         float *o = out + n;
-        if (slmx_is_float(t)) {
+        if (M == 1 && !slmx_is_float(t)) {
+            slmx_gemv_avx2(t, rows, x, K, o, nr, SLMX_PF_ROWS * rb);
+        } else if (slmx_is_float(t)) {
             for (int m = 0; m < M; m += 2) {
                 const float *xm = (const float *)(x + (size_t)m * ldx);
                 float *om = o + (size_t)m * ldo;
