@@ -37,6 +37,7 @@ cdef extern from "gemm_simd.h" nogil:
     int SLMX_NR
     void slmx_omp_barrier()
     void slmx_pack_a(const float *A, long lda, int mr, long kc, float *Ap)
+    void slmx_pack_a_lvl(int lvl, const float *A, long lda, int mr, long kc, float *Ap)
     void slmx_pack_b_rows(const float *B, long ldb, int nv, long kc, float *Bp)
     void slmx_pack_b_rows_multi(const float *B, long ldb, long ncols, long kc, float *Bp)
     void slmx_pack_b_trans(int lvl, const float *W, long ldw, int nv, long kc, float *Bp)
@@ -258,7 +259,7 @@ cdef void gemm_blocked(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                     for u in range(ntiles):
                         s0 = (u * mb) // ntiles
                         s1 = ((u + 1) * mb) // ntiles
-                        slmx_pack_a(A + (i0 + s0) * lda + pc, lda, <int>(s1 - s0), kc, abuf + s0 * kc)
+                        slmx_pack_a_lvl(lvl, A + (i0 + s0) * lda + pc, lda, <int>(s1 - s0), kc, abuf + s0 * kc)
                     _gemm_task(lvl, tid, n_mg, n_ng, ntiles, npan, mb, i0, pc, kc, N, npad, B, ldb, bkind,
                                abuf, bbuf, C, ldc)
                 else:
@@ -266,7 +267,7 @@ cdef void gemm_blocked(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                     for t in prange(ntiles, schedule="static"):
                         r0 = (t * mb) // ntiles
                         r1 = ((t + 1) * mb) // ntiles
-                        slmx_pack_a(A + (i0 + r0) * lda + pc, lda, <int>(r1 - r0), kc, wsA + r0 * kc)
+                        slmx_pack_a_lvl(lvl, A + (i0 + r0) * lda + pc, lda, <int>(r1 - r0), kc, wsA + r0 * kc)
                     slmx_omp_barrier()
                     for q in prange(ntasks, schedule="static"):
                         _gemm_task(lvl, q, n_mg, n_ng, ntiles, npan, mb, i0, pc, kc, N, npad, B, ldb, bkind,

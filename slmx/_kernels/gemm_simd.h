@@ -223,6 +223,23 @@ static SLMX_TARGET_AVX512 void slmx_pack_b_trans_avx512(const float *W, long ldw
     }
 }
 
+/* slmx_pack_a with 16x16 register transposes: 16 columns of the mr rows at a time (rows past mr
+ * read as zero), each column stored as mr consecutive floats; scalar for the last kc % 16 */
+static SLMX_TARGET_AVX512 void slmx_pack_a_avx512(const float *A, long lda, int mr, long kc, float *Ap) {
+    long k16 = kc & ~15L;
+    __mmask16 ms = slmx_tail_mask16(mr);
+    for (long k = 0; k < k16; k += 16) {
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) r[i] = i < mr ? _mm512_loadu_ps(A + i * lda + k) : _mm512_setzero_ps();
+        slmx_transpose16_avx512(r);
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) _mm512_mask_storeu_ps(Ap + (k + j) * mr, ms, r[j]);
+    }
+    for (long k = k16; k < kc; k++)
+        for (int i = 0; i < mr; i++) Ap[k * mr + i] = A[i * lda + k];
+}
+
 /* M <= 2: C[m, n0:n1] = sum_k A[m,k] B[k, n0:n1] with KU rows of B streamed at a time and the
  * C rows (in L1) updated once per KU rows: every row of B is read front to back (for M = 1
  * this beats the register-blocked strips below, which pay a TLB walk per row and strip). */
@@ -575,6 +592,14 @@ static inline slmx_ukr_t slmx_gemm_ukr(int lvl, int mr) {
     if (lvl >= SLMX_SIMD_AVX2) return slmx_ukr256_table[mr];
 #endif
     return slmx_ukr_scalar_table[mr];
+}
+
+/* slmx_pack_a at level lvl */
+static inline void slmx_pack_a_lvl(int lvl, const float *A, long lda, int mr, long kc, float *Ap) {
+#if SLMX_X86
+    if (lvl >= SLMX_SIMD_AVX512 && mr <= 16) { slmx_pack_a_avx512(A, lda, mr, kc, Ap); return; }
+#endif
+    slmx_pack_a(A, lda, mr, kc, Ap);
 }
 
 static inline void slmx_pack_b_trans(int lvl, const float *W, long ldw, int nv, long kc, float *Bp) {
