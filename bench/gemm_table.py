@@ -4,6 +4,7 @@
     python bench/gemm_table.py --m 1 16        # a subset of M
     python bench/gemm_table.py --vocab-only    # only the 262144 x 640 projection
     python bench/gemm_table.py --dtype bf16    # bf16 inputs, fp32 accumulation (slmx vs torch)
+    python bench/gemm_table.py --dtype bf16 --packed   # slmx's weight packed once (ops.pack_bf16)
 
 The product is a linear layer, out (M, N) = x (M, K) @ W^T with W (N, K) as model files store
 it: ``slmx.ops.linear`` (fp32: the packed GEMM; bf16: ``slmx.ops.linear(x, w, dtype="bf16")``),
@@ -30,6 +31,9 @@ def _parse():
     p.add_argument("--vocab-only", action="store_true", help="only the 262144 x 640 projection")
     p.add_argument("--no-vocab", action="store_true", help="skip the 262144 x 640 projection")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--packed", action="store_true",
+                   help="bf16: slmx multiplies by the weight packed once into its tile layout (ops.pack_bf16, "
+                        "outside the timing); default: the plain (N, K) array, packed in each call")
     p.add_argument("--threads", type=int, default=THREADS_DEFAULT)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--round-time", type=float, default=0.05)
@@ -95,7 +99,7 @@ def main():
     bf16 = args.dtype == "bf16"
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     rng = np.random.default_rng(0)
-    print(f"# {args.dtype} linear out = x (M,K) @ W^T, W (N,K); {args.threads} threads; "
+    print(f"# {args.dtype}{' (slmx: weight packed once)' if bf16 and args.packed else ''} linear out = x (M,K) @ W^T, W (N,K); {args.threads} threads; "
           f"median of {args.rounds} alternating rounds ({args.clock} clock); peak {peak:.0f} GFLOP/s")
     cols = ["M", "K", "N", "slmx", "numpy", "torch", "slmx/np", "slmx/torch", "%peak"]
     print("| " + " | ".join(cols) + " |")
@@ -108,6 +112,8 @@ def main():
         runners = {}
         if bf16:
             wb = ops.to_bf16(w)
+            if args.packed:
+                wb = ops.pack_bf16(wb)
             xb = ops.to_bf16(x)
             runners["slmx"] = lambda: ops.linear(xb, wb, out=out, threads=args.threads, dtype="bf16")
         else:

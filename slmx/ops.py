@@ -18,7 +18,7 @@ from ._kernels import gemm as _gemm
 from ._kernels import ops_core as _core
 from ._kernels import quant as _quant
 
-__all__ = ["matmul", "linear", "to_bf16", "from_bf16", "rmsnorm", "softmax", "gelu", "silu", "geglu", "swiglu", "rope",
+__all__ = ["matmul", "linear", "to_bf16", "from_bf16", "pack_bf16", "rmsnorm", "softmax", "gelu", "silu", "geglu", "swiglu", "rope",
            "attention", "quantize", "dequantize", "get_rows", "QuantizedTensor"]
 
 
@@ -75,14 +75,14 @@ def _weight(w):
     raise ValueError(f"weight array must be float32 or float16 (or a quantized tensor), got {w.dtype}")
 
 
-def to_bf16(x):
+def to_bf16(x, threads=None):
     """bfloat16 bits of float32 ``x`` as a uint16 array of the same shape (round to nearest even).
 
     bf16 values travel through ``slmx.ops`` as uint16 arrays of their bit patterns (the upper
     16 bits of the float32); an ``ml_dtypes.bfloat16`` array is accepted wherever bf16 is."""
     x = _f32(x, "x")
     out = np.empty(x.shape, np.uint16)
-    _gemm.f32_to_bf16(x, out)
+    _gemm.f32_to_bf16(x, out, _threads(threads))
     return out
 
 
@@ -94,7 +94,7 @@ def from_bf16(b):
     return out
 
 
-def _bf16_bits(a, name):
+def _bf16_bits(a, name, threads=None):
     """uint16 bf16 bits of a (uint16 bits, an ml_dtypes.bfloat16 array, or float32 to round)."""
     a = np.asarray(a)
     if a.dtype == np.uint16:
@@ -102,7 +102,7 @@ def _bf16_bits(a, name):
     if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:
         return np.ascontiguousarray(a).view(np.uint16)
     if a.dtype == np.float32:
-        return to_bf16(a)
+        return to_bf16(a, threads)
     raise ValueError(f"{name}: bf16 operands are uint16 bits, ml_dtypes.bfloat16 or float32 (rounded); "
                      f"got {a.dtype}")
 
@@ -135,10 +135,22 @@ def matmul(a, b, out=None, threads=None, dtype=None):
     return out
 
 
-def _linear_bf16(x, w, out, threads):
-    x = _bf16_bits(x, "x")
+def pack_bf16(w, threads=None):
+    """A bf16 weight w (N, K) packed once into the AMX tile layout: ``linear(x, packed,
+    dtype="bf16")`` then skips packing w on each call (the packed copy takes N x K bf16 beside
+    w, which it references for the paths without tiles). w: uint16 bits, ml_dtypes.bfloat16 or
+    float32 (rounded)."""
     w = _bf16_bits(w, "w")
     if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D (N, K), got shape {w.shape}")
+    return _gemm.pack_weight_bf16(w, _threads(threads))
+
+
+def _linear_bf16(x, w, out, threads):
+    x = _bf16_bits(x, "x", threads)
+    if not isinstance(w, _gemm.PackedBF16):
+        w = _bf16_bits(w, "w")
+    if len(w.shape) != 2:
         raise ValueError(f"weight must be 2-D (N, K), got shape {w.shape}")
     squeeze = x.ndim == 1
     x2 = x.reshape(1, -1) if squeeze else x.reshape(-1, x.shape[-1])
@@ -158,8 +170,9 @@ def linear(x, w, out=None, threads=None, dtype=None):
     """x @ w.T: x float32 (M, K) or (K,), w (N, K) float32/float16 array or quantized tensor -> (M, N).
 
     dtype "bf16": x and w (N, K) in bf16 (uint16 bits from ``to_bf16``, ml_dtypes.bfloat16, or
-    float32 rounded on the fly), exact products summed in fp32 -> float32 (M, N); AMX tiles when
-    the OS grants them, else AVX512_BF16 / AVX-512 / AVX2 / portable dot products."""
+    float32 rounded on the fly; or w packed once by ``pack_bf16``), exact products summed in
+    fp32 -> float32 (M, N); AMX tiles when the OS grants them, else AVX512_BF16 / AVX-512 /
+    AVX2 / portable dot products."""
     if dtype is None and type(x) is np.ndarray and type(w) is np.ndarray and x.ndim == 2 and w.ndim == 2 \
             and x.dtype == np.float32 and w.dtype == np.float32 and x.flags.c_contiguous and w.flags.c_contiguous \
             and x.shape[1] == w.shape[1] and (out is None or type(out) is np.ndarray):

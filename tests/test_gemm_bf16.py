@@ -136,3 +136,55 @@ def test_linear_bf16_amx_reuses_workspace():
         out = np.full((M, N), np.nan, np.float32)
         gemm.linear_bf16(x, w, out, 2)
         _check_exact(x, w, out)
+
+
+@pytest.mark.parametrize("n", [5, 16, 33, 2 * 65536 + 7])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_f32_to_bf16_levels_match_torch(simd_level, n, nthreads):
+    """the vector conversions (AVX-512, AVX2) and their tails round like torch, NaN stays NaN,
+    denormals are kept (not flushed as vcvtneps2bf16 would)"""
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 1e-40, -1e-42, 3.4e38, -3.4e38, 0.0, -0.0,
+                        1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8], np.float32)
+    x = (RNG.standard_normal(n) * 100).astype(np.float32)
+    x[RNG.integers(0, n, min(n, len(special)))] = special[:min(n, len(special))]
+    got = np.empty(n, np.uint16)
+    gemm.f32_to_bf16(x, got, nthreads)
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(got[~nan], torch_bf16_bits(x[~nan]))
+    assert np.all(np.isnan(bf16_values(got[nan])))
+
+
+@pytest.mark.parametrize("M,K,N", [(16, 640, 256), (33, 100, 70), (100, 2300, 40), (3, 64, 32)])
+@pytest.mark.parametrize("amx_at_pack", [True, False])
+def test_linear_bf16_packed_weight(simd_level, M, K, N, amx_at_pack):
+    """a weight packed once gives the same sums as packing per call (bit for bit: one kernel),
+    on tiles or (M < 16, no AMX, or packed while AMX was off) by the dot paths on w itself"""
+    x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
+    w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
+    gemm._set_amx(amx_at_pack)
+    try:
+        pk = gemm.pack_weight_bf16(w, 2)
+    finally:
+        gemm._set_amx(True)
+    assert pk.shape == (N, K) and pk.w is w
+    assert (pk.data is not None) == (amx_at_pack and gemm.amx_bf16_used())
+    out = np.full((M, N), np.nan, np.float32)
+    gemm.linear_bf16(x, pk, out, 2)
+    _check_exact(x, w, out)
+    ref = np.empty_like(out)
+    gemm.linear_bf16(x, w, ref, 2)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(ops.linear(x, ops.pack_bf16(w), dtype="bf16"), ref)
+
+
+def test_linear_bf16_packed_bad_inputs():
+    w = ops.to_bf16(np.ones((40, 64), np.float32))
+    pk = ops.pack_bf16(w)
+    with pytest.raises(ValueError, match="features"):
+        ops.linear(ops.to_bf16(np.ones((20, 63), np.float32)), pk, dtype="bf16")
+    with pytest.raises(ValueError, match="out"):
+        ops.linear(ops.to_bf16(np.ones((20, 64), np.float32)), pk, out=np.empty((20, 41), np.float32), dtype="bf16")
+    with pytest.raises(ValueError, match="uint16"):
+        gemm.pack_weight_bf16(np.ones((4, 4), np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        ops.pack_bf16(np.ones(4, np.float32))

@@ -134,6 +134,43 @@ slmx_bf16_dot256_block(const int MB, const int NB, long K, const uint16_t *X, lo
     }
 }
 
+/* ------------------------------------------------------------------ float32 -> bf16 (vector) */
+/* the same rounding as slmx_f32_to_bf16 (nearest even on the bits, NaN kept quiet, denormals
+ * kept: not vcvtneps2bf16, which flushes them) */
+
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX2 __m256i slmx_f32_to_bf16x8_avx2(const float *p) {
+    __m256i u = _mm256_loadu_si256((const __m256i *)p);
+    __m256i h = _mm256_srli_epi32(u, 16);
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                                                                       _mm256_and_si256(h, _mm256_set1_epi32(1)))), 16);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    return _mm256_blendv_epi8(r, _mm256_or_si256(h, _mm256_set1_epi32(0x40)), nan);
+}
+
+static SLMX_TARGET_AVX2 void slmx_f32_to_bf16_avx2(const float *src, uint16_t *dst, long n) {
+    long i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i p = _mm256_packus_epi32(slmx_f32_to_bf16x8_avx2(src + i), slmx_f32_to_bf16x8_avx2(src + i + 8));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_permute4x64_epi64(p, 0xD8));
+    }
+    for (; i < n; i++) dst[i] = slmx_f32_to_bf16(src[i]);
+}
+
+static SLMX_TARGET_AVX512 void slmx_f32_to_bf16_avx512(const float *src, uint16_t *dst, long n) {
+    const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i qbit = _mm512_set1_epi32(0x40);
+    for (long i = 0; i < n; i += 16) {
+        __mmask16 mk = slmx_tail_mask16(n - i);
+        __m512i u = _mm512_maskz_loadu_epi32(mk, src + i);
+        __m512i h = _mm512_srli_epi32(u, 16);
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(h, one))), 16);
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, absm), inf);
+        r = _mm512_mask_or_epi32(r, nan, h, qbit);
+        _mm256_mask_storeu_epi16(dst + i, mk, _mm512_cvtepi32_epi16(r));
+    }
+}
+
 /* ------------------------------------------------------------------ AVX-512 dot paths */
 
 SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 __m512 slmx_bf16x16_avx512(const uint16_t *p, __mmask16 mk) {
@@ -262,6 +299,14 @@ static SLMX_TARGET_AVX512 void slmx_bf16_pack_b(const uint16_t *W, long ldw, lon
     }
 }
 
+/* W (N, K) packed once for the AMX path: panels [p0, p1) of 32 rows at full depth Kp (K rounded
+ * up to 32) into Wp + p * 32 * Kp, the layout of slmx_bf16_pack_b (depth block kb of panel p
+ * starts at Wp + p * 32 * Kp + kb * 32). Needs AVX-512 (call only when AMX is usable). */
+static void slmx_bf16_pack_weight(const uint16_t *W, long N, long K, long p0, long p1, uint16_t *Wp) {
+    long Kp = (K + 31) / 32 * 32;
+    for (long p = p0; p < p1; p++) slmx_bf16_pack_b(W, K, N, K, p * 32, 0, Kp, Wp + p * 32 * Kp);
+}
+
 /* X (M, K) -> tiles Xp[mb][ks][16][32] (1 KB each, contiguous: tile loads stream through memory),
  * zero past row M and column K; mb in [mb0, mb1), nks = ceil(K / 32) */
 static void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp) {
@@ -370,26 +415,28 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
 
 /* One task of the AMX GEMM: C rows [m0, m1) x the 32-column panels [p0, p1) = X W^T over all of K.
  * Xp: X packed by slmx_bf16_pack_x (all rows, nks = ceil(K / 32) tiles per 16 rows); W (N, K)
- * row-major bf16, read in place; Bp: room for (p1 - p0) x 32 x kc bf16 (this thread's);
+ * row-major bf16, read in place; Bp: room for (p1 - p0) x 32 x kc bf16 (this thread's); or Wp:
+ * W packed once by slmx_bf16_pack_weight (then W and Bp are not used);
  * kc: depth block (a multiple of 32). For each depth block the task's panels are packed once
  * (the transposes run on the vector units beside the tile unit) and reused by every 32-row block
  * of X, whose tiles stay in L1 across the panels; C tiles stay in tile registers over the depth
  * block. stream: non-temporal stores for C (an output far larger than the caches). */
-static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, long N,
-                                                  long m0, long m1, long p0, long p1, long kc, uint16_t *Bp,
-                                                  float *C, long ldc, int stream) {
+static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W,
+                                                  const uint16_t *Wp, long N, long m0, long m1, long p0, long p1,
+                                                  long kc, uint16_t *Bp, float *C, long ldc, int stream) {
     long Kp = (K + 31) / 32 * 32, nks = Kp / 32;
     for (long kb = 0; kb < Kp; kb += kc) {
         long kcb = Kp - kb < kc ? Kp - kb : kc;
         int acc = kb > 0, st = stream && kb + kcb >= Kp;
-        for (long p = p0; p < p1; p++) slmx_bf16_pack_b(W, K, N, K, p * 32, kb, kcb, Bp + (p - p0) * 32 * kcb);
+        if (!Wp)
+            for (long p = p0; p < p1; p++) slmx_bf16_pack_b(W, K, N, K, p * 32, kb, kcb, Bp + (p - p0) * 32 * kcb);
         for (long m = m0; m < m1; m += 32) {
             long mv = M - m < 32 ? M - m : 32;
             const uint16_t *a0 = Xp + ((m / 16) * nks + kb / 32) * 512;
             for (long p = p0; p < p1; p++) {
                 long nv = N - p * 32 < 32 ? N - p * 32 : 32;
-                slmx_bf16_amx_block(a0, nks * 512, kcb / 32, Bp + (p - p0) * 32 * kcb, C + m * ldc + p * 32, ldc,
-                                    mv, nv, acc, st);
+                const uint16_t *b = Wp ? Wp + p * 32 * Kp + kb * 32 : Bp + (p - p0) * 32 * kcb;
+                slmx_bf16_amx_block(a0, nks * 512, kcb / 32, b, C + m * ldc + p * 32, ldc, mv, nv, acc, st);
             }
         }
     }
@@ -401,17 +448,30 @@ static void slmx_bf16_amx_release(void) {}
 static void slmx_bf16_pack_b(const uint16_t *W, long ldw, long N, long K, long n0, long k0, long kc, uint16_t *Bp) {
     (void)W; (void)ldw; (void)N; (void)K; (void)n0; (void)k0; (void)kc; (void)Bp;
 }
+static void slmx_bf16_pack_weight(const uint16_t *W, long N, long K, long p0, long p1, uint16_t *Wp) {
+    (void)W; (void)N; (void)K; (void)p0; (void)p1; (void)Wp;
+}
 static void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp) {
     (void)X; (void)M; (void)K; (void)mb0; (void)mb1; (void)Xp;
 }
-static void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, long N, long m0, long m1,
-                               long p0, long p1, long kc, uint16_t *Bp, float *C, long ldc, int stream) {
-    (void)Xp; (void)M; (void)K; (void)W; (void)N; (void)m0; (void)m1; (void)p0; (void)p1; (void)kc; (void)Bp;
+static void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, const uint16_t *Wp, long N,
+                               long m0, long m1, long p0, long p1, long kc, uint16_t *Bp, float *C, long ldc,
+                               int stream) {
+    (void)Xp; (void)M; (void)K; (void)W; (void)Wp; (void)N; (void)m0; (void)m1; (void)p0; (void)p1; (void)kc; (void)Bp;
     (void)C; (void)ldc; (void)stream;
 }
 #endif /* SLMX_X86 */
 
 /* ------------------------------------------------------------------ dispatch (dot paths) */
+
+static inline void slmx_f32_to_bf16_lvl(int lvl, const float *src, uint16_t *dst, long n) {
+#if SLMX_X86
+    if (lvl >= SLMX_SIMD_AVX512) { slmx_f32_to_bf16_avx512(src, dst, n); return; }
+    if (lvl >= SLMX_SIMD_AVX2) { slmx_f32_to_bf16_avx2(src, dst, n); return; }
+#endif
+    slmx_f32_to_bf16_n(src, dst, n);
+}
+
 
 static inline void slmx_bf16_dot(int lvl, long K, const uint16_t *X, long ldx, const uint16_t *W, long ldw,
                                  float *C, long ldc, long m0, long m1, long n0, long n1) {
