@@ -349,6 +349,16 @@ SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 __m256 slmx_hsum8_avx512(const __m512 *s
     return _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
 }
 
+/* the horizontal sum of one vector in the order slmx_hsum8_avx512 sums each lane: ((a0+a1)+(a2+a3))
+ * + ((a4+a5)+(a6+a7)) with a = low half + high half, so a row's sum does not depend on how many
+ * rows went through the kernel with it (an 8-row group or a tail row) */
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 float slmx_hsum1_avx512(__m512 s) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+    __m256 t = _mm256_hadd_ps(a, a);
+    t = _mm256_hadd_ps(t, t);
+    return _mm_cvtss_f32(_mm256_castps256_ps128(t)) + _mm_cvtss_f32(_mm256_extractf128_ps(t, 1));
+}
+
 /* small M: C[m, n] = dot(X[m], W[n]) for n in [n0, n1); R rows of W at a time, M*R accumulators.
  * The first (masked) step stops where row n of W reaches a 64-byte boundary, so the main loop
  * loads whole cache lines of W without masks (numpy's large arrays sit 16 bytes past a page:
@@ -406,7 +416,7 @@ slmx_gevm512_body(const int M, const int R, long K, const float *X, long ldx, co
             _mm256_storeu_ps(C + m * ldc + n, slmx_hsum8_avx512(s[m]));
         } else {
 #pragma GCC unroll 8
-            for (int r = 0; r < R; r++) C[m * ldc + n + r] = slmx_hsum_avx512(s[m][r]);
+            for (int r = 0; r < R; r++) C[m * ldc + n + r] = slmx_hsum1_avx512(s[m][r]);
         }
     }
 }
