@@ -19,8 +19,9 @@
  * blocks of 256 (f32 d, per-16 sums) for K-quants; each block's products are summed in int32 and
  * scaled in float. By activation rows M:
  *   M = 1 (decode): NR = 4 weight rows at a time are decoded into registers and dotted at once,
- *     streaming each weight byte once, prefetching a few rows ahead (AVX-512 bodies; AVX2 and
- *     scalar use the paths below with MR = 1).
+ *     streaming each weight byte once, prefetching a few rows ahead (AVX-512 and AVX2 bodies, each
+ *     with the arithmetic of its own panel kernel, so bit-identical to the M > 1 path; scalar uses
+ *     the path below).
  *   M > 1: NR rows x KC columns of weights are unpacked into a cache-resident "panel" of bytes and
  *     scale vectors, reused for every activation row by an MR x NR integer micro-kernel (AVX-512
  *     VNNI dpbusd / AVX-512BW or AVX2 maddubs); the M = 1 path computes bit-identical numbers.
