@@ -108,8 +108,9 @@ def _out(M, N, aligned):
 # The AMX path's task grid and writers: several groups of panels (N = 1000, 4133: a ragged last
 # panel), 32-row ranges split between threads when N has fewer panels than threads (N = 20),
 # depth blocks with a K tail (K = 2300: 3 blocks of 768 + C reloaded), M = 16 (the smallest
-# on tiles), the non-temporal writer (forced by a threshold of 0) into an aligned output and,
-# falling back to plain stores, a misaligned one.
+# on tiles), the non-temporal writer (forced by a threshold of 0) into an aligned output and a
+# misaligned one (N % 16 == 0: panels shifted so that all but the first start on a 64-byte
+# boundary; else plain stores).
 TASK_SHAPES = [(48, 200, 1000), (100, 64, 20), (33, 64, 4133), (64, 2300, 96), (16, 32, 4096)]
 
 

@@ -63,7 +63,7 @@ cdef extern from "gemm_bf16_simd.h" nogil:
     void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp)
     void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, const uint16_t *Wp, long N,
                             long m0, long m1, long p0, long p1, long kc, uint16_t *Bp, float *C, long ldc,
-                            int stream)
+                            int stream, long sh)
     void slmx_bf16_pack_weight(const uint16_t *W, long N, long K, long p0, long p1, uint16_t *Wp)
 
 cdef extern from "simd.h" nogil:
@@ -652,7 +652,16 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
     Tasks: groups of ncp 32-column panels (x, when there are fewer groups than threads, ranges
     of 32-row blocks), handed out dynamically, so a thread the OS deschedules on a busy machine
     takes fewer of them instead of holding up the call."""
-    cdef Py_ssize_t kc = slmx_bf16_amx_kc(K), npan = _cdiv(N, 32), nmb = _cdiv(M, 32)
+    # non-temporal stores when C is far beyond the caches (rows of 64-byte multiples); when C
+    # does not start on a 64-byte boundary (numpy aligns to 16) the panels are shifted so that
+    # all but the first start on one (not with a packed weight: its panels are fixed)
+    cdef int stream = M * N >= _bf16_stream_floats and N % 16 == 0 and (<uintptr_t>C) % 4 == 0
+    cdef Py_ssize_t sh = (((64 - (<uintptr_t>C) % 64) % 64) // 4) if stream else 0
+    if sh and Wp != NULL:
+        stream = 0
+        sh = 0
+    cdef Py_ssize_t kc = slmx_bf16_amx_kc(K), nmb = _cdiv(M, 32)
+    cdef Py_ssize_t npan = (1 + _cdiv(N - sh, 32)) if sh else _cdiv(N, 32)
     cdef Py_ssize_t ncp = min(slmx_bf16_amx_ncp(kc), _cdiv(npan, nt))
     cdef Py_ssize_t ngrp, nmg, ntask, t, g, mg, mb
     ngrp = nt * _cdiv(npan, nt * ncp)
@@ -660,8 +669,6 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
     ngrp = _cdiv(npan, ncp)
     nmg = min(nmb, _cdiv(nt, ngrp))
     ntask = ngrp * nmg
-    # non-temporal stores when C is far beyond the caches and its rows are 64-byte aligned
-    cdef int stream = M * N >= _bf16_stream_floats and (<uintptr_t>C) % 64 == 0 and N % 16 == 0
     cdef uint16_t *bp
     with parallel(num_threads=nt):
         bp = bws + omp_get_thread_num() * SLMX_BF16_BBUF
@@ -672,7 +679,7 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
             g = t // nmg
             mg = t % nmg
             slmx_bf16_amx_task(Xp, M, K, W, Wp, N, (mg * nmb) // nmg * 32, min(M, ((mg + 1) * nmb) // nmg * 32),
-                               g * ncp, min(npan, (g + 1) * ncp), kc, bp, C, N, stream)
+                               g * ncp, min(npan, (g + 1) * ncp), kc, bp, C, N, stream, sh)
         slmx_bf16_amx_release()
 
 

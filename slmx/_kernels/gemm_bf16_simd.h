@@ -8,9 +8,9 @@
  *   A = 16 rows of X x 32 bf16, from a zero-padded copy of X packed tile by tile once per call
  *       (1 KB each, so the tile loads stream through memory);
  *   B = 16 pair-rows x 16 columns x 2 bf16 (the "VNNI" layout B[kp][n][j] = W[n][2 kp + j]):
- *       a task's group of up to 8 panels of 32 weight rows is transposed (as 32-bit pairs) into
- *       a per-thread buffer right before use (W is read in place, once per call) and reused by
- *       every 32-row block of X.
+ *       each panel of 32 weight rows is transposed (as 32-bit pairs) into a per-thread buffer
+ *       right before use (W is read in place, once per call) and reused by every 32-row block
+ *       of X; or W is packed once (slmx_bf16_pack_weight). Tasks = groups of panels.
  *   Tiles: C 2 x 2 (tmm0..3) = 32 rows x 32 columns, held over the whole depth (K <= 2048; else
  *   equal depth blocks <= 1024), A0/A1 = tmm4/5, B0/B1 = tmm6/7. Full C blocks load / store
  *   their tiles at the output; edge blocks go through a 32 x 32 scratch (masked copies); a C
@@ -32,7 +32,8 @@
 #define SLMX_ALWAYS_INLINE_G static inline __attribute__((always_inline))
 #endif
 
-#define SLMX_BF16_BBUF (8 * 32 * 1024)   /* packed B per thread (bf16): at most 8 panels x 1024 depth, 512 KB */
+#define SLMX_BF16_BBUF (8 * 32 * 1024)   /* per-thread packed-B room (bf16, 512 KB): >= one panel of 32 x the
+                                            largest depth block (2048); also sizes the tasks */
 
 /* AMX depth block for K (a multiple of 32): all of K up to 2048 (the C tiles stay in registers
  * over the whole sum), else equal blocks of at most 1024 */
@@ -413,30 +414,37 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
     }
 }
 
+/* First column of panel p: 32 p, or with a shift sh in (0, 32) (so that the columns of every panel
+ * but the first start on a 64-byte boundary of C for the non-temporal stores): panel 0 = columns
+ * [0, sh), panel p >= 1 = [sh + 32 (p - 1), sh + 32 p). Only without a packed weight. */
+static inline long slmx_bf16_panel_n0(long p, long sh) { return (sh && p) ? sh + 32 * (p - 1) : 32 * p; }
+
 /* One task of the AMX GEMM: C rows [m0, m1) x the 32-column panels [p0, p1) = X W^T over all of K.
  * Xp: X packed by slmx_bf16_pack_x (all rows, nks = ceil(K / 32) tiles per 16 rows); W (N, K)
- * row-major bf16, read in place; Bp: room for (p1 - p0) x 32 x kc bf16 (this thread's); or Wp:
- * W packed once by slmx_bf16_pack_weight (then W and Bp are not used);
- * kc: depth block (a multiple of 32). For each depth block the task's panels are packed once
- * (the transposes run on the vector units beside the tile unit) and reused by every 32-row block
- * of X, whose tiles stay in L1 across the panels; C tiles stay in tile registers over the depth
- * block. stream: non-temporal stores for C (an output far larger than the caches). */
+ * row-major bf16, read in place; Bp: room for 32 x kc bf16 (this thread's); or Wp: W packed once
+ * by slmx_bf16_pack_weight (then W and Bp are not used); kc: depth block (a multiple of 32).
+ * Panel by panel: its depth block is packed into Bp (a size that stays in L1) and multiplied by
+ * every 32-row block of X (streamed from L2); the C tiles stay in tile registers over the depth
+ * block. (Packing a group of panels first and reusing each 32-row block of X across them was
+ * 2-14% slower with 2 threads at 512 x 640..1024 x 640..1024.) stream: non-temporal stores for
+ * C (an output far larger than the caches); sh: panel shift (slmx_bf16_panel_n0; 0 with Wp). */
 static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W,
                                                   const uint16_t *Wp, long N, long m0, long m1, long p0, long p1,
-                                                  long kc, uint16_t *Bp, float *C, long ldc, int stream) {
+                                                  long kc, uint16_t *Bp, float *C, long ldc, int stream, long sh) {
     long Kp = (K + 31) / 32 * 32, nks = Kp / 32;
     for (long kb = 0; kb < Kp; kb += kc) {
         long kcb = Kp - kb < kc ? Kp - kb : kc;
         int acc = kb > 0, st = stream && kb + kcb >= Kp;
-        if (!Wp)
-            for (long p = p0; p < p1; p++) slmx_bf16_pack_b(W, K, N, K, p * 32, kb, kcb, Bp + (p - p0) * 32 * kcb);
-        for (long m = m0; m < m1; m += 32) {
-            long mv = M - m < 32 ? M - m : 32;
-            const uint16_t *a0 = Xp + ((m / 16) * nks + kb / 32) * 512;
-            for (long p = p0; p < p1; p++) {
-                long nv = N - p * 32 < 32 ? N - p * 32 : 32;
-                const uint16_t *b = Wp ? Wp + p * 32 * Kp + kb * 32 : Bp + (p - p0) * 32 * kcb;
-                slmx_bf16_amx_block(a0, nks * 512, kcb / 32, b, C + m * ldc + p * 32, ldc, mv, nv, acc, st);
+        for (long p = p0; p < p1; p++) {
+            long n0 = slmx_bf16_panel_n0(p, sh), n1 = slmx_bf16_panel_n0(p + 1, sh);
+            if (n1 > N) n1 = N;
+            const uint16_t *b = Bp;
+            if (Wp) b = Wp + p * 32 * Kp + kb * 32;
+            else slmx_bf16_pack_b(W, K, n1, K, n0, kb, kcb, Bp);
+            for (long m = m0; m < m1; m += 32) {
+                long mv = M - m < 32 ? M - m : 32;
+                const uint16_t *a0 = Xp + ((m / 16) * nks + kb / 32) * 512;
+                slmx_bf16_amx_block(a0, nks * 512, kcb / 32, b, C + m * ldc + n0, ldc, mv, n1 - n0, acc, st);
             }
         }
     }
@@ -456,8 +464,8 @@ static void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long m
 }
 static void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, const uint16_t *Wp, long N,
                                long m0, long m1, long p0, long p1, long kc, uint16_t *Bp, float *C, long ldc,
-                               int stream) {
-    (void)Xp; (void)M; (void)K; (void)W; (void)Wp; (void)N; (void)m0; (void)m1; (void)p0; (void)p1; (void)kc; (void)Bp;
+                               int stream, long sh) {
+    (void)sh; (void)Xp; (void)M; (void)K; (void)W; (void)Wp; (void)N; (void)m0; (void)m1; (void)p0; (void)p1; (void)kc; (void)Bp;
     (void)C; (void)ldc; (void)stream;
 }
 #endif /* SLMX_X86 */
