@@ -241,3 +241,39 @@ def test_transformer_fused_equals_unfused(tiny_paths, arch, qt, numerics):
         runs[f] = out
     for a, b in zip(runs[False], runs[True]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_group_scratch_reused_across_calls_and_threads():
+    """One group called with varying rows and thread counts (its scratch is kept between calls and
+    grown for more threads), and from several Python threads at once (a call that finds the
+    scratch in use takes its own): every result equals the separate kernels."""
+    import threading
+    rng = np.random.default_rng(7)
+    K = 256
+    ws = [(rand_weight(t, n, K, s)[0], int(t), None) for t, n, s in ((G.Q4_K, 96, 1), (G.Q8_0, 96, 2))]
+    norm = (1 + rng.random(K)).astype(np.float32)
+    g = fused.LinearGroup(ws, norm=norm, eps=EPS, glu="swiglu")
+    xs = [_rows(rng, m, K) for m in (1, 15, 3, 7, 1)]
+    want = [separate(x, ws, norm=norm, glu="swiglu", nt=1)[0] for x in xs]
+    for nt in (1, 2, 1, 2):
+        for x, w in zip(xs, want):
+            outs = [np.full((x.shape[0], 96), np.nan, np.float32) for _ in ws]
+            g(x, outs, nt)
+            np.testing.assert_array_equal(outs[0], w)
+    bad = []
+
+    def run(seed):
+        r = np.random.default_rng(seed)
+        for _ in range(50):
+            i = int(r.integers(len(xs)))
+            outs = [np.empty((xs[i].shape[0], 96), np.float32) for _ in ws]
+            g(xs[i], outs, 2)
+            if not np.array_equal(outs[0], want[i]):
+                bad.append(i)
+
+    th = [threading.Thread(target=run, args=(s,)) for s in range(4)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    assert bad == []

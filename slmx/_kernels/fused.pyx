@@ -33,17 +33,7 @@ include "simd.pxi"
 
 cnp.import_array()
 
-cdef extern from "quant_simd.h" nogil:
-    void slmx_f16_table_init()
-    int slmx_block_size(int t)
-    int slmx_type_size(int t)
-    size_t slmx_xq_row_bytes(int t, int K)
-    size_t slmx_panel_bytes(int t, int amx)
-    int slmx_is_float(int t)
-    void slmx_q_quantize_x(int level, int t, const float *x, int K, uint8_t *dst)
-    void slmx_q_linear_range(int level, int amx, int t, const uint8_t *w, size_t rb, int64_t n0, int64_t n1,
-                             const uint8_t *x, size_t ldx, int M, int K, float *out, size_t ldo,
-                             void *scratch)
+include "quant_decl.pxi"
 
 cdef extern from "ops_core_simd.h" nogil:
     int SLMX_ACT_GELU, SLMX_ACT_SILU
@@ -62,20 +52,14 @@ cdef extern from "kvq_simd.h" nogil:
     long slmx_kvq_row_bytes(int t, long D)
     void slmx_kvq_quant_row(int t, const float *x, long D, uint8_t *dst)
 
-cdef extern from "stdlib.h" nogil:
-    void *aligned_alloc(size_t alignment, size_t size)
-
 slmx_f16_table_init()
 slmx_gelu_f16_init()
 
-# As quant.linear: work below this many weight bytes (times rows) runs on one thread.
-DEF PAR_MIN_BYTES = 65536
 # Rows of one output range a work item covers (quant.linear's row group without AMX).
 DEF GROUP = 16
 DEF MAXW = 3
-# linear uses AMX tiles from 16 rows on and splits the activations into passes of 1 MiB.
+# linear uses AMX tiles from 16 rows on (and passes of X_PASS_BYTES of activations).
 DEF MAX_ROWS = 15
-DEF X_PASS_BYTES = 1048576
 DEF ROPE_MAX_HALF = 2048
 
 GLU = {None: 0, "geglu": 1, "swiglu": 2, "geglu_f16": 3}
@@ -172,6 +156,12 @@ cdef class LinearGroup:
     cdef int64_t wbytes
     cdef readonly int max_rows
     cdef object _keep
+    cdef uint8_t *_buf          # scratch kept across calls: xq rows, normalized x, per-thread panels
+    cdef size_t _buf_bytes
+    cdef bint _busy             # set (under the GIL) while a call uses _buf; a concurrent call allocates its own
+
+    def __dealloc__(self):
+        free(self._buf)
 
     def __init__(self, weights, norm=None, float eps=0.0, glu=None, post_norm=None):
         weights = list(weights)
@@ -287,9 +277,22 @@ cdef class LinearGroup:
         if self.wbytes * M < PAR_MIN_BYTES:
             nt = 1
         cdef const float *xp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>x)
-        cdef uint8_t *buf = <uint8_t *>aligned_alloc(64, (self.xq_bytes + M * self.p.K * 4 + nt * self.panel + 127) // 64 * 64)
+        cdef size_t need = (self.xq_bytes + self.max_rows * self.p.K * 4 + nt * self.panel + 127) // 64 * 64
+        cdef bint own = self._busy
+        cdef uint8_t *buf
+        if own:
+            buf = <uint8_t *>aligned_alloc(64, need)
+        else:
+            if self._buf_bytes < need:
+                free(self._buf)
+                self._buf_bytes = 0
+                self._buf = <uint8_t *>aligned_alloc(64, need)
+                if self._buf != NULL:
+                    self._buf_bytes = need
+            buf = self._buf
         if buf == NULL:
             raise MemoryError("LinearGroup: could not allocate scratch")
+        self._busy = True
         cdef float *xn = <float *>(buf + self.xq_bytes)
         cdef uint8_t *scratch = buf + (self.xq_bytes + M * self.p.K * 4 + 63) // 64 * 64
         cdef int level = slmx_simd_level()
@@ -323,7 +326,10 @@ cdef class LinearGroup:
             if res != NULL:
                 for j in range(M * N0):
                     res[j] = res[j] + op[0][j]
-        free(buf)
+        if own:
+            free(buf)
+        else:
+            self._busy = False
         return outs
 
 

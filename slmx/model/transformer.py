@@ -278,13 +278,14 @@ class Transformer:
             tab = self._rope_tabs[key] = _fused.rope_table(v["pos"], L.rope_base, self.cfg.head_dim,
                                                            L.rope_freq_scale, L.rope_freq_factors)
         claim = getattr(cache, "claim", None)
+        kc = vc = None
+        ring = kv_type = 0
         if claim is not None:   # RoPE'd keys (and values) written straight into the cache rows
             kc, vc, ring = claim(li, pos, t)
-            _fused.qk_rope(v["q"], v["k"], v["v"], v["pos"], L.q_norm, L.k_norm, self.cfg.norm_eps, tab,
-                           self.cfg.rope_neox, self._f16, kc, vc, ring, cache.kv_type)
-        else:
-            _fused.qk_rope(v["q"], v["k"], v["v"], v["pos"], L.q_norm, L.k_norm, self.cfg.norm_eps, tab,
-                           self.cfg.rope_neox, self._f16)
+            kv_type = cache.kv_type
+        _fused.qk_rope(v["q"], v["k"], v["v"], v["pos"], L.q_norm, L.k_norm, self.cfg.norm_eps, tab,
+                       self.cfg.rope_neox, self._f16, kc, vc, ring, kv_type)
+        if claim is None:
             cache.store(li, pos, v["k"], v["v"])
         self._attend(L, li, v, t, pos, cache, nt)
         L.f_o(v["att2"], (o,), nt, x)
