@@ -23,6 +23,7 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.transformer = transformer
         self.n_ctx = n_ctx
+        self.kv_cache_type = kv_cache_type      # the default of calls that do not name one
         self.cache = self.make_cache(kv_cache_type)
 
     def make_cache(self, kv_cache_type="f32", n_ctx=None):
@@ -31,8 +32,11 @@ class LanguageModel:
         return KVCache(self.config, n_ctx or self.n_ctx, kv_cache_type, max_chunk=self.transformer.max_batch)
 
     def _cache_for(self, kv_cache_type):
-        if kv_cache_type is not None and kv_cache_type != self.cache.kv_cache_type:
-            self.cache = self.make_cache(kv_cache_type)
+        """The cache of a call: of kv_cache_type, or of the load-time type when None (an earlier
+        call's override does not carry over)."""
+        kv = self.kv_cache_type if kv_cache_type is None else kv_cache_type
+        if kv != self.cache.kv_cache_type:
+            self.cache = self.make_cache(kv)
         return self.cache
 
     @property

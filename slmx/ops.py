@@ -61,10 +61,15 @@ def _weight(w):
         if len(shape) != 2:
             raise ValueError(f"weight must be 2-D (N, K), got shape {shape}")
         n, k = shape
-        if t.name == "F32":
-            return t.id, np.ascontiguousarray(np.asarray(w.data, dtype=np.float32).reshape(n, k)), n, k
+        if t.name == "F32":                 # float32 values, or their bytes (ops.quantize(x, "F32"))
+            a = np.asarray(w.data)
+            if a.dtype != np.float32:
+                a = np.ascontiguousarray(a).view(np.uint8).reshape(-1).view(np.float32)
+            return t.id, np.ascontiguousarray(a.reshape(n, k)), n, k
         data = np.ascontiguousarray(np.asarray(w.data).view(np.uint8)).reshape(n, qtypes.row_bytes(t.id, k))
         return t.id, data, n, k
+    if isinstance(w, _gemm.PackedBF16):
+        raise ValueError('a packed bf16 weight (ops.pack_bf16) is multiplied with dtype="bf16"')
     w = np.asarray(w)
     if w.ndim != 2:
         raise ValueError(f"weight must be 2-D (N, K), got shape {w.shape}")

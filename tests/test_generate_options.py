@@ -138,3 +138,18 @@ def test_kv_type_block_size_named_and_beam_prompt_rate(tiny):
             slmx.load(path, n_ctx=16, threads=1, kv_cache_type=t)
     r = m.generate(PROMPT, max_new_tokens=3, num_beams=2)
     assert r.prompt_tokens_per_s > 0 and r.prompt_seconds > 0 and r.decode_tokens_per_s > 0
+
+
+def test_kv_cache_type_override_is_per_call(tmp_path):
+    """generate(kv_cache_type=...) applies to that call; the next call without it uses the
+    load-time type again (its tokens equal a fresh model's)."""
+    from tiny_model import write_tiny_model
+    path = write_tiny_model(str(tmp_path / "m.gguf"), arch="gemma3", qtype="q8_0", head_dim=32, embd_std=1.0)
+    m = slmx.load(path, n_ctx=64, threads=1)
+    want = m.generate([1, 5, 9, 3], max_new_tokens=12, temperature=0).token_ids
+    q4 = m.generate([1, 5, 9, 3], max_new_tokens=12, temperature=0, kv_cache_type="q4_0")
+    assert m.cache.kv_cache_type == "q4_0"
+    again = m.generate([1, 5, 9, 3], max_new_tokens=12, temperature=0)
+    assert m.cache.kv_cache_type == "f32"
+    assert again.token_ids == want
+    assert len(q4.token_ids) == 12

@@ -134,3 +134,21 @@ def test_unknown_model_name_says_what_to_do(monkeypatch):
         slmx.load("gemma3-270m")
     with pytest.raises(slmx.ModelNotFoundError, match="not a known model name"):
         slmx.load("no-such-model")
+
+
+def test_f32_quantized_tensor_bytes_in_linear_and_get_rows():
+    """An F32 QuantizedTensor holding the bytes ops.quantize(w, "F32") returns works like the array."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((7, 256)).astype(np.float32)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    qt = ops.QuantizedTensor(ops.quantize(w, "F32"), "F32", (7, 256))
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    np.testing.assert_allclose(ops.linear(x, qt), ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(ops.get_rows(qt, [1, 5]), w[[1, 5]])
+
+
+def test_packed_bf16_without_dtype_names_the_fix():
+    w = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+    x = np.ones((2, 64), np.float32)
+    with pytest.raises(ValueError, match='pack_bf16.*dtype="bf16"'):
+        ops.linear(x, ops.pack_bf16(w))
