@@ -43,8 +43,11 @@ def load_kwargs(a):
         if v is not None:
             sc[k] = v
     from .model.rope import normalize_rope_scaling
+    check = dict(sc)
+    if a.rope_scaling in ("yarn", "dynamic") and a.rope_original_ctx is None:
+        check["original_context_length"] = 1     # slmx.load fills in the model's own context length
     try:
-        normalize_rope_scaling(sc)      # checked before the model loads, named as the flag
+        normalize_rope_scaling(check)   # checked before the model loads, named as the flag
     except ValueError as e:
         msg = str(e)
         for key, flag in (("original_context_length", "--rope-original-ctx"), ("factor", "--rope-scale"),

@@ -153,3 +153,12 @@ def test_kv_cache_type_override_is_per_call(tmp_path):
     assert m.cache.kv_cache_type == "f32"
     assert again.token_ids == want
     assert len(q4.token_ids) == 12
+
+
+def test_cli_yarn_without_original_ctx_uses_the_models(tiny):
+    """--rope-original-ctx defaults to the model's training context (as --help says)."""
+    _, path = tiny
+    for kind in ("yarn", "dynamic"):
+        r = run("generate", "-m", path, "-p", "hello", "-n", "2", "--temperature", "0", "-t", "1",
+                "--rope-scaling", kind, "--rope-scale", "2")
+        assert r.returncode == 0, r.stderr

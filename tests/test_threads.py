@@ -35,6 +35,9 @@ def test_environment_order():
     # SLMX_NUM_THREADS takes precedence over OMP_NUM_THREADS.
     assert _resolve_in_subprocess({"SLMX_NUM_THREADS": "1", "OMP_NUM_THREADS": str(n)}) == 1
     assert _resolve_in_subprocess({"SLMX_NUM_THREADS": "3", "OMP_NUM_THREADS": "1"}) == 3
+    # without OMP_NUM_THREADS, SLMX_NUM_THREADS is capped by the processors, as an argument is
+    big = 8 * (os.cpu_count() or 1)
+    assert 1 <= _resolve_in_subprocess({"SLMX_NUM_THREADS": str(big)}) <= (os.cpu_count() or 1)
 
 
 def test_features_and_levels():

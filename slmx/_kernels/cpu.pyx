@@ -7,7 +7,8 @@ that is lowered below its start-up value, so ``threadpoolctl.threadpool_limits(1
 it) limits slmx too; and an explicit argument is capped by the current ICV (OMP_NUM_THREADS, or
 the machine's processors when that is unset), with a one-line warning when that lowers it: with
 OMP_NUM_THREADS=1 the ICV cannot tell a threadpoolctl limit of 1 from the variable, so both cap
-(``SLMX_NUM_THREADS``, slmx's own setting, is not capped by OMP_NUM_THREADS).
+(``SLMX_NUM_THREADS``, slmx's own setting, is not capped by OMP_NUM_THREADS, but is capped by the
+processors when OMP_NUM_THREADS is unset).
 """
 import os
 import warnings
@@ -131,6 +132,9 @@ def resolve_threads(threads=None):
             v = os.environ.get(var, "").split(",")[0].strip()
             if v.isdigit() and int(v) > 0:
                 n = int(v)
+                # SLMX_NUM_THREADS is capped like an argument when OMP_NUM_THREADS is unset
+                # (by the processors), never by OMP_NUM_THREADS itself
+                explicit = var == "SLMX_NUM_THREADS" and not os.environ.get("OMP_NUM_THREADS")
                 break
             if v and var == "SLMX_NUM_THREADS":
                 _warn_once(var, f"SLMX_NUM_THREADS={os.environ[var]!r} ignored: it must be a positive integer")
