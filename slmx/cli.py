@@ -8,6 +8,23 @@ from .errors import FormatError, ModelNotFoundError
 from .registry import DEFAULT_MODEL
 
 
+def _threads_arg(s):
+    """-t/--threads: 0 (all usable cores) or a positive integer."""
+    try:
+        n = int(s)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (all usable cores) or a positive integer, got {s!r}")
+    return n
+
+
+def _stop_arg(s):
+    if not s:
+        raise argparse.ArgumentTypeError("a stop string must not be empty")
+    return s
+
+
 def _cmd_generate(a):
     from .api import load
     from .cli_generate import check_options, generate_kwargs, print_extras
@@ -286,7 +303,7 @@ def _add_file_parsers(sub):
     c.add_argument("--type", default="F32", help="F32, F16, BF16 (weight matrices; norms stay F32), or a "
                                                   "quantized type / recipe of `slmx quantize` (Q8_0, Q4_0, Q5_0, "
                                                   "Q4_K, Q5_K, Q6_K, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M) (F32)")
-    c.add_argument("-t", "--threads", type=int, default=None, help="quantizer threads")
+    c.add_argument("-t", "--threads", type=_threads_arg, default=None, help="quantizer threads")
     c.set_defaults(func=_cmd_convert)
 
     e = sub.add_parser("export", help="export an slmx training checkpoint to GGUF or a HF folder",
@@ -299,7 +316,7 @@ def _add_file_parsers(sub):
     e.add_argument("--format", default="gguf", choices=["gguf", "hf"], help="(gguf)")
     e.add_argument("--type", default="F32", help="GGUF weight type: F32, F16, BF16 or a quantized type / recipe "
                                                   "of `slmx quantize` (Q8_0, Q4_K_M, ...) (F32)")
-    e.add_argument("-t", "--threads", type=int, default=None, help="quantizer threads")
+    e.add_argument("-t", "--threads", type=_threads_arg, default=None, help="quantizer threads")
     e.set_defaults(func=_cmd_export)
 
 
@@ -357,7 +374,7 @@ def _add_serve_parser(sub):
     s.add_argument("--alias", default=None, help="model id clients use (default: the file name)")
     s.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default="f32",
                    help="KV-cache format of every slot (f32)")
-    s.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
+    s.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
     s.set_defaults(func=_cmd_serve)
 
 
@@ -394,7 +411,7 @@ def _add_training_parsers(sub):
     t.add_argument("--optimizer", default=None, choices=["adamw", "adam", "sgd"], help="(adamw)")
     t.add_argument("--bf16", action="store_const", const=True, default=None,
                    help="bf16 matmuls, fp32 master weights and optimizer state")
-    t.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: all usable)")
+    t.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads (default: all usable)")
     t.add_argument("--eval-every", type=int, default=None, help="validate every N steps (100)")
     t.add_argument("--eval-tokens", type=int, default=None, help="validation tokens per evaluation (32768)")
     t.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps (200)")
@@ -430,7 +447,7 @@ def _add_training_parsers(sub):
     pp.add_argument("--stride", type=int, default=None, help="window step in tokens, sliding method (ctx / 2)")
     pp.add_argument("--method", default="sliding", metavar="{sliding,llama.cpp}",
                     help="sliding windows (default), or llama.cpp's: chunks of ctx from BOS, second halves scored")
-    pp.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
+    pp.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
     from .infer.kv_cache import KV_CACHE_TYPES
     pp.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default="f32",
@@ -457,8 +474,8 @@ def build_parser():
     add_generate_flags(g)
     from .cli_context import add_context_flags
     add_context_flags(g)
-    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    g.add_argument("-t", "--threads", type=int, default=None,
+    g.add_argument("--stop", action="append", default=None, type=_stop_arg, help="stop string (repeatable)")
+    g.add_argument("-t", "--threads", type=_threads_arg, default=None,
                    help="kernel threads (default or 0: all usable cores)")
     g.add_argument("--ctx", type=int, default=None, help="context length / KV-cache size (default 4096)")
     g.add_argument("--no-echo", dest="prompt_echo", action="store_false", help="do not print the prompt")
@@ -485,7 +502,7 @@ def build_parser():
                                    "kernels, prints each as a percentage of its roofline and writes a plot "
                                    "(a model file named roofline: give it as ./roofline).")
     b.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="GGUF file or model name, or 'roofline'")
-    b.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
+    b.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
     b.add_argument("--n-prompt", type=int, default=512, help="prompt tokens for prefill (512)")
     b.add_argument("--n-decode", type=int, default=64, help="tokens to decode (64)")
     b.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (3)")
@@ -517,7 +534,7 @@ def build_parser():
                       help="llama.cpp's rules for a plain type too (e.g. Q4_0 with output.weight Q6_K)")
     q.add_argument("--allow-requantize", action="store_true",
                    help="accept already quantized input tensors (decoded first; loses quality)")
-    q.add_argument("-t", "--threads", type=int, default=None, help="kernel threads")
+    q.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
     q.set_defaults(func=_cmd_quantize)
     _add_serve_parser(sub)
     return p

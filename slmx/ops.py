@@ -50,7 +50,23 @@ def _f32(x, name):
     x = np.asarray(x)
     if x.dtype != np.float32:
         raise ValueError(f"{name} must be float32, got {x.dtype}")
-    return np.ascontiguousarray(x)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)   # (ascontiguousarray makes 0-d 1-d)
+
+
+def _ids(a, name, lo=None, hi=None):
+    """a 1-D int32 copy of integer array a, or ValueError naming what is wrong (never truncates floats
+    or wraps values past int32). lo/hi: the half-open range [lo, hi) the values must lie in."""
+    a = np.asarray(a)
+    if a.size == 0:
+        return np.zeros(a.shape, np.int32)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {a.dtype}")
+    amin, amax = int(a.min()), int(a.max())
+    lo = -2 ** 31 if lo is None else lo
+    hi = 2 ** 31 if hi is None else hi
+    if amin < lo or amax >= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}), got range [{amin}, {amax}]")
+    return np.ascontiguousarray(a, dtype=np.int32)
 
 
 def _weight(w):
@@ -213,7 +229,7 @@ def rmsnorm(x, weight, eps=1e-6, out=None, threads=None):
     x = _f32(x, "x")
     weight = _f32(weight, "weight")
     res = np.empty_like(x) if out is None else out
-    _core.rmsnorm(x.reshape(-1, x.shape[-1]), weight, float(eps), res.reshape(-1, x.shape[-1]), _threads(threads))
+    _core.rmsnorm(x, weight, float(eps), res, _threads(threads))
     return res
 
 
@@ -221,14 +237,14 @@ def softmax(x, out=None, threads=None):
     """Softmax over the last axis of float32 x (..., C)."""
     x = _f32(x, "x")
     res = np.empty_like(x) if out is None else out
-    _core.softmax(x.reshape(-1, x.shape[-1]), res.reshape(-1, x.shape[-1]), _threads(threads))
+    _core.softmax(x, res, _threads(threads))
     return res
 
 
 def _unary(fn, x, out):
     x = _f32(x, "x")
     res = np.empty_like(x) if out is None else out
-    fn(x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1), res.reshape(-1, x.shape[-1]) if x.ndim else res.reshape(1, 1))
+    fn(x, res)
     return res
 
 
@@ -247,8 +263,7 @@ def _glu(fn, gate, up, out):
     if gate.shape != up.shape:
         raise ValueError(f"gate {gate.shape} and up {up.shape} differ")
     res = np.empty_like(gate) if out is None else out
-    c = gate.shape[-1]
-    fn(gate.reshape(-1, c), up.reshape(-1, c), res.reshape(-1, c))
+    fn(gate, up, res)
     return res
 
 
@@ -270,7 +285,7 @@ def rope(x, positions, base=10000.0, neox=False, freq_scale=1.0, threads=None):
     x = np.array(_f32(x, "x"), copy=True)
     if x.ndim != 3:
         raise ValueError(f"rope: x must be (T, H, D), got {x.shape}")
-    pos = np.ascontiguousarray(positions, dtype=np.int32)
+    pos = _ids(positions, "rope: positions")
     if pos.shape != (x.shape[0],):
         raise ValueError(f"rope: positions must have shape ({x.shape[0]},), got {pos.shape}")
     _core.rope(x, pos, float(base), bool(neox), _threads(threads), float(freq_scale))
@@ -282,7 +297,8 @@ def attention(q, k, v, causal=True, window=None, scale=None, q_offset=None, out=
 
     q (T, H, D), k and v (S, H_kv, D) with H a multiple of H_kv (grouped/multi-query). Query i sits at
     position q_offset + i (default S - T, i.e. the queries are the last T keys' positions); causal
-    masks later keys; window=W keeps only the last W positions (sliding window). -> (T, H, D).
+    masks later keys; window=W >= 1 keeps only the last W positions (sliding window; None or 0:
+    no window). -> (T, H, D).
     """
     q, k, v = _f32(q, "q"), _f32(k, "k"), _f32(v, "v")
     if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape:
@@ -291,10 +307,19 @@ def attention(q, k, v, causal=True, window=None, scale=None, q_offset=None, out=
     s, hkv, dk = k.shape
     if dk != d or h % hkv:
         raise ValueError(f"attention: head dims {d} vs {dk} or heads {h} not a multiple of {hkv}")
+    if s == 0:
+        raise ValueError("attention: k and v hold no keys (S = 0)")
     if scale is None:
         scale = 1.0 / np.sqrt(d)
     if q_offset is None:
+        if t > s:
+            raise ValueError(f"attention: {t} queries but only {s} keys; with T > S pass q_offset "
+                             "(the position of the first query, >= 0)")
         q_offset = s - t
+    if int(q_offset) < 0:
+        raise ValueError(f"attention: q_offset must be >= 0, got {q_offset}")
+    if window is not None and int(window) < 0:
+        raise ValueError(f"attention: window must be None, 0 (no window) or >= 1, got {window}")
     res = np.empty_like(q) if out is None else out
     _attention.attention(q, k, v, res, float(scale), bool(causal), int(q_offset), int(window or 0),
                          _threads(threads), 0.0, s)
@@ -314,6 +339,8 @@ def dequantize(blocks, type, shape):
     """Decode ggml blocks of `type` (uint8 buffer) into float32 of `shape`."""
     q = qtypes.qtype(type)
     shape = tuple(int(s) for s in np.atleast_1d(shape))
+    if any(s < 0 for s in shape):
+        raise ValueError(f"dequantize: shape must not have negative sizes, got {shape}")
     n = int(np.prod(shape, dtype=np.int64))
     data = np.ascontiguousarray(np.asarray(blocks)).view(np.uint8).reshape(-1)
     need = n // q.block_size * q.type_size
@@ -325,10 +352,12 @@ def dequantize(blocks, type, shape):
 def get_rows(table, ids, out=None):
     """Rows `ids` of a (V, K) table (float32 array or quantized tensor), dequantized -> (len(ids), K)."""
     tid, wd, n, k = _weight(table)
-    ids = np.ascontiguousarray(ids, dtype=np.int32).reshape(-1)
-    if ids.size and (ids.min() < 0 or ids.max() >= n):
-        raise ValueError(f"get_rows: ids must be in [0, {n}), got range [{ids.min()}, {ids.max()}]")
+    ids = _ids(ids, "get_rows: ids", 0, n).reshape(-1)
     res = np.empty((ids.size, k), np.float32) if out is None else out
+    if not isinstance(res, np.ndarray) or res.shape != (ids.size, k) or res.dtype != np.float32 \
+            or not res.flags.c_contiguous:
+        raise ValueError(f"get_rows: out must be a C-contiguous float32 array of shape {(ids.size, k)}, "
+                         f"got {getattr(res, 'dtype', type(res).__name__)} {getattr(res, 'shape', '')}")
     if tid == qtypes.F32:
         np.take(wd, ids, axis=0, out=res)
     else:

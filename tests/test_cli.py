@@ -117,3 +117,13 @@ def test_too_many_threads_capped_with_one_line_warning():
     warn = [ln for ln in r.stderr.splitlines() if "threads=1000" in ln]
     assert len(warn) == 1 and warn[0].startswith("slmx: warning: threads=1000 capped to"), r.stderr
     assert "threads: 1000" not in r.stderr
+
+
+@pytest.mark.parametrize("args, word", [
+    (["bench", "-t", "-3"], "-t/--threads"), (["generate", "-p", "hi", "-t", "x"], "-t/--threads"),
+    (["generate", "-p", "hi", "--stop", ""], "stop string must not be empty"),
+])
+def test_bad_flag_values_exit_nonzero_naming_the_flag(args, word):
+    r = run(*args)
+    assert r.returncode == 2 and r.stdout == "", r
+    assert word in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr, r.stderr

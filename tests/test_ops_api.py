@@ -152,3 +152,60 @@ def test_packed_bf16_without_dtype_names_the_fix():
     x = np.ones((2, 64), np.float32)
     with pytest.raises(ValueError, match='pack_bf16.*dtype="bf16"'):
         ops.linear(x, ops.pack_bf16(w))
+
+
+_X = np.random.default_rng(0).random((4, 2, 8), dtype=np.float32)
+_TABLE = np.random.default_rng(1).random((10, 32), dtype=np.float32)
+_Q5 = np.random.default_rng(2).random((5, 2, 8), dtype=np.float32)
+_K3 = np.random.default_rng(3).random((3, 2, 8), dtype=np.float32)
+_WIDE = np.zeros((2, 64), np.float32)
+
+
+@pytest.mark.parametrize("call, words", [
+    # integer arguments are never truncated from floats or wrapped past int32
+    (lambda: ops.rope(_X, np.array([0.5, 1.7, 2.0, 3.0])), "positions must be integers"),
+    (lambda: ops.rope(_X, np.array([0, 1, 2, 2 ** 33])), "positions must be in"),
+    (lambda: ops.get_rows(_TABLE, np.array([1.9, 2.2])), "ids must be integers"),
+    (lambda: ops.get_rows(_TABLE, np.array([2 ** 32 + 1])), "ids must be in [0, 10)"),
+    (lambda: ops.get_rows(_TABLE, np.array([True])), "ids must be integers"),
+    (lambda: ops.get_rows(_TABLE, [1, 2], out=np.empty((3, 32), np.float32)), "out must be"),
+    (lambda: ops.get_rows(_TABLE, [1, 2], out=_WIDE[:, ::2]), "C-contiguous"),
+    # attention: more queries than keys needs q_offset; no keys; negative offset or window
+    (lambda: ops.attention(_Q5, _K3, _K3), "pass q_offset"),
+    (lambda: ops.attention(_K3, _K3[:0], _K3[:0]), "no keys"),
+    (lambda: ops.attention(_K3, _K3, _K3, q_offset=-2), "q_offset must be >= 0"),
+    (lambda: ops.attention(_K3, _K3, _K3, window=-1), "window must be"),
+    # out= of the wrong shape, or a strided view (which a reshape would copy, losing the result)
+    (lambda: ops.rmsnorm(np.ones((2, 32), np.float32), np.ones(32, np.float32), out=_WIDE[:, ::2]), "C-contiguous"),
+    (lambda: ops.rmsnorm(np.ones((2, 32), np.float32), np.ones(32, np.float32), out=np.empty((2, 5), np.float32)),
+     "does not match"),
+    (lambda: ops.softmax(np.ones((2, 32), np.float32), out=_WIDE[:, ::2]), "C-contiguous"),
+    (lambda: ops.gelu(np.ones((2, 32), np.float32), out=np.empty((2, 5), np.float32)), "does not match"),
+    (lambda: ops.swiglu(np.ones((2, 32), np.float32), np.ones((2, 32), np.float32), out=_WIDE[:, ::2]),
+     "C-contiguous"),
+    (lambda: ops.softmax(np.float32(1.0)), "at least 1 dimension"),
+    (lambda: ops.dequantize(np.zeros(34, np.uint8), "Q8_0", (-32,)), "negative"),
+])
+def test_bad_arguments_name_what_is_wrong(call, words):
+    with pytest.raises(ValueError) as e:
+        call()
+    assert words in str(e.value), str(e.value)
+
+
+def test_edge_shapes_work():
+    # zero-length rows and leading axes, 0-d activations, T > S with an explicit offset, window 0 = none
+    assert ops.softmax(np.zeros((2, 0), np.float32)).shape == (2, 0)
+    assert ops.rmsnorm(np.zeros((0, 32), np.float32), np.ones(32, np.float32)).shape == (0, 32)
+    g = ops.gelu(np.float32(1.0))
+    assert g.shape == () and abs(float(g) - 0.8411920) < 1e-6
+    assert ops.get_rows(_TABLE, []).shape == (0, 32)
+    a = ops.attention(_Q5, _K3, _K3, q_offset=0)
+    ref = ops.attention(_Q5[:3], _K3, _K3, q_offset=0)
+    np.testing.assert_array_equal(a[:3], ref)
+    np.testing.assert_array_equal(ops.attention(_K3, _K3, _K3, window=0), ops.attention(_K3, _K3, _K3))
+    r = ops.rope(_X, [0, -1, 2, 3])                   # negative positions rotate backwards
+    back = ops.rope(r, [0, 1, -2, -3])
+    np.testing.assert_allclose(back, _X, atol=1e-5)
+    out = np.full((2, 32), np.nan, np.float32)
+    assert ops.softmax(np.ones((2, 32), np.float32), out=out) is out
+    np.testing.assert_allclose(out, 1 / 32, rtol=1e-6)
