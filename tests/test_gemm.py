@@ -212,3 +212,24 @@ def test_depth_blocks_per_call(simd_level, dk):
             out[:] = np.nan
             gemm.matmul(a, np.ascontiguousarray(w.T), out, nt)
             check(out, ref, K)
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 300, 1013), (3, 100, 1013), (1, 17, 70000)])
+def test_linear_small_m_direction(simd_level, M, K, N):
+    # successive calls on one weight walk its rows in alternating direction (cache reuse):
+    # every call, at 1 or 2 threads, gives the same bits (chunks of 64 rows plus a tail of 13)
+    x, w = rand(M, K), rand(N, K)
+    outs = []
+    for nt in (2, 2, 2, 1, 1, 2):
+        out = np.full((M, N), np.nan, np.float32)
+        gemm.linear_f32(x, w, out, nt)
+        outs.append(out)
+    check(outs[0], x.astype(np.float64) @ w.astype(np.float64).T, K)
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    v = rand(N, K)                     # calls on another weight in between: w's bits unchanged
+    for nt in (2, 2, 1):
+        out, o2 = np.full((M, N), np.nan, np.float32), np.full((M, N), np.nan, np.float32)
+        gemm.linear_f32(x, v, o2, nt)
+        gemm.linear_f32(x, w, out, nt)
+        np.testing.assert_array_equal(out, outs[0])

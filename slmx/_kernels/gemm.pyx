@@ -280,12 +280,46 @@ cdef void gemm_blocked(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
             i0 = i0 + mb
 
 
+# The small-M W^T path walks each thread's rows of W in the direction opposite to its last call on
+# the same W (remembered per weight pointer in a small direct-mapped table, updated under the GIL):
+# a weight read again soon (a repeated call; a decode loop whose weights fit in cache) then starts
+# on the rows its previous pass left in the core's L2 instead of the rows LRU evicted first.
+# Each output row's dot product is the same whichever the order, so results do not change.
+DEF DIR_SLOTS = 64
+cdef uintptr_t _dir_ptr[DIR_SLOTS]
+cdef unsigned char _dir_bit[DIR_SLOTS]
+
+
+cdef inline int _next_direction(const void *w) noexcept:
+    """1: walk backward this call; alternates per weight (call with the GIL held)"""
+    cdef uintptr_t key = <uintptr_t>w
+    cdef int h = <int>(((key >> 6) ^ (key >> 17) ^ (key >> 29)) & (DIR_SLOTS - 1))
+    cdef int d = 0
+    if _dir_ptr[h] == key:
+        d = _dir_bit[h] ^ 1
+    _dir_ptr[h] = key
+    _dir_bit[h] = <unsigned char>d
+    return d
+
+
+cdef inline void _gevm_range(int lvl, int M, Py_ssize_t K, const float *A, Py_ssize_t lda, const float *W,
+                             Py_ssize_t ldw, float *C, Py_ssize_t ldc, Py_ssize_t N, Py_ssize_t chunk,
+                             Py_ssize_t c0, Py_ssize_t c1, int backward) noexcept nogil:
+    """rows [c0 * chunk, min(N, c1 * chunk)) of C = A W^T, chunk by chunk, last chunk first if backward"""
+    cdef Py_ssize_t c, cc
+    for cc in range(c0, c1):
+        c = c1 - 1 - (cc - c0) if backward else cc
+        slmx_gevm(lvl, M, K, A, lda, W, ldw, C, ldc, c * chunk, min(N, (c + 1) * chunk))
+
+
 cdef void gemm_small_m(int lvl, int M, Py_ssize_t N, Py_ssize_t K, const float *A, Py_ssize_t lda,
                        const float *B, Py_ssize_t ldb, bint trans, float *C, Py_ssize_t ldc,
-                       int nthreads) noexcept nogil:
-    """M < 8 without packing. trans=0: C = A B, B (K, N); trans=1: C = A W^T, W (N, K)"""
+                       int nthreads, int backward) noexcept nogil:
+    """M < 8 without packing. trans=0: C = A B, B (K, N); trans=1: C = A W^T, W (N, K).
+    trans: thread t of T always takes the same rows, chunks [t * nchunks / T, (t + 1) * nchunks / T)
+    (its slice stays in its own core's cache), walked backward if backward"""
     cdef Py_ssize_t chunk, nchunks, c, n0, n1
-    cdef int nt = nthreads
+    cdef int nt = nthreads, tid, team
     if nt < 1 or M * N * K < PAR_MIN_FMA // 4:
         nt = 1
     if trans:
@@ -298,18 +332,22 @@ cdef void gemm_small_m(int lvl, int M, Py_ssize_t N, Py_ssize_t K, const float *
         nchunks = _cdiv(N, chunk)
     if nt == 1 or nchunks == 1:
         if trans:
-            slmx_gevm(lvl, M, K, A, lda, B, ldb, C, ldc, 0, N)
+            _gevm_range(lvl, M, K, A, lda, B, ldb, C, ldc, N, chunk, 0, nchunks, backward)
         else:
             for c in range(nchunks):
                 slmx_gemv(lvl, M, K, A, lda, B, ldb, C, ldc, c * chunk, min(N, (c + 1) * chunk))
         return
+    if trans:
+        with parallel(num_threads=nt):
+            tid = omp_get_thread_num()
+            team = omp_get_num_threads()
+            _gevm_range(lvl, M, K, A, lda, B, ldb, C, ldc, N, chunk, (nchunks * tid) // team,
+                        (nchunks * (tid + 1)) // team, backward)
+        return
     for c in prange(nchunks, num_threads=nt, schedule="static"):
         n0 = c * chunk
         n1 = min(N, n0 + chunk)
-        if trans:
-            slmx_gevm(lvl, M, K, A, lda, B, ldb, C, ldc, n0, n1)
-        else:
-            slmx_gemv(lvl, M, K, A, lda, B, ldb, C, ldc, n0, n1)
+        slmx_gemv(lvl, M, K, A, lda, B, ldb, C, ldc, n0, n1)
 
 
 cdef int gemm_forward(const float *A, Py_ssize_t lda, const float *B, Py_ssize_t ldb, int bkind,
@@ -321,6 +359,7 @@ cdef int gemm_forward(const float *A, Py_ssize_t lda, const float *B, Py_ssize_t
     cdef float *ws
     cdef void *raw = NULL
     cdef size_t na, nbw, nta
+    cdef int backward
     if M == 0 or N == 0:
         return 0
     if K == 0:
@@ -330,8 +369,9 @@ cdef int gemm_forward(const float *A, Py_ssize_t lda, const float *B, Py_ssize_t
                     C[r * ldc + nbw] = 0.0
         return 0
     if M < SMALL_M and bkind != B_PACKED:
+        backward = _next_direction(B) if bkind == B_TRANS else 0
         with nogil:
-            gemm_small_m(lvl, <int>M, N, K, A, lda, B, ldb, bkind == B_TRANS, C, ldc, nthreads)
+            gemm_small_m(lvl, <int>M, N, K, A, lda, B, ldb, bkind == B_TRANS, C, ldc, nthreads, backward)
         return 0
     na = <size_t>min(M, <Py_ssize_t>MC_OUTER) * <size_t>min(K, kcb) + 64    # per thread (column split)
     nbw = <size_t>(max(1, nthreads) * NR * PANEL_GROUP) * <size_t>kcb
