@@ -96,12 +96,12 @@ def _check_exact(x, w, out):
     assert np.all(np.abs(out - ref) <= tol), np.abs(out - ref).max()
 
 
-def _out(M, N, aligned):
-    """a C-contiguous float32 (M, N) output, its data 64-byte aligned or not (4 bytes off)"""
+def _out(M, N, aligned, skew=1):
+    """a C-contiguous float32 (M, N) output, its data 64-byte aligned or not (skew floats off)"""
     buf = np.full(M * N + 32, np.nan, np.float32)
     off = (-buf.ctypes.data % 64) // 4
     if not aligned:
-        off += 1
+        off += skew
     return buf[off:off + M * N].reshape(M, N)
 
 
@@ -110,19 +110,20 @@ def _out(M, N, aligned):
 # depth blocks with a K tail (K = 2300: 3 blocks of 768 + C reloaded), M = 16 (the smallest
 # on tiles), the non-temporal writer (forced by a threshold of 0) into an aligned output and a
 # misaligned one (N % 16 == 0: panels shifted so that all but the first start on a 64-byte
-# boundary; else plain stores).
+# boundary; else plain stores); the tile stores into an output 16 bytes off (numpy's alignment
+# of large arrays; N % 16 == 0: shifted panels as for the stream).
 TASK_SHAPES = [(48, 200, 1000), (100, 64, 20), (33, 64, 4133), (64, 2300, 96), (16, 32, 4096)]
 
 
 @pytest.mark.parametrize("M,K,N", TASK_SHAPES)
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
-@pytest.mark.parametrize("writer", ["tiles", "stream", "stream-misaligned"])
+@pytest.mark.parametrize("writer", ["tiles", "tiles-misaligned", "stream", "stream-misaligned"])
 def test_linear_bf16_amx_tasks(simd_level, M, K, N, nthreads, writer):
     old = gemm._set_bf16_stream_floats(0 if writer.startswith("stream") else 1 << 40)
     try:
         x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
         w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
-        out = _out(M, N, writer != "stream-misaligned")
+        out = _out(M, N, not writer.endswith("misaligned"), 1 if writer.startswith("stream") else 4)
         gemm.linear_bf16(x, w, out, nthreads)
         _check_exact(x, w, out)
     finally:
@@ -155,7 +156,7 @@ def test_f32_to_bf16_levels_match_torch(simd_level, n, nthreads):
     assert np.all(np.isnan(bf16_values(got[nan])))
 
 
-@pytest.mark.parametrize("M,K,N", [(16, 640, 256), (33, 100, 70), (100, 2300, 40), (3, 64, 32)])
+@pytest.mark.parametrize("M,K,N", [(16, 640, 256), (33, 100, 70), (100, 2300, 40), (3, 64, 32), (48, 96, 160)])
 @pytest.mark.parametrize("amx_at_pack", [True, False])
 def test_linear_bf16_packed_weight(simd_level, M, K, N, amx_at_pack):
     """a weight packed once gives the same sums as packing per call (bit for bit: one kernel),
@@ -176,6 +177,10 @@ def test_linear_bf16_packed_weight(simd_level, M, K, N, amx_at_pack):
     gemm.linear_bf16(x, w, ref, 2)
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(ops.linear(x, ops.pack_bf16(w), dtype="bf16"), ref)
+    for skew in (1, 4, 12):      # an output off a 64-byte boundary (with N % 16 == 0: W packed per call)
+        out2 = _out(M, N, False, skew)
+        gemm.linear_bf16(x, pk, out2, 2)
+        np.testing.assert_array_equal(out2, ref)
 
 
 def test_linear_bf16_packed_bad_inputs():

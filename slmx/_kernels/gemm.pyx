@@ -703,14 +703,17 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
     Tasks: groups of ncp 32-column panels (x, when there are fewer groups than threads, ranges
     of 32-row blocks); beyond a few per thread they are handed out dynamically, so a thread the
     OS deschedules on a busy machine takes fewer of them instead of holding up the call."""
-    # non-temporal stores when C is far beyond the caches (rows of 64-byte multiples); when C
-    # does not start on a 64-byte boundary (numpy aligns to 16) the panels are shifted so that
-    # all but the first start on one (not with a packed weight: its panels are fixed)
-    cdef int stream = M * N >= _bf16_stream_floats and N % 16 == 0 and (<uintptr_t>C) % 4 == 0
-    cdef Py_ssize_t sh = (((64 - (<uintptr_t>C) % 64) % 64) // 4) if stream else 0
+    # non-temporal stores when C is far beyond the caches (rows of 64-byte multiples). When C
+    # does not start on a 64-byte boundary (numpy aligns large arrays to 16) and its rows are
+    # 64-byte multiples, the panels are shifted so that all but the first start on one: a tile
+    # row stored across two cache lines made the whole call 13% slower (1 thread, 512 x 640 x
+    # 640). A packed weight's panels are fixed: with such an output the call packs W itself
+    # (as fast as the packed panels with split stores, measured).
+    cdef int rows64 = N % 16 == 0 and (<uintptr_t>C) % 4 == 0
+    cdef int stream = M * N >= _bf16_stream_floats and rows64
+    cdef Py_ssize_t sh = (((64 - (<uintptr_t>C) % 64) % 64) // 4) if rows64 and N >= 64 else 0
     if sh and Wp != NULL:
-        stream = 0
-        sh = 0
+        Wp = NULL
     cdef Py_ssize_t kc = slmx_bf16_amx_kc(K), nmb = _cdiv(M, 32)
     cdef Py_ssize_t npan = (1 + _cdiv(N - sh, 32)) if sh else _cdiv(N, 32)
     cdef Py_ssize_t ncp = min(slmx_bf16_amx_ncp(kc), _cdiv(npan, nt))

@@ -309,19 +309,20 @@ static void slmx_bf16_pack_weight(const uint16_t *W, long N, long K, long p0, lo
 }
 
 /* X (M, K) -> tiles Xp[mb][ks][16][32] (1 KB each, contiguous: tile loads stream through memory),
- * zero past row M and column K; mb in [mb0, mb1), nks = ceil(K / 32) */
-static void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp) {
+ * zero past row M and column K; mb in [mb0, mb1), nks = ceil(K / 32). One masked 64-byte load and
+ * aligned store per tile row (Xp 64-byte aligned). Needs AVX-512 (call only when AMX is usable). */
+static SLMX_TARGET_AVX512 void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1,
+                                                uint16_t *Xp) {
     long nks = (K + 31) / 32;
     for (long mb = mb0; mb < mb1; mb++) {
         for (long ks = 0; ks < nks; ks++) {
             uint16_t *d = Xp + (mb * nks + ks) * 512;
             long k = 32 * ks, kv = K - k < 32 ? K - k : 32;
+            __mmask32 mk = kv >= 32 ? 0xffffffffu : (((__mmask32)1 << kv) - 1);
             for (int i = 0; i < 16; i++) {
                 long m = mb * 16 + i;
-                if (m < M) {
-                    memcpy(d + 32 * i, X + m * K + k, (size_t)kv * 2);
-                    if (kv < 32) memset(d + 32 * i + kv, 0, (size_t)(32 - kv) * 2);
-                } else memset(d + 32 * i, 0, 64);
+                __m512i v = m < M ? _mm512_maskz_loadu_epi16(mk, X + m * K + k) : _mm512_setzero_si512();
+                _mm512_store_si512((void *)(d + 32 * i), v);
             }
         }
     }
