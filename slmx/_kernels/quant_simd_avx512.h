@@ -503,76 +503,88 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_k_body)(const int t, const uint8_t
 }
 
 #if QVNNI
-/* Q4_K, M = 1, VNNI: the same int32 lanes (and so the same float sums) as slmx_gemv_k_body, in
- * fewer instructions. Per super-block and row: the 128 qs bytes as two zmm, nibbles split once
- * for two 64-element groups (lo(qs[0..63]) = elements 0..31 | 64..95, hi = 32..63 | 96..127, the
- * activations shuffled to match once for all NR rows); dpbusd gives the 4-element partial dots D,
- * which fit int16 (|D| <= 4*15*127), so a word permute pairs the D of two groups at the same lane
- * and one dpwssd applies both groups' 6-bit scales: lane l < 8 = sum_c sc[2c] D(c, l), lane 8+l =
- * sum_c sc[2c+1] D(c, 8+l), exactly the panel kernel's lanes. Mins: m_j times the activation's
- * 32-sums (a word permute + madd), again the same int32 lanes. The scale/min bytes are unpacked in
- * two 64-bit steps, lo = [sc0..3, m0..3], hi = [sc4..7, m4..7]. */
-static const int16_t QFN(slmx_q4k_pidx)[32] __attribute__((aligned(64))) = {
-    0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30,
-    32, 48, 34, 50, 36, 52, 38, 54, 40, 56, 42, 58, 44, 60, 46, 62};
-static const int16_t QFN(slmx_q4k_sidx)[32] __attribute__((aligned(64))) = {
-    0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3};
-static const int16_t QFN(slmx_q4k_midx)[32] __attribute__((aligned(64))) = {
-    4, 0, 5, 0, 6, 0, 7, 0, 36, 0, 37, 0, 38, 0, 39, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+/* Q4_K, M = 1, VNNI: the same int32 lanes and float operations as slmx_kern_k_body with MR = 1
+ * (bit-identical), arranged for this core's ports: shuffles (and shifts) issue on one port, the
+ * integer/float multiply-adds on two, so the kernel avoids shuffles per row. Per super-block:
+ *  - the 16-byte headers (d, dmin, 12 scale bytes) of the NR rows are gathered into one zmm
+ *    (row r in 128-bit lane r) and their 6-bit scales/mins decoded for all rows at once into
+ *    dec[16 r ..] = [sc0..3 | m0..3 | sc4..7 | m4..7]; [d*dx, (-dmin)*dx] of all rows in one mul;
+ *    both go through a stack buffer, so each row reads them with broadcast loads;
+ *  - per row and 64-element chunk c: qs[32c..32c+31] broadcast to both halves of a zmm, the upper
+ *    half shifted by 4 with a masked vpmulhuw (no shuffle port), masked to nibbles = the panel's
+ *    w chunk c; maddubs with the activation chunk and dpwssd with the chunk's int16 scales
+ *    (one in-lane vpshufb of the row's dec bytes), exactly the panel kernel's lanes. */
+static const int8_t QFN(slmx_q4k_hidx)[2][16] __attribute__((aligned(16))) = {
+    {4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 12, 13, 14, 15},               /* [A = s0..7 | C C] */
+    {-128, -128, -128, -128, -128, -128, -128, -128, 4, 5, 6, 7, 8, 9, 10, 11}}; /* [0 | A]   */
+/* vpshufb indices into a row's dec bytes: [c] the int16 multipliers of chunk c's maddubs lanes
+ * (sc[2c] in 128-bit lanes 0-1, sc[2c+1] in 2-3), [4] the 16-sum coefficients m[j/2] (ymm) */
+#define SLMX_Q4K_W(p) (p), -128, (p), -128, (p), -128, (p), -128, (p), -128, (p), -128, (p), -128, (p), -128
+static const int8_t QFN(slmx_q4k_sidx)[5][64] __attribute__((aligned(64))) = {
+    {SLMX_Q4K_W(0), SLMX_Q4K_W(0), SLMX_Q4K_W(1), SLMX_Q4K_W(1)},
+    {SLMX_Q4K_W(2), SLMX_Q4K_W(2), SLMX_Q4K_W(3), SLMX_Q4K_W(3)},
+    {SLMX_Q4K_W(8), SLMX_Q4K_W(8), SLMX_Q4K_W(9), SLMX_Q4K_W(9)},
+    {SLMX_Q4K_W(10), SLMX_Q4K_W(10), SLMX_Q4K_W(11), SLMX_Q4K_W(11)},
+    {4, -128, 4, -128, 5, -128, 5, -128, 6, -128, 6, -128, 7, -128, 7, -128,
+     12, -128, 12, -128, 13, -128, 13, -128, 14, -128, 14, -128, 15, -128, 15, -128}};
+#undef SLMX_Q4K_W
 
 static QTARGET void QFN(slmx_gemv_q4k)(const uint8_t *const *rows, const uint8_t *x, int K, float *out, int nr,
                                         size_t pf) {
     const int ts = 144;
     const int nsb = K / 256, kcs = SLMX_KC / 256;
     const __m512i nib = _mm512_set1_epi8(0x0f);
-    const __m512i pidx = _mm512_load_si512((const __m512i *)QFN(slmx_q4k_pidx));
-    const __m512i sidx = _mm512_load_si512((const __m512i *)QFN(slmx_q4k_sidx));
-    const __m512i midx = _mm512_load_si512((const __m512i *)QFN(slmx_q4k_midx));
-    const __m256i ones16 = _mm256_set1_epi16(1);
-    const __m512i one_idx = _mm512_set1_epi32(1);
+    const __m512i m4096 = _mm512_set1_epi16(0x1000);              /* mulhi by 2^12 = >> 4 */
+    const __m512i hidx0 = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)QFN(slmx_q4k_hidx)[0]));
+    const __m512i hidx1 = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)QFN(slmx_q4k_hidx)[1]));
+    const __m512i hsh = _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0, 0, 4));
+    const __m512i hm1 = _mm512_broadcast_i32x4(_mm_setr_epi32(0x3f3f3f3f, 0x3f3f3f3f, 0x0f0f0f0f, 0x0f0f0f0f));
+    const __m512i hm2 = _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0, 0x30303030, 0x30303030));
+    const __m512i didx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512i sidx[4];
+    for (int c = 0; c < 4; c++) sidx[c] = _mm512_load_si512((const __m512i *)QFN(slmx_q4k_sidx)[c]);
+    const __m256i midx = _mm256_load_si256((const __m256i *)QFN(slmx_q4k_sidx)[4]);
+    const __m256 dsign = _mm256_setr_ps(0.0f, -0.0f, 0.0f, -0.0f, 0.0f, -0.0f, 0.0f, -0.0f);
+    uint8_t dec[64] __attribute__((aligned(64)));
+    float dd[8] __attribute__((aligned(32)));
     for (int s0 = 0; s0 < nsb; s0 += kcs) {
         const int ns = nsb - s0 < kcs ? nsb - s0 : kcs;
         __m512 f[SLMX_NR];
         for (int r = 0; r < SLMX_NR; r++) f[r] = _mm512_setzero_ps();
         for (int s = 0; s < ns; s++) {
             const slmx_xk_block *xb = (const slmx_xk_block *)x + s0 + s;
-            __m512i x0 = _mm512_load_si512((const __m512i *)(xb->q));
-            __m512i x1 = _mm512_load_si512((const __m512i *)(xb->q + 64));
-            __m512i x2 = _mm512_load_si512((const __m512i *)(xb->q + 128));
-            __m512i x3 = _mm512_load_si512((const __m512i *)(xb->q + 192));
-            __m512i xl0 = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(1, 0, 1, 0));
-            __m512i xh0 = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(3, 2, 3, 2));
-            __m512i xl1 = _mm512_shuffle_i64x2(x2, x3, _MM_SHUFFLE(1, 0, 1, 0));
-            __m512i xh1 = _mm512_shuffle_i64x2(x2, x3, _MM_SHUFFLE(3, 2, 3, 2));
-            __m256i bs2 = _mm256_madd_epi16(_mm256_load_si256((const __m256i *)xb->bsums), ones16);
-            const __m128 dxn = _mm_setr_ps(xb->d, -xb->d, 0.0f, 0.0f);
+            __m512i xq[4];
+            for (int c = 0; c < 4; c++) xq[c] = _mm512_load_si512((const __m512i *)(xb->q + 64 * c));
+            const __m256i bs = _mm256_load_si256((const __m256i *)xb->bsums);
+            const uint8_t *b[SLMX_NR];
             for (int r = 0; r < SLMX_NR; r++) {
-                const uint8_t *b = rows[r] + (size_t)(s0 + s) * ts;
-                _mm_prefetch((const char *)b + pf, _MM_HINT_T0);
-                _mm_prefetch((const char *)b + pf + 64, _MM_HINT_T0);
-                _mm_prefetch((const char *)b + pf + 128, _MM_HINT_T0);
-                /* the 6-bit scales and mins in 64-bit scalar steps: lo = [sc0..3 | m0..3], hi = [sc4..7 | m4..7] */
-                uint64_t A = slmx_load_u64(b + 4), C = slmx_load_u32(b + 12);
-                uint64_t lo = A & 0x3f3f3f3f3f3f3f3full;
-                uint64_t hi = ((C | C << 28) & 0x0f0f0f0f0f0f0f0full) | ((A >> 2) & 0x3030303030303030ull);
-                __m512i w16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)lo)));
-                __m512i w16h = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)hi)));
-                __m512i sc1 = _mm512_permutexvar_epi16(sidx, w16), sc2 = _mm512_permutexvar_epi16(sidx, w16h);
-                __m256i mn32 = _mm512_castsi512_si256(_mm512_maskz_permutex2var_epi16((__mmask32)0x55555555u, w16, midx, w16h));
-                __m512i z0 = _mm512_loadu_si512((const void *)(b + 16));
-                __m512i z1 = _mm512_loadu_si512((const void *)(b + 80));
-                __m512i a0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(z0, nib), xl0);
-                __m512i b0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(z0, 4), nib), xh0);
-                __m512i a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(z1, nib), xl1);
-                __m512i b1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(z1, 4), nib), xh1);
-                __m512i tt = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_permutex2var_epi16(a0, pidx, b0), sc1);
-                tt = _mm512_dpwssd_epi32(tt, _mm512_permutex2var_epi16(a1, pidx, b1), sc2);
-                __m256i mm = _mm256_madd_epi16(mn32, bs2);
-                /* [d*dx, (-dmin)*dx] (the same products as d*dx and cs*dx) */
-                __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)slmx_load_u32(b))), dxn);
-                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_broadcastss_ps(dd), f[r]);
-                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(mm)),
-                                       _mm512_permutexvar_ps(one_idx, _mm512_castps128_ps512(dd)), f[r]);
+                b[r] = rows[r] + (size_t)(s0 + s) * ts;
+                _mm_prefetch((const char *)b[r] + pf, _MM_HINT_T0);
+                _mm_prefetch((const char *)b[r] + pf + 64, _MM_HINT_T0);
+                _mm_prefetch((const char *)b[r] + pf + 128, _MM_HINT_T0);
+            }
+            /* headers of the NR rows, one per 128-bit lane; decode as slmx_scale_min_k4_all */
+            __m512i h = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)b[0]));
+            h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i *)b[1]), 1);
+            h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i *)b[2]), 2);
+            h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i *)b[3]), 3);
+            __m512i t1 = _mm512_srlv_epi32(_mm512_shuffle_epi8(h, hidx0), hsh);
+            __m512i t2 = _mm512_and_si512(_mm512_srli_epi64(_mm512_shuffle_epi8(h, hidx1), 2), hm2);
+            _mm512_store_si512((__m512i *)dec, _mm512_ternarylogic_epi32(t1, hm1, t2, 0xEA));
+            __m256 dh = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(didx, h)));
+            _mm256_store_ps(dd, _mm256_mul_ps(dh, _mm256_xor_ps(_mm256_set1_ps(xb->d), dsign)));
+            __asm__ volatile("" ::: "memory");   /* re-read dec/dd with broadcast loads, not shuffles */
+            for (int r = 0; r < SLMX_NR; r++) {
+                const __m512i rb = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(dec + 16 * r)));
+                __m512i tt = _mm512_setzero_si512();
+                for (int c = 0; c < 4; c++) {
+                    __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b[r] + 16 + 32 * c)));
+                    z = _mm512_and_si512(_mm512_mask_mulhi_epu16(z, (__mmask32)0xffff0000u, z, m4096), nib);
+                    tt = _mm512_dpwssd_epi32(tt, _mm512_maddubs_epi16(z, xq[c]), _mm512_shuffle_epi8(rb, sidx[c]));
+                }
+                __m256i mm = _mm256_madd_epi16(_mm256_shuffle_epi8(_mm512_castsi512_si256(rb), midx), bs);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_set1_ps(dd[2 * r]), f[r]);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(mm)), _mm512_set1_ps(dd[2 * r + 1]), f[r]);
             }
         }
         QFN(slmx_store4)(out, QFN(slmx_hsum4)(f[0], f[1], f[2], f[3]), nr, s0 > 0);
