@@ -233,3 +233,31 @@ def test_linear_small_m_direction(simd_level, M, K, N):
         gemm.linear_f32(x, v, o2, nt)
         gemm.linear_f32(x, w, out, nt)
         np.testing.assert_array_equal(out, outs[0])
+
+
+@pytest.mark.parametrize("K", [64, 640, 17, 100])
+def test_linear_m1_streaming_kernel(simd_level, K):
+    # M = 1 over a weight from STREAM_MIN_BYTES on runs the streaming kernel (2 rows at a time,
+    # prefetch); forced on here for a small weight. Rows of K % 16 == 0 give the bits of the
+    # regular kernel (every row of W starts at the same offset from a cache line); any K gives
+    # the same bits at 1 and 2 threads and in both directions.
+    N = 64 * 250 + 5                   # beyond the one-thread size at every K here
+    x, w = rand(1, K), rand(N, K)
+    base = np.full((1, N), np.nan, np.float32)
+    gemm.linear_f32(x, w, base, 1)
+    prev = gemm._set_stream_min_bytes(0)
+    try:
+        outs = []
+        for nt in (1, 2, 2, 1):
+            out = np.full((1, N), np.nan, np.float32)
+            gemm.linear_f32(x, w, out, nt)
+            outs.append(out)
+    finally:
+        gemm._set_stream_min_bytes(prev)
+    check(outs[0], x.astype(np.float64) @ w.astype(np.float64).T, K)
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    if K % 16 == 0:
+        np.testing.assert_array_equal(outs[0], base)
+    with pytest.raises(ValueError):
+        gemm._set_stream_min_bytes(-1)

@@ -46,7 +46,7 @@ cdef extern from "gemm_simd.h" nogil:
     void slmx_gemv(int lvl, int M, long K, const float *A, long lda, const float *B, long ldb,
                    float *C, long ldc, long n0, long n1)
     void slmx_gevm(int lvl, int M, long K, const float *X, long ldx, const float *W, long ldw,
-                   float *C, long ldc, long n0, long n1)
+                   float *C, long ldc, long n0, long n1, int stream)
 
 cdef extern from "gemm_bf16_simd.h" nogil:
     int SLMX_BF16_BBUF
@@ -302,14 +302,30 @@ cdef inline int _next_direction(const void *w) noexcept:
     return d
 
 
+# A weight of at least STREAM_MIN_BYTES (whatever the thread count, so the kernel and the bits do
+# not depend on it) is taken to stream from memory: M = 1 then runs the streaming kernel.
+cdef Py_ssize_t STREAM_MIN_BYTES = 64 << 20
+
+
+def _set_stream_min_bytes(Py_ssize_t nbytes):
+    """Set the weight size from which M = 1 runs the streaming kernel (tuning experiments, tests);
+    returns the previous value."""
+    global STREAM_MIN_BYTES
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    prev = STREAM_MIN_BYTES
+    STREAM_MIN_BYTES = nbytes
+    return prev
+
+
 cdef inline void _gevm_range(int lvl, int M, Py_ssize_t K, const float *A, Py_ssize_t lda, const float *W,
                              Py_ssize_t ldw, float *C, Py_ssize_t ldc, Py_ssize_t N, Py_ssize_t chunk,
-                             Py_ssize_t c0, Py_ssize_t c1, int backward) noexcept nogil:
+                             Py_ssize_t c0, Py_ssize_t c1, int backward, int stream) noexcept nogil:
     """rows [c0 * chunk, min(N, c1 * chunk)) of C = A W^T, chunk by chunk, last chunk first if backward"""
     cdef Py_ssize_t c, cc
     for cc in range(c0, c1):
         c = c1 - 1 - (cc - c0) if backward else cc
-        slmx_gevm(lvl, M, K, A, lda, W, ldw, C, ldc, c * chunk, min(N, (c + 1) * chunk))
+        slmx_gevm(lvl, M, K, A, lda, W, ldw, C, ldc, c * chunk, min(N, (c + 1) * chunk), stream)
 
 
 cdef void gemm_small_m(int lvl, int M, Py_ssize_t N, Py_ssize_t K, const float *A, Py_ssize_t lda,
@@ -320,6 +336,7 @@ cdef void gemm_small_m(int lvl, int M, Py_ssize_t N, Py_ssize_t K, const float *
     (its slice stays in its own core's cache), walked backward if backward"""
     cdef Py_ssize_t chunk, nchunks, c, n0, n1
     cdef int nt = nthreads, tid, team
+    cdef int stream = trans and M == 1 and N * K * <Py_ssize_t>sizeof(float) >= STREAM_MIN_BYTES
     if nt < 1 or M * N * K < PAR_MIN_FMA // 4:
         nt = 1
     if trans:
@@ -332,7 +349,7 @@ cdef void gemm_small_m(int lvl, int M, Py_ssize_t N, Py_ssize_t K, const float *
         nchunks = _cdiv(N, chunk)
     if nt == 1 or nchunks == 1:
         if trans:
-            _gevm_range(lvl, M, K, A, lda, B, ldb, C, ldc, N, chunk, 0, nchunks, backward)
+            _gevm_range(lvl, M, K, A, lda, B, ldb, C, ldc, N, chunk, 0, nchunks, backward, stream)
         else:
             for c in range(nchunks):
                 slmx_gemv(lvl, M, K, A, lda, B, ldb, C, ldc, c * chunk, min(N, (c + 1) * chunk))
@@ -342,7 +359,7 @@ cdef void gemm_small_m(int lvl, int M, Py_ssize_t N, Py_ssize_t K, const float *
             tid = omp_get_thread_num()
             team = omp_get_num_threads()
             _gevm_range(lvl, M, K, A, lda, B, ldb, C, ldc, N, chunk, (nchunks * tid) // team,
-                        (nchunks * (tid + 1)) // team, backward)
+                        (nchunks * (tid + 1)) // team, backward, stream)
         return
     for c in prange(nchunks, num_threads=nt, schedule="static"):
         n0 = c * chunk

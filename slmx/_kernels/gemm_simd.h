@@ -364,8 +364,8 @@ SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 float slmx_hsum1_avx512(__m512 s) {
  * loads whole cache lines of W without masks (numpy's large arrays sit 16 bytes past a page:
  * a load across two lines halved the rate from L2, measured); the last step is masked. */
 SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 void
-slmx_gevm512_body(const int M, const int R, long K, const float *X, long ldx, const float *W, long ldw,
-                  float *C, long ldc, long n) {
+slmx_gevm512_body(const int M, const int R, const long PFD, long K, const float *X, long ldx, const float *W,
+                  long ldw, float *C, long ldc, long n) {
     __m512 s[7][8];
 #pragma GCC unroll 7
     for (int m = 0; m < M; m++) {
@@ -390,7 +390,10 @@ slmx_gevm512_body(const int M, const int R, long K, const float *X, long ldx, co
     for (; k + 16 <= K; k += 16) {
         __m512 wv[8];
 #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) wv[r] = _mm512_loadu_ps(w + r * ldw + k);
+        for (int r = 0; r < R; r++) {
+            if (PFD) _mm_prefetch((const char *)(w + r * ldw + k) + PFD, _MM_HINT_T1);
+            wv[r] = _mm512_loadu_ps(w + r * ldw + k);
+        }
 #pragma GCC unroll 7
         for (int m = 0; m < M; m++) {
             __m512 xv = _mm512_loadu_ps(X + m * ldx + k);
@@ -425,8 +428,8 @@ slmx_gevm512_body(const int M, const int R, long K, const float *X, long ldx, co
     static SLMX_TARGET_AVX512 void slmx_gevm512_##M(long K, const float *X, long ldx, const float *W, long ldw, \
                                                     float *C, long ldc, long n0, long n1) { \
         long n = n0; \
-        for (; n + R <= n1; n += R) slmx_gevm512_body(M, R, K, X, ldx, W, ldw, C, ldc, n); \
-        for (; n < n1; n++) slmx_gevm512_body(M, 1, K, X, ldx, W, ldw, C, ldc, n); \
+        for (; n + R <= n1; n += R) slmx_gevm512_body(M, R, 0, K, X, ldx, W, ldw, C, ldc, n); \
+        for (; n < n1; n++) slmx_gevm512_body(M, 1, 0, K, X, ldx, W, ldw, C, ldc, n); \
     } \
     static SLMX_TARGET_AVX512 void slmx_gemv512_##M(long K, const float *A, long lda, const float *B, long ldb, \
                                                     float *C, long ldc, long n0, long n1) { \
@@ -438,6 +441,20 @@ SLMX_GEVM512_DEF(1, 8, 8) SLMX_GEVM512_DEF(2, 6, 8) SLMX_GEVM512_DEF(3, 6, 8) SL
 SLMX_GEVM512_DEF(5, 4, 4) SLMX_GEVM512_DEF(6, 4, 4) SLMX_GEVM512_DEF(7, 3, 3)
 
 typedef void (*slmx_gevm_t)(long K, const float *X, long ldx, const float *W, long ldw, float *C, long ldc, long n0, long n1);
+
+/* M = 1 over a weight that streams from memory: 2 rows at a time (2 read streams instead of 8:
+ * the hardware prefetchers keep up with fewer streams) and a software prefetch into L2 of the
+ * bytes SLMX_GEVM_STREAM_PFD ahead in each row, which runs across the 4 KB pages the hardware
+ * prefetcher stops at. Each row's sum is the same as slmx_gevm512_1's when W's rows start at
+ * the same offset from a cache line (K a multiple of 16 for an aligned W; any row of a group
+ * takes the first row's step to the line boundary). */
+#define SLMX_GEVM_STREAM_PFD 8192
+static SLMX_TARGET_AVX512 void slmx_gevm512_stream1(long K, const float *X, long ldx, const float *W, long ldw,
+                                                    float *C, long ldc, long n0, long n1) {
+    long n = n0;
+    for (; n + 2 <= n1; n += 2) slmx_gevm512_body(1, 2, SLMX_GEVM_STREAM_PFD, K, X, ldx, W, ldw, C, ldc, n);
+    for (; n < n1; n++) slmx_gevm512_body(1, 1, 0, K, X, ldx, W, ldw, C, ldc, n);
+}
 static const slmx_gevm_t slmx_gevm512_table[8] = {0, slmx_gevm512_1, slmx_gevm512_2, slmx_gevm512_3,
                                                   slmx_gevm512_4, slmx_gevm512_5, slmx_gevm512_6, slmx_gevm512_7};
 static const slmx_gevm_t slmx_gemv512_table[8] = {0, slmx_gemv512_1, slmx_gemv512_2, slmx_gemv512_3,
@@ -629,10 +646,11 @@ static inline void slmx_gemv(int lvl, int M, long K, const float *A, long lda, c
     slmx_gemv_scalar(M, K, A, lda, B, ldb, C, ldc, n0, n1);
 }
 
-/* C[:M, n0:n1] = X[:M] W[n0:n1]^T, M <= 7 */
+/* C[:M, n0:n1] = X[:M] W[n0:n1]^T, M <= 7; stream: W is read from memory (beyond the caches) */
 static inline void slmx_gevm(int lvl, int M, long K, const float *X, long ldx, const float *W, long ldw,
-                             float *C, long ldc, long n0, long n1) {
+                             float *C, long ldc, long n0, long n1, int stream) {
 #if SLMX_X86
+    if (lvl >= SLMX_SIMD_AVX512 && M == 1 && stream) { slmx_gevm512_stream1(K, X, ldx, W, ldw, C, ldc, n0, n1); return; }
     if (lvl >= SLMX_SIMD_AVX512) { slmx_gevm512_table[M](K, X, ldx, W, ldw, C, ldc, n0, n1); return; }
     if (lvl >= SLMX_SIMD_AVX2) { slmx_gevm256_table[M](K, X, ldx, W, ldw, C, ldc, n0, n1); return; }
 #endif
