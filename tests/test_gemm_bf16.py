@@ -111,8 +111,9 @@ def _out(M, N, aligned, skew=1):
 # on tiles), the non-temporal writer (forced by a threshold of 0) into an aligned output and a
 # misaligned one (N % 16 == 0: panels shifted so that all but the first start on a 64-byte
 # boundary; else plain stores); the tile stores into an output 16 bytes off (numpy's alignment
-# of large arrays; N % 16 == 0: shifted panels as for the stream).
-TASK_SHAPES = [(48, 200, 1000), (100, 64, 20), (33, 64, 4133), (64, 2300, 96), (16, 32, 4096)]
+# of large arrays; N % 16 == 0: shifted panels as for the stream, the columns left of the first
+# and right of the last full panel in one "wrap" panel of 32 or, N = 80, 16 columns).
+TASK_SHAPES = [(48, 200, 1000), (100, 64, 20), (33, 64, 4133), (64, 2300, 96), (16, 32, 4096), (50, 2300, 80)]
 
 
 @pytest.mark.parametrize("M,K,N", TASK_SHAPES)

@@ -701,14 +701,31 @@ cdef void _bf16_dot_par(int lvl, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const
             slmx_bf16_dot(lvl, K, X, K, W, K, C, N, a0, a1, 0, N)
 
 
-cdef inline void _bf16_amx_task(Py_ssize_t t, Py_ssize_t nmg, Py_ssize_t nmb, Py_ssize_t ncp, Py_ssize_t npan,
+cdef inline Py_ssize_t _bf16_first_panel(Py_ssize_t u, Py_ssize_t u0) noexcept nogil:
+    """the first panel whose start is at or past u tile columns (16 columns each) from the left:
+    panel 0 has u0 of them (1 or 2), every other 2"""
+    if u <= 0:
+        return 0
+    if u <= u0:
+        return 1
+    return 1 + (u - u0 + 1) // 2
+
+
+cdef inline void _bf16_amx_task(Py_ssize_t t, Py_ssize_t nmg, Py_ssize_t nmb, Py_ssize_t ngrp, Py_ssize_t npan,
                                 Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *Xp, const uint16_t *W,
                                 const uint16_t *Wp, Py_ssize_t kc, uint16_t *bp, float *C, int stream,
                                 Py_ssize_t sh) noexcept nogil:
-    """task t of the grid (groups of ncp panels) x (nmg ranges of 32-row blocks)"""
+    """task t of the grid (ngrp groups of panels, of equal numbers of tile columns) x (nmg
+    ranges of 32-row blocks)"""
     cdef Py_ssize_t g = t // nmg, mg = t % nmg
+    cdef Py_ssize_t u0 = (((N - sh) % 32 + sh) // 16) if sh else 2
+    cdef Py_ssize_t units = u0 + 2 * (npan - 1)
+    cdef Py_ssize_t p0 = min(npan, _bf16_first_panel((g * units) // ngrp, u0))
+    cdef Py_ssize_t p1 = min(npan, _bf16_first_panel(((g + 1) * units) // ngrp, u0))
+    if p0 >= p1:
+        return
     slmx_bf16_amx_task(Xp, M, K, W, Wp, N, (mg * nmb) // nmg * 32, min(M, ((mg + 1) * nmb) // nmg * 32),
-                       g * ncp, min(npan, (g + 1) * ncp), kc, bp, C, N, stream, sh)
+                       p0, p1, kc, bp, C, N, stream, sh)
 
 
 cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X, uint16_t *Xp,
@@ -728,16 +745,15 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
     # (as fast as the packed panels with split stores, measured).
     cdef int rows64 = N % 16 == 0 and (<uintptr_t>C) % 4 == 0
     cdef int stream = M * N >= _bf16_stream_floats and rows64
-    cdef Py_ssize_t sh = (((64 - (<uintptr_t>C) % 64) % 64) // 4) if rows64 and N >= 64 else 0
+    cdef Py_ssize_t sh = (((64 - (<uintptr_t>C) % 64) % 64) // 4) if rows64 and N >= 64 else 0   # < 16
     if sh and Wp != NULL:
         Wp = NULL
     cdef Py_ssize_t kc = slmx_bf16_amx_kc(K), nmb = _cdiv(M, 32)
-    cdef Py_ssize_t npan = (1 + _cdiv(N - sh, 32)) if sh else _cdiv(N, 32)
+    cdef Py_ssize_t npan = (1 + (N - sh) // 32) if sh else _cdiv(N, 32)   # with sh: the wrap panel + full ones
     cdef Py_ssize_t ncp = min(slmx_bf16_amx_ncp(kc), _cdiv(npan, nt))
     cdef Py_ssize_t ngrp, nmg, ntask, t, mb
-    ngrp = nt * _cdiv(npan, nt * ncp)
-    ncp = _cdiv(npan, ngrp)
-    ngrp = _cdiv(npan, ncp)
+    # groups of about ncp panels, a multiple of the threads when there are enough panels
+    ngrp = min(npan, nt * _cdiv(npan, nt * ncp))
     nmg = min(nmb, _cdiv(nt, ngrp))
     ntask = ngrp * nmg
     cdef uint16_t *bp
@@ -750,10 +766,10 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
         # many: handed out one by one
         if ntask <= BF16_STATIC_TASKS * nt:
             for t in prange(ntask, schedule="static"):
-                _bf16_amx_task(t, nmg, nmb, ncp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh)
+                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh)
         else:
             for t in prange(ntask, schedule="dynamic"):
-                _bf16_amx_task(t, nmg, nmb, ncp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh)
+                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh)
         slmx_bf16_amx_release()
 
 

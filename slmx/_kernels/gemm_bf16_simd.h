@@ -275,13 +275,18 @@ static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_config(void) {
 
 static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_release(void) { _tile_release(); }
 
-/* B block for weight rows [n0, n0 + 32) (rows >= N zero) and depth [k0, k0 + kc) (kc a multiple of
- * 32; columns >= K zero): Bp[ks][t][kp][n][2] = W[n0 + 16 t + n][k0 + 32 ks + 2 kp + j], 1 KB tiles.
- * Each 16 x 16 block of 32-bit pairs is transposed in registers. */
-static SLMX_TARGET_AVX512 void slmx_bf16_pack_b(const uint16_t *W, long ldw, long N, long K, long n0, long k0,
-                                                long kc, uint16_t *Bp) {
+/* B block for the 32 weight rows r(0..31) and depth [k0, k0 + kc) (kc a multiple of 32; columns >= K
+ * zero): Bp[ks][t][kp][n][2] = W[r(16 t + n)][k0 + 32 ks + 2 kp + j], 1 KB tiles; r(i) = s0 + i for
+ * i < l0, s1 + i - l0 for l0 <= i < l0 + l1, else a zero row. Each 16 x 16 block of 32-bit pairs is
+ * transposed in registers. */
+static SLMX_TARGET_AVX512 void slmx_bf16_pack_b2(const uint16_t *W, long ldw, long K, long s0, long l0, long s1,
+                                                 long l1, long k0, long kc, uint16_t *Bp) {
     for (int t = 0; t < 2; t++) {
-        long nb = n0 + 16 * t;
+        const uint16_t *rp[16];
+        for (int i = 0; i < 16; i++) {
+            long j = 16 * t + i;
+            rp[i] = j < l0 ? W + (s0 + j) * ldw : (j < l0 + l1 ? W + (s1 + j - l0) * ldw : NULL);
+        }
         for (long ks = 0; ks < kc / 32; ks++) {
             long k = k0 + 32 * ks;
             long kv = K - k;                       /* valid bf16 in this step (may be <= 0) */
@@ -289,7 +294,7 @@ static SLMX_TARGET_AVX512 void slmx_bf16_pack_b(const uint16_t *W, long ldw, lon
             __m512 r[16];
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++) {
-                if (nb + i < N) r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, W + (nb + i) * ldw + k));
+                if (rp[i]) r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, rp[i] + k));
                 else r[i] = _mm512_setzero_ps();
             }
             slmx_transpose16_avx512(r);        /* r[kp] = the pair kp of the 16 rows */
@@ -298,6 +303,12 @@ static SLMX_TARGET_AVX512 void slmx_bf16_pack_b(const uint16_t *W, long ldw, lon
             for (int i = 0; i < 16; i++) _mm512_storeu_ps((float *)(d + 32 * i), r[i]);
         }
     }
+}
+
+/* B block for weight rows [n0, n0 + 32) (rows >= N zero), as slmx_bf16_pack_b2 */
+static void slmx_bf16_pack_b(const uint16_t *W, long ldw, long N, long K, long n0, long k0, long kc,
+                             uint16_t *Bp) {
+    slmx_bf16_pack_b2(W, ldw, K, n0, N - n0 < 32 ? N - n0 : 32, 0, 0, k0, kc, Bp);
 }
 
 /* W (N, K) packed once for the AMX path: panels [p0, p1) of 32 rows at full depth Kp (K rounded
@@ -415,10 +426,28 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
     }
 }
 
-/* First column of panel p: 32 p, or with a shift sh in (0, 32) (so that the columns of every panel
- * but the first start on a 64-byte boundary of C for the non-temporal stores): panel 0 = columns
- * [0, sh), panel p >= 1 = [sh + 32 (p - 1), sh + 32 p). Only without a packed weight. */
-static inline long slmx_bf16_panel_n0(long p, long sh) { return (sh && p) ? sh + 32 * (p - 1) : 32 * p; }
+/* The wrap panel's block (see slmx_bf16_amx_task): its 32 columns are C columns [0, l0) at c0 and
+ * [0, l1) at c1 (l0 + l1 <= 32; B rows past l0 + l1 zero), through a 32 x 32 scratch */
+static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_block_wrap(const uint16_t *a0, long astr, long nk, const uint16_t *b,
+                                                         float *c0, long l0, float *c1, long l1, long ldc, long mv,
+                                                         int acc) {
+    float sc[32 * 32] __attribute__((aligned(64)));
+    __mmask16 k0 = slmx_tail_mask16(l0), k1 = slmx_tail_mask16(l0 - 16 > 0 ? l0 - 16 : 0);
+    __mmask16 k2 = slmx_tail_mask16(l1);
+    if (acc) {                 /* (columns past l0 + l1 of sc: left as they are, never copied out) */
+        for (long i = 0; i < mv; i++) {
+            _mm512_store_ps(sc + 32 * i, _mm512_maskz_loadu_ps(k0, c0 + i * ldc));
+            _mm512_store_ps(sc + 32 * i + 16, _mm512_maskz_loadu_ps(k1, c0 + i * ldc + 16));
+            _mm512_mask_storeu_ps(sc + 32 * i + l0, k2, _mm512_maskz_loadu_ps(k2, c1 + i * ldc));
+        }
+    }
+    slmx_bf16_amx_block(a0, astr, nk, b, sc, 32, mv, 32, acc, 0);
+    for (long i = 0; i < mv; i++) {
+        _mm512_mask_storeu_ps(c0 + i * ldc, k0, _mm512_load_ps(sc + 32 * i));
+        _mm512_mask_storeu_ps(c0 + i * ldc + 16, k1, _mm512_load_ps(sc + 32 * i + 16));
+        _mm512_mask_storeu_ps(c1 + i * ldc, k2, _mm512_loadu_ps(sc + 32 * i + l0));
+    }
+}
 
 /* One task of the AMX GEMM: C rows [m0, m1) x the 32-column panels [p0, p1) = X W^T over all of K.
  * Xp: X packed by slmx_bf16_pack_x (all rows, nks = ceil(K / 32) tiles per 16 rows); W (N, K)
@@ -428,24 +457,34 @@ static inline long slmx_bf16_panel_n0(long p, long sh) { return (sh && p) ? sh +
  * every 32-row block of X (streamed from L2); the C tiles stay in tile registers over the depth
  * block. (Packing a group of panels first and reusing each 32-row block of X across them was
  * 2-14% slower with 2 threads at 512 x 640..1024 x 640..1024.) stream: non-temporal stores for
- * C (an output far larger than the caches); sh: panel shift (slmx_bf16_panel_n0; 0 with Wp). */
+ * C (an output far larger than the caches).
+ * Panels: columns [32 p, 32 p + 32); or, with a shift sh in (0, 16) (N % 16 == 0, not with Wp: C
+ * + sh is on a 64-byte boundary, so are the rows), panel p >= 1 = columns [sh + 32 (p - 1), sh +
+ * 32 p), all full, and panel 0 the wrap panel: the tail [sh + 32 nmid, N) and the head [0, sh)
+ * (nmid = (N - sh) / 32; 16 or 32 columns in all), multiplied into a scratch and copied out. */
 static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W,
                                                   const uint16_t *Wp, long N, long m0, long m1, long p0, long p1,
                                                   long kc, uint16_t *Bp, float *C, long ldc, int stream, long sh) {
     long Kp = (K + 31) / 32 * 32, nks = Kp / 32;
+    long ts = sh ? sh + (N - sh) / 32 * 32 : 0, tl = N - ts;
     for (long kb = 0; kb < Kp; kb += kc) {
         long kcb = Kp - kb < kc ? Kp - kb : kc;
         int acc = kb > 0, st = stream && kb + kcb >= Kp;
         for (long p = p0; p < p1; p++) {
-            long n0 = slmx_bf16_panel_n0(p, sh), n1 = slmx_bf16_panel_n0(p + 1, sh);
-            if (n1 > N) n1 = N;
+            int wrap = sh && p == 0;
+            long n0 = sh ? sh + 32 * (p - 1) : 32 * p, n1 = n0 + 32 < N ? n0 + 32 : N;
             const uint16_t *b = Bp;
             if (Wp) b = Wp + p * 32 * Kp + kb * 32;
+            else if (wrap) slmx_bf16_pack_b2(W, K, K, ts, tl, 0, sh, kb, kcb, Bp);
             else slmx_bf16_pack_b(W, K, n1, K, n0, kb, kcb, Bp);
             for (long m = m0; m < m1; m += 32) {
                 long mv = M - m < 32 ? M - m : 32;
                 const uint16_t *a0 = Xp + ((m / 16) * nks + kb / 32) * 512;
-                slmx_bf16_amx_block(a0, nks * 512, kcb / 32, b, C + m * ldc + n0, ldc, mv, n1 - n0, acc, st);
+                if (wrap)
+                    slmx_bf16_amx_block_wrap(a0, nks * 512, kcb / 32, b, C + m * ldc + ts, tl, C + m * ldc, sh, ldc,
+                                             mv, acc);
+                else
+                    slmx_bf16_amx_block(a0, nks * 512, kcb / 32, b, C + m * ldc + n0, ldc, mv, n1 - n0, acc, st);
             }
         }
     }
