@@ -302,9 +302,13 @@ cdef inline int _next_direction(const void *w) noexcept:
     return d
 
 
-# A weight of at least STREAM_MIN_BYTES (whatever the thread count, so the kernel and the bits do
-# not depend on it) is taken to stream from memory: M = 1 then runs the streaming kernel.
+# M = 1 over a weight of at least STREAM_MIN_BYTES (whatever the thread count, so the kernel and the
+# bits do not depend on it) with rows of at most STREAM_MAX_ROW bytes runs the streaming kernel:
+# 8 interleaved rows shorter than a page are 8 short streams the hardware prefetcher barely ramps
+# up on (262144 x 640 from memory: +5-7% at one thread, measured); with longer rows it made no
+# difference or lost a few % (4096 x 16384), so those keep the 8-row kernel.
 cdef Py_ssize_t STREAM_MIN_BYTES = 64 << 20
+DEF STREAM_MAX_ROW = 4096
 
 
 def _set_stream_min_bytes(Py_ssize_t nbytes):
@@ -336,7 +340,8 @@ cdef void gemm_small_m(int lvl, int M, Py_ssize_t N, Py_ssize_t K, const float *
     (its slice stays in its own core's cache), walked backward if backward"""
     cdef Py_ssize_t chunk, nchunks, c, n0, n1
     cdef int nt = nthreads, tid, team
-    cdef int stream = trans and M == 1 and N * K * <Py_ssize_t>sizeof(float) >= STREAM_MIN_BYTES
+    cdef int stream = (trans and M == 1 and N * K * <Py_ssize_t>sizeof(float) >= STREAM_MIN_BYTES
+                       and K * <Py_ssize_t>sizeof(float) <= STREAM_MAX_ROW)
     if nt < 1 or M * N * K < PAR_MIN_FMA // 4:
         nt = 1
     if trans:
