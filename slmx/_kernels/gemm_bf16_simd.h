@@ -9,12 +9,15 @@
  *       (1 KB each, so the tile loads stream through memory);
  *   B = 16 pair-rows x 16 columns x 2 bf16 (the "VNNI" layout B[kp][n][j] = W[n][2 kp + j]):
  *       each panel of 32 weight rows is transposed (as 32-bit pairs) into a per-thread buffer
- *       right before use (W is read in place, once per call) and reused by every 32-row block
- *       of X; or W is packed once (slmx_bf16_pack_weight). Tasks = groups of panels.
+ *       before use (for depth <= 768 while the previous panel's tiles run; W is read in place,
+ *       once per call) and reused by every 32-row block of X; or W is packed once
+ *       (slmx_bf16_pack_weight). Tasks = groups of panels of equal tile columns.
  *   Tiles: C 2 x 2 (tmm0..3) = 32 rows x 32 columns, held over the whole depth (K <= 2048; else
  *   equal depth blocks <= 1024), A0/A1 = tmm4/5, B0/B1 = tmm6/7. Full C blocks load / store
- *   their tiles at the output; edge blocks go through a 32 x 32 scratch (masked copies); a C
- *   far larger than the caches is written with non-temporal stores.
+ *   their tiles at the output; edge blocks go through a 32 x 32 scratch (masked copies); an
+ *   output off a 64-byte boundary gets its panels shifted onto one (no tile row split across
+ *   cache lines; the columns left over on both sides share one "wrap" panel); a C far larger
+ *   than the caches is written with non-temporal stores.
  * Dot-product paths (no AMX): out[m, n] = dot(X[m], W[n]) over K for blocks of MB rows of X and
  *   NB rows of W, the MB x NB sums in registers:
  *   BF16 (vdpbf16ps, 32 products per instruction), AVX-512 and AVX2 (bf16 widened by a 16-bit
@@ -32,8 +35,10 @@
 #define SLMX_ALWAYS_INLINE_G static inline __attribute__((always_inline))
 #endif
 
-#define SLMX_BF16_BBUF (8 * 32 * 1024)   /* per-thread packed-B room (bf16, 512 KB): >= one panel of 32 x the
+#define SLMX_BF16_BBUF (8 * 32 * 1024)   /* per-thread packed-B room (bf16, 512 KB): >= two panels of 32 x the
                                             largest depth block (2048); also sizes the tasks */
+
+#define SLMX_BF16_AHEAD_MAX_KC 768      /* depth blocks up to this pack the next panel during the current one */
 
 /* AMX depth block for K (a multiple of 32): all of K up to 2048 (the C tiles stay in registers
  * over the whole sum), else equal blocks of at most 1024 */
@@ -339,6 +344,42 @@ static SLMX_TARGET_AVX512 void slmx_bf16_pack_x(const uint16_t *X, long M, long 
     }
 }
 
+/* Packing of the next panel's B block (slmx_bf16_pack_b2's layout) in units of one 16 x 16
+ * transpose, done between the tile instructions of the current panel's blocks (the AVX-512
+ * shuffles run while the tile unit works): unit u = half t = u % 2 of depth step u / 2. */
+typedef struct {
+    const uint16_t *rp[32];    /* the 32 weight rows (NULL: a zero row) */
+    long K, k0, nu, u;         /* depth, first column of the block, units, next unit */
+    uint16_t *dst;
+} slmx_bf16_packjob_t;
+
+static SLMX_TARGET_AVX512 void slmx_bf16_packjob_init(slmx_bf16_packjob_t *j, const uint16_t *W, long ldw, long K,
+                                                       long s0, long l0, long s1, long l1, long k0, long kc,
+                                                       uint16_t *dst) {
+    for (int i = 0; i < 32; i++)
+        j->rp[i] = i < l0 ? W + (s0 + i) * ldw : (i < l0 + l1 ? W + (s1 + i - l0) * ldw : NULL);
+    j->K = K; j->k0 = k0; j->nu = kc / 32 * 2; j->u = 0; j->dst = dst;
+}
+
+SLMX_ALWAYS_INLINE_G SLMX_TARGET_AVX512 void slmx_bf16_packjob_unit(slmx_bf16_packjob_t *j) {
+    long u = j->u++, t = u & 1, ks = u >> 1;
+    long k = j->k0 + 32 * ks, kv = j->K - k;
+    __mmask32 mk = kv >= 32 ? 0xffffffffu : (kv <= 0 ? 0 : (((__mmask32)1 << kv) - 1));
+    const uint16_t *const *rp = j->rp + 16 * t;
+    __m512 r[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        r[i] = rp[i] ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mk, rp[i] + k)) : _mm512_setzero_ps();
+    slmx_transpose16_avx512(r);
+    uint16_t *d = j->dst + (ks * 2 + t) * 512;
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps((float *)(d + 32 * i), r[i]);
+}
+
+static SLMX_TARGET_AVX512 void slmx_bf16_packjob_finish(slmx_bf16_packjob_t *j) {
+    while (j->u < j->nu) slmx_bf16_packjob_unit(j);
+}
+
 /* One block of C: mv <= 32 rows x nv <= 32 columns at c (row stride ldc) (+)= X . B over nk steps
  * of 32 depth: a0 = the first packed tile of X for this block and depth (the next 16 rows at
  * a0 + astr), b = the packed B of the panel (2 tiles per step). The 2 x 2 fp32 C tiles stay in
@@ -347,7 +388,7 @@ static SLMX_TARGET_AVX512 void slmx_bf16_pack_x(const uint16_t *X, long M, long 
  * acc = 0 starts from zero, else from the values in C. */
 SLMX_ALWAYS_INLINE_G SLMX_TARGET_AMXBF16 void
 slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, float *c, long ldc,
-                    long mv, long nv, int acc, int stream) {
+                    long mv, long nv, int acc, int stream, slmx_bf16_packjob_t *job) {
     float sc[32 * 32] __attribute__((aligned(64)));
     const int direct = mv == 32 && nv == 32 && !stream;
     float *t = direct ? c : sc;
@@ -373,6 +414,7 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
     }
     if (two_m && two_n) {
         for (long ks = 0; ks < nk; ks++) {
+            if (job && job->u < job->nu) slmx_bf16_packjob_unit(job);
             _tile_loadd(4, a0 + 512 * ks, 64);
             _tile_loadd(6, b + ks * 1024, 64);
             _tile_loadd(7, b + ks * 1024 + 512, 64);
@@ -384,6 +426,7 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
         }
     } else if (two_n) {
         for (long ks = 0; ks < nk; ks++) {
+            if (job && job->u < job->nu) slmx_bf16_packjob_unit(job);
             _tile_loadd(4, a0 + 512 * ks, 64);
             _tile_loadd(6, b + ks * 1024, 64);
             _tile_loadd(7, b + ks * 1024 + 512, 64);
@@ -392,6 +435,7 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
         }
     } else if (two_m) {
         for (long ks = 0; ks < nk; ks++) {
+            if (job && job->u < job->nu) slmx_bf16_packjob_unit(job);
             _tile_loadd(4, a0 + 512 * ks, 64);
             _tile_loadd(5, a1 + 512 * ks, 64);
             _tile_loadd(6, b + ks * 1024, 64);
@@ -400,6 +444,7 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
         }
     } else {
         for (long ks = 0; ks < nk; ks++) {
+            if (job && job->u < job->nu) slmx_bf16_packjob_unit(job);
             _tile_loadd(4, a0 + 512 * ks, 64);
             _tile_loadd(6, b + ks * 1024, 64);
             _tile_dpbf16ps(0, 4, 6);
@@ -430,7 +475,7 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
  * [0, l1) at c1 (l0 + l1 <= 32; B rows past l0 + l1 zero), through a 32 x 32 scratch */
 static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_block_wrap(const uint16_t *a0, long astr, long nk, const uint16_t *b,
                                                          float *c0, long l0, float *c1, long l1, long ldc, long mv,
-                                                         int acc) {
+                                                         int acc, slmx_bf16_packjob_t *job) {
     float sc[32 * 32] __attribute__((aligned(64)));
     __mmask16 k0 = slmx_tail_mask16(l0), k1 = slmx_tail_mask16(l0 - 16 > 0 ? l0 - 16 : 0);
     __mmask16 k2 = slmx_tail_mask16(l1);
@@ -441,7 +486,7 @@ static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_block_wrap(const uint16_t *a0, lon
             _mm512_mask_storeu_ps(sc + 32 * i + l0, k2, _mm512_maskz_loadu_ps(k2, c1 + i * ldc));
         }
     }
-    slmx_bf16_amx_block(a0, astr, nk, b, sc, 32, mv, 32, acc, 0);
+    slmx_bf16_amx_block(a0, astr, nk, b, sc, 32, mv, 32, acc, 0, job);
     for (long i = 0; i < mv; i++) {
         _mm512_mask_storeu_ps(c0 + i * ldc, k0, _mm512_load_ps(sc + 32 * i));
         _mm512_mask_storeu_ps(c0 + i * ldc + 16, k1, _mm512_load_ps(sc + 32 * i + 16));
@@ -451,11 +496,12 @@ static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_block_wrap(const uint16_t *a0, lon
 
 /* One task of the AMX GEMM: C rows [m0, m1) x the 32-column panels [p0, p1) = X W^T over all of K.
  * Xp: X packed by slmx_bf16_pack_x (all rows, nks = ceil(K / 32) tiles per 16 rows); W (N, K)
- * row-major bf16, read in place; Bp: room for 32 x kc bf16 (this thread's); or Wp: W packed once
+ * row-major bf16, read in place; Bp: room for 2 x 32 x kc bf16 (this thread's); or Wp: W packed once
  * by slmx_bf16_pack_weight (then W and Bp are not used); kc: depth block (a multiple of 32).
- * Panel by panel: its depth block is packed into Bp (a size that stays in L1) and multiplied by
- * every 32-row block of X (streamed from L2); the C tiles stay in tile registers over the depth
- * block. (Packing a group of panels first and reusing each 32-row block of X across them was
+ * Panel by panel: its depth block is packed into Bp (a size that stays in L1; for depth blocks
+ * up to SLMX_BF16_AHEAD_MAX_KC packed while the previous panel's tiles run, slmx_bf16_packjob_t)
+ * and multiplied by every 32-row block of X (streamed from L2); the C tiles stay in tile registers
+ * over the depth block. (Packing a group of panels first and reusing each 32-row block of X across them was
  * 2-14% slower with 2 threads at 512 x 640..1024 x 640..1024.) stream: non-temporal stores for
  * C (an output far larger than the caches).
  * Panels: columns [32 p, 32 p + 32); or, with a shift sh in (0, 16) (N % 16 == 0, not with Wp: C
@@ -467,24 +513,41 @@ static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_task(const uint16_t *Xp, long M, l
                                                   long kc, uint16_t *Bp, float *C, long ldc, int stream, long sh) {
     long Kp = (K + 31) / 32 * 32, nks = Kp / 32;
     long ts = sh ? sh + (N - sh) / 32 * 32 : 0, tl = N - ts;
+    slmx_bf16_packjob_t job;
     for (long kb = 0; kb < Kp; kb += kc) {
         long kcb = Kp - kb < kc ? Kp - kb : kc;
         int acc = kb > 0, st = stream && kb + kcb >= Kp;
+        /* packing ahead: 4-13% faster at depth 640 (1 thread, 512 x 640..1024 x 640..2048), even at
+         * 1024, 4-6% slower at 2048 (two 128 KB blocks) */
+        int ahead = kcb <= SLMX_BF16_AHEAD_MAX_KC;
         for (long p = p0; p < p1; p++) {
-            int wrap = sh && p == 0;
             long n0 = sh ? sh + 32 * (p - 1) : 32 * p, n1 = n0 + 32 < N ? n0 + 32 : N;
-            const uint16_t *b = Bp;
+            const uint16_t *b;
+            slmx_bf16_packjob_t *jp = NULL;
             if (Wp) b = Wp + p * 32 * Kp + kb * 32;
-            else if (wrap) slmx_bf16_pack_b2(W, K, K, ts, tl, 0, sh, kb, kcb, Bp);
-            else slmx_bf16_pack_b(W, K, n1, K, n0, kb, kcb, Bp);
+            else {
+                /* this panel's block: packed ahead (in the previous panel's blocks) into Bp + (p & 1) *
+                 * 32 kc; the next one's packed in this panel's blocks */
+                uint16_t *bb = ahead ? Bp + (p & 1) * 32 * kc : Bp;
+                if (p == p0 || !ahead) {
+                    if (sh && p == 0) slmx_bf16_pack_b2(W, K, K, ts, tl, 0, sh, kb, kcb, bb);
+                    else slmx_bf16_pack_b(W, K, n1, K, n0, kb, kcb, bb);
+                } else slmx_bf16_packjob_finish(&job);
+                b = bb;
+                if (ahead && p + 1 < p1) {
+                    long m0n = sh ? sh + 32 * p : 32 * (p + 1), l = N - m0n < 32 ? N - m0n : 32;
+                    slmx_bf16_packjob_init(&job, W, K, K, m0n, l, 0, 0, kb, kcb, Bp + ((p + 1) & 1) * 32 * kc);
+                    jp = &job;
+                }
+            }
             for (long m = m0; m < m1; m += 32) {
                 long mv = M - m < 32 ? M - m : 32;
                 const uint16_t *a0 = Xp + ((m / 16) * nks + kb / 32) * 512;
-                if (wrap)
+                if (sh && p == 0)
                     slmx_bf16_amx_block_wrap(a0, nks * 512, kcb / 32, b, C + m * ldc + ts, tl, C + m * ldc, sh, ldc,
-                                             mv, acc);
+                                             mv, acc, jp);
                 else
-                    slmx_bf16_amx_block(a0, nks * 512, kcb / 32, b, C + m * ldc + n0, ldc, mv, n1 - n0, acc, st);
+                    slmx_bf16_amx_block(a0, nks * 512, kcb / 32, b, C + m * ldc + n0, ldc, mv, n1 - n0, acc, st, jp);
             }
         }
     }
