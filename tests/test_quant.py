@@ -384,6 +384,18 @@ def test_linear_tiled_without_amx(t, simd_level):
         quant._set_amx(True)
 
 
+def test_q4k_decode_without_gfni(simd_level):
+    # the VNNI Q4_K M = 1 kernel splits nibbles with GFNI where the CPU has it and with a masked
+    # vpmulhuw otherwise: the fallback too gives the tiled path's numbers bit for bit
+    quant._set_amx(False)
+    quant._set_gfni(False)
+    try:
+        sweep_linear(G.Q4_K, (1, 8), False)
+    finally:
+        quant._set_gfni(True)
+        quant._set_amx(True)
+
+
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
 def test_linear_long_rows_and_odd_shapes(t, simd_level):
     # K > the panel widths (2048, AMX 1024): partial sums across panels; K with a half-filled

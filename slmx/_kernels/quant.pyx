@@ -49,6 +49,12 @@ def _set_amx(bint allowed):
     return bool(slmx_use_amx(slmx_simd_level(), qtypes.Q8_0, 1 << 20, _amx_allowed))
 
 
+def _set_gfni(bint allowed):
+    """Allow (default) or forbid the GFNI variant of the Q4_K decode kernel (same numbers; tests
+    run both); returns whether it is used when the dispatch level has VNNI."""
+    return bool(slmx_q_set_gfni(allowed))
+
+
 def _amx_for(int type_id, int M):
     """Whether linear of M activation rows with weights of type_id would run on AMX tiles now."""
     return bool(slmx_use_amx(slmx_simd_level(), type_id, M, _amx_allowed))

@@ -14,6 +14,7 @@ cdef extern from "quant_simd.h" nogil:
     int slmx_xq_rows(int M, int amx)
     int slmx_row_group(int amx)
     int slmx_use_amx(int level, int t, int M, int allowed)
+    int slmx_q_set_gfni(int allowed)
     int slmx_is_b32(int t)
     int slmx_is_k(int t)
     int slmx_is_float(int t)

@@ -530,6 +530,16 @@ static void slmx_qlinear_range_scalar(int t, const uint8_t *w, size_t rb, int64_
 
 /* ================================================================= dispatch */
 
+/* Allow (default) or forbid the GFNI variant of the Q4_K decode kernel; returns whether it runs. */
+static inline int slmx_q_set_gfni(int allowed) {
+#if SLMX_X86
+    return slmx_q4k_set_gfni(allowed);
+#else
+    (void)allowed;
+    return 0;
+#endif
+}
+
 /* Weight offset the b32 activation sums are corrected for (see slmx_xb_chunk). */
 static inline int slmx_b32_offset(int level, int t) {
     if (t == SLMX_T_Q4_0) return 8;

@@ -510,10 +510,13 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_k_body)(const int t, const uint8_t
  *    (row r in 128-bit lane r) and their 6-bit scales/mins decoded for all rows at once into
  *    dec[16 r ..] = [sc0..3 | m0..3 | sc4..7 | m4..7]; [d*dx, (-dmin)*dx] of all rows in one mul;
  *    both go through a stack buffer, so each row reads them with broadcast loads;
- *  - per row and 64-element chunk c: qs[32c..32c+31] broadcast to both halves of a zmm, the upper
- *    half shifted by 4 with a masked vpmulhuw (no shuffle port), masked to nibbles = the panel's
- *    w chunk c; maddubs with the activation chunk and dpwssd with the chunk's int16 scales
- *    (one in-lane vpshufb of the row's dec bytes), exactly the panel kernel's lanes. */
+ *  - per row and 64-element chunk c: qs[32c..32c+31] broadcast to both halves of a zmm, split to
+ *    [low nibbles | high nibbles] = the panel's w chunk c by one GFNI affine byte transform (where
+ *    the CPU has GFNI; else a masked vpmulhuw >> 4 and an and: no shuffle port either way);
+ *    maddubs with the activation chunk and dpwssd with the chunk's int16 scales (one in-lane
+ *    vpshufb of the row's dec bytes), exactly the panel kernel's lanes.
+ * The body is quant_simd_q4k.h, instantiated twice (with and without GFNI). Prefetch: at least
+ * 8 KB (whole row groups) ahead. */
 static const int8_t QFN(slmx_q4k_hidx)[2][16] __attribute__((aligned(16))) = {
     {4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 12, 13, 14, 15},               /* [A = s0..7 | C C] */
     {-128, -128, -128, -128, -128, -128, -128, -128, 4, 5, 6, 7, 8, 9, 10, 11}}; /* [0 | A]   */
@@ -529,66 +532,34 @@ static const int8_t QFN(slmx_q4k_sidx)[5][64] __attribute__((aligned(64))) = {
      12, -128, 12, -128, 13, -128, 13, -128, 14, -128, 14, -128, 15, -128, 15, -128}};
 #undef SLMX_Q4K_W
 
-static QTARGET void QFN(slmx_gemv_q4k)(const uint8_t *const *rows, const uint8_t *x, int K, float *out, int nr,
-                                        size_t pf) {
-    const int ts = 144;
-    const int nsb = K / 256, kcs = SLMX_KC / 256;
-    const __m512i nib = _mm512_set1_epi8(0x0f);
-    const __m512i m4096 = _mm512_set1_epi16(0x1000);              /* mulhi by 2^12 = >> 4 */
-    const __m512i hidx0 = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)QFN(slmx_q4k_hidx)[0]));
-    const __m512i hidx1 = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)QFN(slmx_q4k_hidx)[1]));
-    const __m512i hsh = _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0, 0, 4));
-    const __m512i hm1 = _mm512_broadcast_i32x4(_mm_setr_epi32(0x3f3f3f3f, 0x3f3f3f3f, 0x0f0f0f0f, 0x0f0f0f0f));
-    const __m512i hm2 = _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0, 0x30303030, 0x30303030));
-    const __m512i didx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-    __m512i sidx[4];
-    for (int c = 0; c < 4; c++) sidx[c] = _mm512_load_si512((const __m512i *)QFN(slmx_q4k_sidx)[c]);
-    const __m256i midx = _mm256_load_si256((const __m256i *)QFN(slmx_q4k_sidx)[4]);
-    const __m256 dsign = _mm256_setr_ps(0.0f, -0.0f, 0.0f, -0.0f, 0.0f, -0.0f, 0.0f, -0.0f);
-    uint8_t dec[64] __attribute__((aligned(64)));
-    float dd[8] __attribute__((aligned(32)));
-    for (int s0 = 0; s0 < nsb; s0 += kcs) {
-        const int ns = nsb - s0 < kcs ? nsb - s0 : kcs;
-        __m512 f[SLMX_NR];
-        for (int r = 0; r < SLMX_NR; r++) f[r] = _mm512_setzero_ps();
-        for (int s = 0; s < ns; s++) {
-            const slmx_xk_block *xb = (const slmx_xk_block *)x + s0 + s;
-            __m512i xq[4];
-            for (int c = 0; c < 4; c++) xq[c] = _mm512_load_si512((const __m512i *)(xb->q + 64 * c));
-            const __m256i bs = _mm256_load_si256((const __m256i *)xb->bsums);
-            const uint8_t *b[SLMX_NR];
-            for (int r = 0; r < SLMX_NR; r++) {
-                b[r] = rows[r] + (size_t)(s0 + s) * ts;
-                _mm_prefetch((const char *)b[r] + pf, _MM_HINT_T0);
-                _mm_prefetch((const char *)b[r] + pf + 64, _MM_HINT_T0);
-                _mm_prefetch((const char *)b[r] + pf + 128, _MM_HINT_T0);
-            }
-            /* headers of the NR rows, one per 128-bit lane; decode as slmx_scale_min_k4_all */
-            __m512i h = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)b[0]));
-            h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i *)b[1]), 1);
-            h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i *)b[2]), 2);
-            h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i *)b[3]), 3);
-            __m512i t1 = _mm512_srlv_epi32(_mm512_shuffle_epi8(h, hidx0), hsh);
-            __m512i t2 = _mm512_and_si512(_mm512_srli_epi64(_mm512_shuffle_epi8(h, hidx1), 2), hm2);
-            _mm512_store_si512((__m512i *)dec, _mm512_ternarylogic_epi32(t1, hm1, t2, 0xEA));
-            __m256 dh = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(didx, h)));
-            _mm256_store_ps(dd, _mm256_mul_ps(dh, _mm256_xor_ps(_mm256_set1_ps(xb->d), dsign)));
-            __asm__ volatile("" ::: "memory");   /* re-read dec/dd with broadcast loads, not shuffles */
-            for (int r = 0; r < SLMX_NR; r++) {
-                const __m512i rb = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(dec + 16 * r)));
-                __m512i tt = _mm512_setzero_si512();
-                for (int c = 0; c < 4; c++) {
-                    __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b[r] + 16 + 32 * c)));
-                    z = _mm512_and_si512(_mm512_mask_mulhi_epu16(z, (__mmask32)0xffff0000u, z, m4096), nib);
-                    tt = _mm512_dpwssd_epi32(tt, _mm512_maddubs_epi16(z, xq[c]), _mm512_shuffle_epi8(rb, sidx[c]));
-                }
-                __m256i mm = _mm256_madd_epi16(_mm256_shuffle_epi8(_mm512_castsi512_si256(rb), midx), bs);
-                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_set1_ps(dd[2 * r]), f[r]);
-                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(mm)), _mm512_set1_ps(dd[2 * r + 1]), f[r]);
-            }
-        }
-        QFN(slmx_store4)(out, QFN(slmx_hsum4)(f[0], f[1], f[2], f[3]), nr, s0 > 0);
+#define SLMX_Q4K_FN QFN(slmx_gemv_q4k)
+#define SLMX_Q4K_TARGET QTARGET
+#define SLMX_Q4K_GFNI 0
+#include "quant_simd_q4k.h"
+#define SLMX_Q4K_FN QFN(slmx_gemv_q4k_gfni)
+#define SLMX_Q4K_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,gfni")))
+#define SLMX_Q4K_GFNI 1
+#include "quant_simd_q4k.h"
+
+/* GFNI (CPUID.7.0:ECX bit 8) for the Q4_K kernel; SLMX_GFNI=0 in the environment, or
+ * slmx_q4k_set_gfni(0) (tests), uses the other nibble split. */
+static int slmx_q4k_gfni_state = -1;
+static int slmx_q4k_gfni_ok(void) {
+    if (slmx_q4k_gfni_state < 0) {
+        unsigned r[4];
+        slmx_cpuid(0, 0, r);
+        int ok = 0;
+        if (r[0] >= 7) { slmx_cpuid(7, 0, r); ok = (r[2] >> 8) & 1; }
+        const char *env = getenv("SLMX_GFNI");
+        if (env && strcmp(env, "0") == 0) ok = 0;
+        slmx_q4k_gfni_state = ok;
     }
+    return slmx_q4k_gfni_state;
+}
+static int slmx_q4k_set_gfni(int allowed) {
+    slmx_q4k_gfni_state = -1;
+    if (slmx_q4k_gfni_ok() && !allowed) slmx_q4k_gfni_state = 0;
+    return slmx_q4k_gfni_state;
 }
 #endif
 
@@ -603,7 +574,10 @@ static QTARGET void QFN(slmx_gemv)(int t, const uint8_t *const *rows, const uint
     case SLMX_T_Q5_0: QFN(slmx_gemv_b32_body)(SLMX_T_Q5_0, rows, x, K, out, nr, pf); break;
 #endif
 #if QVNNI
-    case SLMX_T_Q4_K: QFN(slmx_gemv_q4k)(rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q4_K:
+        if (slmx_q4k_gfni_ok()) QFN(slmx_gemv_q4k_gfni)(rows, x, K, out, nr, pf);
+        else QFN(slmx_gemv_q4k)(rows, x, K, out, nr, pf);
+        break;
 #else
     case SLMX_T_Q4_K: QFN(slmx_gemv_k_body)(SLMX_T_Q4_K, rows, x, K, out, nr, pf); break;
 #endif
