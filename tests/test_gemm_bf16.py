@@ -112,8 +112,10 @@ def _out(M, N, aligned, skew=1):
 # misaligned one (N % 16 == 0: panels shifted so that all but the first start on a 64-byte
 # boundary; else plain stores); the tile stores into an output 16 bytes off (numpy's alignment
 # of large arrays; N % 16 == 0: shifted panels as for the stream, the columns left of the first
-# and right of the last full panel in one "wrap" panel of 32 or, N = 80, 16 columns).
-TASK_SHAPES = [(48, 200, 1000), (100, 64, 20), (33, 64, 4133), (64, 2300, 96), (16, 32, 4096), (50, 2300, 80)]
+# and right of the last full panel in one "wrap" panel of 32 or, N = 80, 16 columns); X over 1 MB
+# with few columns (264 x 2100 x 100: depth blocks of 256, the last one 64 deep).
+TASK_SHAPES = [(48, 200, 1000), (100, 64, 20), (33, 64, 4133), (64, 2300, 96), (16, 32, 4096), (50, 2300, 80),
+               (264, 2100, 100)]
 
 
 @pytest.mark.parametrize("M,K,N", TASK_SHAPES)

@@ -577,6 +577,8 @@ def matmul_packed(a, PackedB packed, out, int nthreads=1):
 cdef int _amx_bf16_allowed = 1
 cdef Py_ssize_t _bf16_stream_floats = 16777216   # C of at least this many floats (64 MB) is written
                                                  # with non-temporal stores on the AMX path
+DEF BF16_SMALL_KC_MAX_N = 640          # AMX depth blocks of 256 up to this N (with a large X, see _bf16_amx)
+DEF BF16_SMALL_KC_MIN_XP = 1048576      # ... and X of more bytes than this
 DEF BF16_STATIC_TASKS = 8               # AMX tasks per thread up to which they are split statically
 DEF BF16_CVT_CHUNK = 65536              # elements per task of f32_to_bf16
 DEF BF16_PACKED_MAX_BYTES = 33554432   # a PackedBF16's panels are read directly up to this size
@@ -754,6 +756,12 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
     if sh and Wp != NULL:
         Wp = NULL
     cdef Py_ssize_t kc = slmx_bf16_amx_kc(K), nmb = _cdiv(M, 32)
+    # a packed X beyond half an L2 with few columns: depth blocks of 256 (each block's slice of
+    # X stays in L2 over a group's panels; the next panel packed ahead). 1 thread, CPU clock:
+    # 512 x 2048 x 640 +7%, 512 x 4096 x 640 +10%, 1024 x 2048 x 320 +19%; but 7-14% slower at
+    # N >= 1024 (256..512 x 2048 x 1024..2048), so not there.
+    if N <= BF16_SMALL_KC_MAX_N and K >= 2048 and <size_t>M * K * 2 > BF16_SMALL_KC_MIN_XP:
+        kc = 256
     cdef Py_ssize_t npan = (1 + (N - sh) // 32) if sh else _cdiv(N, 32)   # with sh: the wrap panel + full ones
     cdef Py_ssize_t ncp = min(slmx_bf16_amx_ncp(kc), _cdiv(npan, nt))
     cdef Py_ssize_t ngrp, nmg, ntask, t, mb
