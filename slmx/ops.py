@@ -167,6 +167,16 @@ def pack_bf16(w, threads=None):
     return _gemm.pack_weight_bf16(w, _threads(threads))
 
 
+def _empty_f32_64(shape):
+    """an uninitialized C-contiguous float32 array whose data starts on a 64-byte boundary (the
+    AMX path stores whole tile rows: with a packed weight an output off a boundary makes it pack
+    the weight again per call)"""
+    n = int(np.prod(shape))
+    buf = np.empty(n + 16, np.float32)
+    off = (-buf.ctypes.data % 64) // 4
+    return buf[off:off + n].reshape(shape)
+
+
 def _linear_bf16(x, w, out, threads):
     x = _bf16_bits(x, "x", threads)
     if not isinstance(w, _gemm.PackedBF16):
@@ -178,7 +188,7 @@ def _linear_bf16(x, w, out, threads):
     n, k = w.shape
     if x2.shape[1] != k:
         raise ValueError(f"linear: x has {x2.shape[1]} features, weight expects {k}")
-    res = np.empty((x2.shape[0], n), np.float32) if out is None else out
+    res = _empty_f32_64((x2.shape[0], n)) if out is None else out
     if not isinstance(res, np.ndarray) or res.shape != (x2.shape[0], n) or res.dtype != np.float32:
         raise ValueError(f"linear: out must be float32 {(x2.shape[0], n)}, got {res.dtype} {res.shape}")
     _gemm.linear_bf16(np.ascontiguousarray(x2), w, res, _threads(threads))

@@ -197,3 +197,14 @@ def test_linear_bf16_packed_bad_inputs():
         gemm.pack_weight_bf16(np.ones((4, 4), np.float32))
     with pytest.raises(ValueError, match="2-D"):
         ops.pack_bf16(np.ones(4, np.float32))
+
+
+def test_linear_bf16_own_output_aligned():
+    """ops.linear allocates its bf16 output on a 64-byte boundary (so a packed weight's panels are
+    used as they are: an output off a boundary makes the AMX path pack per call)"""
+    x = ops.to_bf16(RNG.standard_normal((40, 64)).astype(np.float32))
+    w = ops.to_bf16(RNG.standard_normal((96, 64)).astype(np.float32))
+    for _ in range(4):
+        got = ops.linear(x, ops.pack_bf16(w), dtype="bf16")
+        assert got.ctypes.data % 64 == 0 and got.flags.c_contiguous and got.shape == (40, 96)
+        _check_exact(x, w, got)
