@@ -32,7 +32,7 @@ def random_weight(name, n, k, seed=0):
     return b.reshape(n, -1)
 
 
-def time_linear(name, n, k, m, threads=THREADS, min_time=0.3):
+def _time_linear(name, n, k, m, threads=THREADS, min_time=0.3):
     """Best wall time of quant.linear (seconds) over repeats filling min_time."""
     w = random_weight(name, n, k)
     x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
@@ -70,7 +70,7 @@ class QuantLinearDecode:
     def track_weight_gb_per_s(self, case):
         name, shape = case.split()
         n, k = (int(v) for v in shape.split("x"))
-        dt, nbytes = time_linear(name, n, k, 1)
+        dt, nbytes = _time_linear(name, n, k, 1)
         return nbytes / dt / 1e9
     track_weight_gb_per_s.unit = "GB/s"
 
@@ -83,7 +83,7 @@ class QuantLinearPrefill:
     def track_gflop_per_s(self, case):
         name, shape = case.split()
         n, k = (int(v) for v in shape.split("x"))
-        dt, _ = time_linear(name, n, k, 512)
+        dt, _ = _time_linear(name, n, k, 512)
         return 2.0 * 512 * n * k / dt / 1e9
     track_gflop_per_s.unit = "GFLOP/s"
 
@@ -134,9 +134,9 @@ class ReadBandwidth:
 if __name__ == "__main__":
     print(f"plain read ({THREADS} threads): {read_bandwidth():.1f} GB/s")
     for name, n, k in DECODE_CASES:
-        dt, nbytes = time_linear(name, n, k, 1)
+        dt, nbytes = _time_linear(name, n, k, 1)
         print(f"M=1   {name} N={n:6d} K={k:4d}: {dt * 1e3:8.3f} ms  {nbytes / dt / 1e9:6.1f} GB/s")
     for name, n, k in PREFILL_CASES:
-        dt, _ = time_linear(name, n, k, 512)
+        dt, _ = _time_linear(name, n, k, 512)
         print(f"M=512 {name} N={n:6d} K={k:4d}: {dt * 1e3:8.3f} ms  {2.0 * 512 * n * k / dt / 1e9:6.1f} GFLOP/s")
     print(f"plain read ({THREADS} threads): {read_bandwidth():.1f} GB/s")
