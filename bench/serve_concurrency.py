@@ -10,6 +10,7 @@ round over the single round just before it); --json for machine-readable output.
     python bench/serve_concurrency.py -m gemma3-270m --streams 4 --tokens 64 --rounds 3
     python bench/serve_concurrency.py --load 200 --clients 16     # the load test: no 5xx, RSS
 
+Needs `pip install 'slmx[serve,bench]'` (the server, and httpx for the client side).
 Run timing inside the machine's benchmark lock when the machine is shared.
 """
 import argparse
