@@ -1,5 +1,8 @@
 """The user-facing API: `slmx.load(path_or_name)` -> LanguageModel (generate, logits, tokenizer)."""
+import contextlib
+import functools
 import os
+import threading
 
 import numpy as np
 
@@ -13,8 +16,26 @@ from .model.transformer import Transformer
 from .tokenizer import Tokenizer
 
 
+def _one_at_a_time(method):
+    """A LanguageModel method that holds the model's lock for the whole call."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._exclusive(method.__name__):
+            return method(self, *args, **kwargs)
+    return call
+
+
 class LanguageModel:
-    """A loaded model: config, tokenizer, weights (mmap'd) and a KV cache of n_ctx positions."""
+    """A loaded model: config, tokenizer, weights (mmap'd) and a KV cache of n_ctx positions.
+
+    A model can be shared by threads; calls run one at a time: generate() and logits() hold the
+    model's lock (`lock`, an RLock shared with its transformer and with slmx.serve's engine) for
+    the whole call, streaming callbacks included, so each gives exactly its sequential result.
+    For parallel decoding of many requests use slmx.serve's engine (continuous batching), or
+    load the model once per thread. A call on the model from inside its own on_text callback is
+    a RuntimeError (it would overwrite the running call's KV cache). Code using `.transformer` or
+    `.cache` directly from several threads holds `with model.lock:` around it.
+    """
 
     def __init__(self, path, file, config, tokenizer, transformer, n_ctx, kv_cache_type="f32"):
         self.path = path
@@ -25,6 +46,24 @@ class LanguageModel:
         self.n_ctx = n_ctx
         self.kv_cache_type = kv_cache_type      # the default of calls that do not name one
         self.cache = self.make_cache(kv_cache_type)
+        self.lock = getattr(transformer, "lock", None) or threading.RLock()
+        self._owner = None                      # the thread inside a call (under lock)
+
+    @contextlib.contextmanager
+    def _exclusive(self, what):
+        """Hold the lock for one call; a nested call from the same thread (an on_text callback
+        calling the model) is refused instead of silently overwriting the running call's cache."""
+        with self.lock:
+            me = threading.get_ident()
+            if self._owner == me:
+                raise RuntimeError(f"LanguageModel.{what}() called from inside another call on the same model "
+                                   "(e.g. its on_text callback): the running call's KV cache would be "
+                                   "overwritten; call it after that call returns")
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
 
     def make_cache(self, kv_cache_type="f32", n_ctx=None):
         """A new KV cache for this model: kv_cache_type "f32", "f16", "q8_0" or "q4_0"; ring
@@ -75,6 +114,7 @@ class LanguageModel:
             raise ValueError(f"token id {bad[0]} is out of range [0, {self.config.vocab_size})")
         return ids
 
+    @_one_at_a_time
     def generate(self, prompt, max_new_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=None,
                  stop=None, on_text=None, add_bos=None, *, min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
                  repeat_last_n=64, frequency_penalty=0.0, presence_penalty=0.0, logit_bias=None,
@@ -122,9 +162,15 @@ class LanguageModel:
             from .infer.speculative import make_drafter, speculative_generate
             if draft_model is not None and not isinstance(draft_model, LanguageModel):
                 draft_model = self._load_draft(draft_model)
+            if draft_model is self:
+                raise ValueError("draft_model must be another model than the one it drafts for (they would "
+                                 "share one KV cache); load the file a second time")
             drafter = make_drafter(draft, draft_model, self)
-            return speculative_generate(self.transformer, self.tokenizer, cache, ids, drafter, num_draft=num_draft,
-                                        max_new_tokens=max_new_tokens, sampler=sampler, stop=stop, on_text=on_text)
+            # the draft model is held too: its cache is this call's
+            with draft_model._exclusive("generate") if draft_model is not None else contextlib.nullcontext():
+                return speculative_generate(self.transformer, self.tokenizer, cache, ids, drafter,
+                                            num_draft=num_draft, max_new_tokens=max_new_tokens, sampler=sampler,
+                                            stop=stop, on_text=on_text)
         if num_beams > 1:
             return self._beam_generate(ids, max_new_tokens, num_beams, length_penalty, early_stopping,
                                        stop, on_text, want_lp, top_n)
@@ -180,6 +226,7 @@ class LanguageModel:
             drafts[key] = load(key, threads=self.threads)
         return drafts[key]
 
+    @_one_at_a_time
     def logits(self, ids, last_only=False):
         """float32 logits (T, vocab) for token ids (T,) from position 0 (or (vocab,) with last_only)."""
         ids = self._ids(ids)

@@ -1,4 +1,5 @@
 """End-to-end throughput: prefill and decode tokens/s of a model (backs `slmx bench` and asv)."""
+import contextlib
 import statistics
 import time
 
@@ -35,6 +36,11 @@ def model_throughput(model, n_prompt=512, n_decode=64, repeats=3):
         ids = [0 if bos is None else int(bos)]
     if len(ids) < n_prompt:
         ids = (ids * (n_prompt // len(ids) + 1))[:n_prompt]
+    with getattr(model, "lock", None) or contextlib.nullcontext():     # one call at a time (slmx.api)
+        return _throughput(model, ids, n_decode, repeats)
+
+
+def _throughput(model, ids, n_decode, repeats):
     tr, cache = model.transformer, model.cache
     pre, dec = [], []
     for _ in range(repeats):

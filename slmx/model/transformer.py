@@ -16,6 +16,8 @@ Per layer l, for the T new tokens x (T, d_model) at positions pos..pos+T-1:
     f = (act(h Wg^T) * (h Wu^T)) Wd^T; f = rmsnorm(f, post_ffw_norm) [gemma3]; x += f
 logits = rmsnorm(x, output_norm) Wout^T   (Wout = token embedding table when tied)
 """
+import threading
+
 import numpy as np
 
 from .. import qtypes
@@ -198,6 +200,7 @@ class Transformer:
     forward_batch(ids, positions, caches) runs one token for each of B sequences in one pass. With
     keep_hidden set, an all_logits forward also leaves .hidden (T, d_model): the final normed
     hidden states (the unembedding's input; multi-token-prediction heads read them).
+    Not thread-safe by itself (shared workspaces): threads sharing it hold `.lock` (an RLock).
     """
     keep_hidden = False
     hidden = None
@@ -237,6 +240,10 @@ class Transformer:
         self._rope_tabs = {}       # (base, freq_scale, factors) -> rope_table of this step's positions
         self._ws = {}
         self._batch_logits = None   # (B, vocab) logits of forward_batch, grown to the largest B
+        # The workspaces, RoPE tables, fused-group scratch and returned logits buffers above are
+        # shared by every call: whoever shares this transformer between threads holds `lock` over
+        # a forward and the use of what it returns (slmx.api.LanguageModel, slmx.serve's engine).
+        self.lock = threading.RLock()
 
     @property
     def weight_bytes(self):

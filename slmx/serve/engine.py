@@ -12,6 +12,7 @@ Sequences join and leave between any two steps. Results go back through a per-se
 (called on the scheduler thread; the HTTP server forwards them to its event loop).
 """
 import collections
+import contextlib
 import inspect
 import itertools
 import threading
@@ -368,6 +369,12 @@ class Engine:
             budget -= n
         if not seqs:
             return
+        # the model may also be used by other threads (a shared slmx.api.LanguageModel): its
+        # workspaces and the returned logits buffer are ours for the step
+        with getattr(self.model, "lock", None) or contextlib.nullcontext():
+            self._run_step(seqs, ids, pos, decoding, joining)
+
+    def _run_step(self, seqs, ids, pos, decoding, joining):
         logits = self.model.forward_batch(ids, pos, [s.cache for s in seqs])
         self.last_batch = len(seqs)
         self.stats["forward_steps"] += 1               # every batched forward (prompt chunks too)
