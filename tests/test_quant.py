@@ -396,6 +396,29 @@ def test_q4k_decode_without_gfni(simd_level):
         quant._set_amx(True)
 
 
+@pytest.mark.parametrize("gfni", [True, False], ids=["gfni", "no-gfni"])
+def test_q4k_decode_rows_beyond_one_panel(gfni, simd_level):
+    # K = 4352: the M = 1 kernel sums two column panels (2048 + 2304) as the tiled path does
+    k, n = 4352, 37
+    w, wd = weight_case(G.Q4_K, n, k)
+    x = act_case(8, k)
+    quant._set_amx(False)
+    quant._set_gfni(gfni)
+    try:
+        rows = np.empty((8, n), np.float32)
+        quant.linear(x, w, int(G.Q4_K), rows, 2)
+        ref = x.astype(np.float64) @ wd.T.astype(np.float64)          # wd: gguf-py's dequantization
+        mag = np.abs(x).astype(np.float64) @ np.abs(wd).T.astype(np.float64)
+        assert np.all(np.abs(rows - ref) <= 0.01 * mag + 1e-6)          # 8-bit activations: ~1/254 each
+        one = np.empty((1, n), np.float32)
+        for i in (0, 2, 7):
+            quant.linear(x[i:i + 1], w, int(G.Q4_K), one, 2)
+            assert np.array_equal(one[0], rows[i]), i
+    finally:
+        quant._set_gfni(True)
+        quant._set_amx(True)
+
+
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
 def test_linear_long_rows_and_odd_shapes(t, simd_level):
     # K > the panel widths (2048, AMX 1024): partial sums across panels; K with a half-filled
