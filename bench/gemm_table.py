@@ -6,6 +6,10 @@
     python bench/gemm_table.py --dtype bf16    # bf16 inputs, fp32 accumulation (slmx vs torch)
     python bench/gemm_table.py --dtype bf16 --packed   # slmx's weight packed once (ops.pack_bf16)
 
+bf16: slmx's output starts on a 64-byte boundary, as ``ops.linear`` allocates it (and torch
+its own); ``--numpy-out`` gives it a plain ``np.empty`` array instead (16-byte aligned: the AMX
+path then shifts its panels, and a packed weight is packed again per call).
+
 The product is a linear layer, out (M, N) = x (M, K) @ W^T with W (N, K) as model files store
 it: ``slmx.ops.linear`` (fp32: the packed GEMM; bf16: ``slmx.ops.linear(x, w, dtype="bf16")``),
 ``x @ W.T`` in numpy (OpenBLAS) and ``torch.matmul(x, W.T)`` (MKL / oneDNN). The three run
@@ -34,6 +38,9 @@ def _parse():
     p.add_argument("--packed", action="store_true",
                    help="bf16: slmx multiplies by the weight packed once into its tile layout (ops.pack_bf16, "
                         "outside the timing); default: the plain (N, K) array, packed in each call")
+    p.add_argument("--numpy-out", action="store_true",
+                   help="bf16: slmx writes into a plain np.empty output (numpy aligns large arrays to 16 bytes) "
+                        "instead of one on a 64-byte boundary, as ops.linear allocates it (and torch its own)")
     p.add_argument("--threads", type=int, default=THREADS_DEFAULT)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--round-time", type=float, default=0.05)
@@ -109,6 +116,10 @@ def main():
         x = rng.standard_normal((m, k), dtype=np.float32)
         w = rng.standard_normal((n, k), dtype=np.float32) * 0.05
         out = np.empty((m, n), np.float32)
+        if bf16 and not args.numpy_out:
+            buf = np.empty(m * n + 16, np.float32)
+            off = (-buf.ctypes.data % 64) // 4
+            out = buf[off:off + m * n].reshape(m, n)
         runners = {}
         if bf16:
             wb = ops.to_bf16(w)
@@ -146,6 +157,7 @@ def main():
         print(f"| {m} | {k} | {n} | {fmt(g['slmx'])} | {fmt(g.get('numpy'))} | {fmt(g.get('torch'))} | "
               f"{fr(r_np)} | {fr(r_t)} | {100 * g['slmx'] / peak:.0f}% |", flush=True)
         del w, x, out, runners
+        buf = None
     if worst_np is not None:
         print(f"# worst slmx/numpy: {worst_np:.2f}x")
     if worst_t is not None:
