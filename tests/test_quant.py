@@ -434,6 +434,53 @@ def test_linear_long_rows_and_odd_shapes(t, simd_level):
             check_linear(t, x, w, wd, out)
 
 
+def _guarded(w):
+    """A copy of w whose last byte is followed by an unreadable page (reading past it faults)."""
+    import ctypes
+    import mmap
+    page = mmap.PAGESIZE
+    total = (w.nbytes + page - 1) // page * page + page
+    buf = mmap.mmap(-1, total)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mprotect(ctypes.c_void_p(base + total - page), ctypes.c_size_t(page), 0) == 0
+    g = np.frombuffer(buf, np.uint8, count=w.nbytes, offset=total - page - w.nbytes).reshape(w.shape)
+    g[...] = w
+    return g
+
+
+@pytest.mark.parametrize("t", [G.Q4_0, G.Q5_0], ids=lambda t: t.name)
+def test_linear_b4_groups_tails_and_variants(t, simd_level):
+    # VNNI decodes Q4_0 in groups of 4 blocks (Q5_0 in pairs): K/32 = 1..3 mod 4 (a short last
+    # group), K over a panel (2048) with a short group; the last row ends at an unreadable page.
+    # M = 1 must equal M > 1 (the panel micro-kernel) bit for bit, for every decode variant the CPU
+    # has (GFNI or not), and the variants must agree; against numpy as everywhere else.
+    quant._set_amx(False)
+    try:
+        for k in (32, 64, 96, 192, 1056, 2080, 4160):
+            n = 13
+            w, wd = rand_weight(t, n, k, seed=k)
+            w = _guarded(w)
+            x = np.random.default_rng(k).standard_normal((3, k)).astype(np.float32)
+            x[1] *= 30.0
+            ref = None
+            for gfni in (False, True):
+                quant._set_gfni(gfni)
+                many = np.empty((3, n), np.float32)
+                quant.linear(x, w, int(t), many, 2)
+                check_linear(t, x, w, wd, many)
+                for i in range(3):
+                    one = np.empty((1, n), np.float32)
+                    quant.linear(x[i:i + 1], w, int(t), one, 1)
+                    assert np.array_equal(one[0], many[i]), (k, gfni, i)
+                if ref is None:
+                    ref = many
+                assert np.array_equal(many, ref), (k, gfni)
+    finally:
+        quant._set_gfni(True)
+        quant._set_amx(True)
+
+
 @pytest.mark.parametrize("t", [G.Q8_0, G.Q5_0, G.Q6_K, G.Q4_K], ids=lambda t: t.name)
 def test_linear_threads_agree(t, simd_level):
     w, wd = weight_case(t, 300, 640 if t not in K_TYPES else 2048)

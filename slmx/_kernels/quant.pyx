@@ -50,8 +50,8 @@ def _set_amx(bint allowed):
 
 
 def _set_gfni(bint allowed):
-    """Allow (default) or forbid the GFNI variant of the Q4_K decode kernel (same numbers; tests
-    run both); returns whether it is used when the dispatch level has VNNI."""
+    """Allow (default) or forbid the GFNI variant of the Q4_K and Q4_0 decode kernels (same numbers;
+    tests run both); returns whether it is used when the dispatch level has VNNI."""
     return bool(slmx_q_set_gfni(allowed))
 
 

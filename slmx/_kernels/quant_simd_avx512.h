@@ -380,7 +380,7 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_b32_body)(const int t, const uint8
 }
 
 #if QVNNI
-/* Q4_0 / Q5_0, M = 1, VNNI: the arithmetic of slmx_gemv_b32_body (same int32 lanes, same float
+/* Q5_0 (and once Q4_0), M = 1, VNNI: the arithmetic of slmx_gemv_b32_body (same int32 lanes, same float
  * products and sums, so bit-identical to it and to the panel kernels), with the four f16 weight
  * scales of two chunks gathered by one word permute and multiplied by the activation scales at
  * once (per chunk: two lane permutes instead of a scalar decode, a convert and a multiply). */
@@ -456,6 +456,174 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_b4_body)(const int t, const uint8_
         }
         QFN(slmx_store4)(out, QFN(slmx_hsum4)(f[0], f[1], f[2], f[3]), nr, kb0 > 0);
     }
+}
+#endif
+
+#if QVNNI
+/* Q4_0 on VNNI: "g4" groups of 4 blocks (128 elements, 72 bytes). The qs bytes of blocks A..D of a
+ * row, gathered by one word permute of the group's bytes 0..63 (A..C) and a 16-byte insert (D, from
+ * byte 56) into z = [qs_A | qs_B | qs_C | qs_D], give lo = z & 15 (byte 16b+i = element i of block
+ * b) and hi = z >> 4 (element 16+i; one GFNI affine op where allowed, slmx_q4k_gfni_ok, else
+ * shift + and). The
+ * activation chunks of the group (slmx_xb_chunk, unchanged) are rearranged to match once for all
+ * weight rows: xlo = [q_A[0:16], q_B[0:16], q_C[0:16], q_D[0:16]] and xhi the second halves are
+ * 128-bit lanes of the two chunks, d and the offset correction c permuted to int32 lanes 4b..4b+3
+ * = block b. So int32 lane l holds the 8 products of block l/4's elements 4(l%4)..+3 and
+ * 16+4(l%4)..+3 (plus c at lane 4b): t = dpbusd(dpbusd(c, lo, xlo), hi, xhi), then
+ * f += float(t) * (d_w * d_x) per lane: one convert and one FMA per 128 weights; the four f16
+ * weight scales come from the same 64-byte load (a word permute to 16 lanes, one convert). The
+ * M = 1 body, the panel unpack (panel chunk 2g: lo and the scales, 2g+1: hi) and the panel
+ * micro-kernel do the same arithmetic, so M = 1 is bit-identical to M > 1. A row's last group may
+ * hold 1..3 blocks: it is decoded from a zeroed copy (never reading past the row), the absent
+ * activation chunk read as zeros. (Q5_0 in this layout measured no faster than the 2-block body on
+ * this core, whose shuffles run on one port, and moved Gemma 3's rounding; it keeps that body.) */
+static const int16_t QFN(slmx_g4_widx)[32] __attribute__((aligned(64))) = {
+    1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24, 25, 26, 0, 0, 0, 0, 0, 0, 0, 0};
+static const int16_t QFN(slmx_g4_didx)[32] __attribute__((aligned(64))) = {
+    0, 0, 0, 0, 9, 9, 9, 9, 18, 18, 18, 18, 27, 27, 27, 27};
+static const int32_t QFN(slmx_g4_xdidx)[16] __attribute__((aligned(64))) = {0, 0, 0, 0, 8, 8, 8, 8, 16, 16, 16, 16, 24, 24, 24, 24};
+static const int32_t QFN(slmx_g4_xcidx)[16] __attribute__((aligned(64))) = {0, 1, 1, 1, 8, 1, 1, 1, 16, 1, 1, 1, 24, 1, 1, 1};
+
+#define SLMX_G4_GFNI 2
+static int slmx_q4k_gfni_ok(void);   /* below: GFNI present and allowed (shared with Q4_K) */
+
+/* x >> 4 per byte by GFNI's affine op: inline assembly, so that only a caller that checked the
+ * CPU runs it (the rest of this body needs no GFNI target). */
+SLMX_ALWAYS_INLINE QTARGET __m512i QFN(slmx_gf_hi4)(__m512i x) {
+    const __m512i m = _mm512_set1_epi64(0x1020408000000000ll);   /* bit i of each byte = bit i+4 */
+    __m512i r;
+    __asm__("vgf2p8affineqb $0, %2, %1, %0" : "=v"(r) : "v"(x), "v"(m));
+    return r;
+}
+
+/* The activation chunks of group g (chunks 2g, 2g+1; has1 = 0: 2g+1 absent) in the g4 lanes. */
+typedef struct { __m512i lo, hi, c; __m512 d; } QFN(slmx_g4x);
+
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_g4_xload)(const slmx_xb_chunk *xc, const int has1, QFN(slmx_g4x) *o) {
+    __m512i q0 = _mm512_load_si512((const __m512i *)xc[0].q);
+    __m512i q1 = has1 ? _mm512_load_si512((const __m512i *)xc[1].q) : _mm512_setzero_si512();
+    __m512 d0 = _mm512_load_ps(xc[0].d), d1 = has1 ? _mm512_load_ps(xc[1].d) : _mm512_setzero_ps();
+    __m512i c0 = _mm512_load_si512((const __m512i *)xc[0].c);
+    __m512i c1 = has1 ? _mm512_load_si512((const __m512i *)xc[1].c) : _mm512_setzero_si512();
+    o->lo = _mm512_shuffle_i64x2(q0, q1, _MM_SHUFFLE(2, 0, 2, 0));
+    o->hi = _mm512_shuffle_i64x2(q0, q1, _MM_SHUFFLE(3, 1, 3, 1));
+    o->d = _mm512_permutex2var_ps(d0, _mm512_load_si512((const __m512i *)QFN(slmx_g4_xdidx)), d1);
+    o->c = _mm512_permutex2var_epi32(c0, _mm512_load_si512((const __m512i *)QFN(slmx_g4_xcidx)), c1);
+}
+
+/* One full group of 4 Q4_0 blocks at b (72 bytes): lo / hi weight bytes and the scales per lane. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_g4_decode)(const int V, const uint8_t *b, __m512i *lo, __m512i *hi,
+                                                    __m512 *dw) {
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    __m512i z0 = _mm512_loadu_si512((const void *)b);
+    __m512i z = _mm512_permutexvar_epi16(_mm512_load_si512((const __m512i *)QFN(slmx_g4_widx)), z0);
+    z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(b + 56)), 3);
+    __m512i zd = _mm512_permutexvar_epi16(_mm512_load_si512((const __m512i *)QFN(slmx_g4_didx)), z0);
+    *dw = _mm512_cvtph_ps(_mm512_castsi512_si256(zd));
+    *lo = _mm512_and_si512(z, nib);
+    *hi = (V & SLMX_G4_GFNI) ? QFN(slmx_gf_hi4)(z) : _mm512_and_si512(_mm512_srli_epi16(z, 4), nib);
+}
+
+/* Group g of a row (nbk = 1..4 blocks at b): a short last group from a zeroed copy. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_g4_decode_n)(const int V, const uint8_t *b, int nbk, __m512i *lo,
+                                                      __m512i *hi, __m512 *dw) {
+    if (nbk == 4) { QFN(slmx_g4_decode)(V, b, lo, hi, dw); return; }
+    uint8_t buf[128] __attribute__((aligned(64)));
+    _mm512_store_si512((__m512i *)buf, _mm512_setzero_si512());
+    _mm512_store_si512((__m512i *)(buf + 64), _mm512_setzero_si512());
+    memcpy(buf, b, (size_t)nbk * 18);
+    QFN(slmx_g4_decode)(V, buf, lo, hi, dw);
+}
+
+/* M = 1 (see above): NR rows at once, the activation group rearranged once for all rows. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_g4_body)(const int V, const uint8_t *const *rows, const uint8_t *x, int K,
+                                                       float *out, int nr, size_t pf) {
+    const int ts = 18;
+    const int nb = K / 32, kcb = SLMX_KC / 32;
+    for (int kb0 = 0; kb0 < nb; kb0 += kcb) {
+        const int nblk = nb - kb0 < kcb ? nb - kb0 : kcb, nc = (nblk + 1) / 2, ng = (nblk + 3) / 4;
+        const slmx_xb_chunk *xc = (const slmx_xb_chunk *)x + kb0 / 2;
+        __m512 f[SLMX_NR];
+        for (int r = 0; r < SLMX_NR; r++) f[r] = _mm512_setzero_ps();
+        for (int g = 0; g < ng; g++) {
+            const int nbk = nblk - 4 * g < 4 ? nblk - 4 * g : 4;
+            QFN(slmx_g4x) xg;
+            if (2 * g + 1 < nc) QFN(slmx_g4_xload)(xc + 2 * g, 1, &xg);
+            else QFN(slmx_g4_xload)(xc + 2 * g, 0, &xg);
+#pragma GCC unroll 4
+            for (int r = 0; r < SLMX_NR; r++) {
+                const uint8_t *b = rows[r] + (size_t)(kb0 + 4 * g) * ts;
+                _mm_prefetch((const char *)b + pf, _MM_HINT_T0);
+                _mm_prefetch((const char *)b + pf + 64, _MM_HINT_T0);
+                __m512i lo, hi;
+                __m512 dw;
+                if (nbk == 4) QFN(slmx_g4_decode)(V, b, &lo, &hi, &dw);
+                else QFN(slmx_g4_decode_n)(V, b, nbk, &lo, &hi, &dw);
+                __m512i tt = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(xg.c, lo, xg.lo), hi, xg.hi);
+                f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_mul_ps(dw, xg.d), f[r]);
+            }
+        }
+        QFN(slmx_store4)(out, QFN(slmx_hsum4)(f[0], f[1], f[2], f[3]), nr, kb0 > 0);
+    }
+}
+
+/* Blocks blk0 .. blk0+nblk of NR rows into g4 panel chunks: group g, row r -> chunk 2g (lo, scales)
+ * and 2g+1 (hi) at index chunk * NR + r. */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_unpack_g4_body)(const int V, const uint8_t *const *rows, int blk0, int nblk,
+                                                         slmx_pb_chunk *p, size_t pf) {
+    const int ts = 18;
+    const int ng = (nblk + 3) / 4;
+    for (int r = 0; r < SLMX_NR; r++) {
+        const uint8_t *b = rows[r] + (size_t)blk0 * ts;
+        for (int g = 0; g < ng; g++) {
+            const int nbk = nblk - 4 * g < 4 ? nblk - 4 * g : 4;
+            _mm_prefetch((const char *)b + 4 * ts * g + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)b + 4 * ts * g + pf + 64, _MM_HINT_T0);
+            __m512i lo, hi;
+            __m512 dw;
+            QFN(slmx_g4_decode_n)(V, b + (size_t)4 * ts * g, nbk, &lo, &hi, &dw);
+            slmx_pb_chunk *p0 = p + (size_t)(2 * g) * SLMX_NR + r, *p1 = p0 + SLMX_NR;
+            _mm512_store_si512((__m512i *)p0->w, lo);
+            _mm512_store_ps(p0->d, dw);
+            _mm512_store_si512((__m512i *)p1->w, hi);
+        }
+    }
+}
+
+/* out[i, 0:nr] (+)= the g4 panel p (nc activation chunks) . activation rows x + i*ldx, i < MR */
+SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_kern_g4_body)(const slmx_pb_chunk *p, int nc, const uint8_t *x, size_t ldx,
+                                                       float *out, size_t ldo, int nr, int accumulate, const int MR) {
+    __m512 f[4][SLMX_NR];
+    for (int i = 0; i < MR; i++)
+        for (int r = 0; r < SLMX_NR; r++) f[i][r] = _mm512_setzero_ps();
+    const int ng = (nc + 1) / 2;
+    for (int g = 0; g < ng; g++) {
+        const slmx_pb_chunk *p0 = p + (size_t)(2 * g) * SLMX_NR, *p1 = p0 + SLMX_NR;
+        const int has1 = 2 * g + 1 < nc;
+        for (int i = 0; i < MR; i++) {
+            const slmx_xb_chunk *xc = (const slmx_xb_chunk *)(x + (size_t)i * ldx) + 2 * g;
+            QFN(slmx_g4x) xg;
+            if (has1) QFN(slmx_g4_xload)(xc, 1, &xg);
+            else QFN(slmx_g4_xload)(xc, 0, &xg);
+            for (int r = 0; r < SLMX_NR; r++) {
+                __m512i lo = _mm512_load_si512((const __m512i *)p0[r].w), hi = _mm512_load_si512((const __m512i *)p1[r].w);
+                __m512i tt = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(xg.c, lo, xg.lo), hi, xg.hi);
+                f[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_mul_ps(_mm512_load_ps(p0[r].d), xg.d), f[i][r]);
+            }
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        QFN(slmx_store4)(out + (size_t)i * ldo, QFN(slmx_hsum4)(f[i][0], f[i][1], f[i][2], f[i][3]), nr, accumulate);
+}
+
+static QTARGET void QFN(slmx_gemv_g4)(const uint8_t *const *rows, const uint8_t *x, int K, float *out, int nr, size_t pf) {
+    if (slmx_q4k_gfni_ok()) QFN(slmx_gemv_g4_body)(SLMX_G4_GFNI, rows, x, K, out, nr, pf);
+    else QFN(slmx_gemv_g4_body)(0, rows, x, K, out, nr, pf);
+}
+
+static QTARGET void QFN(slmx_unpack_g4)(const uint8_t *const *rows, int blk0, int nblk, slmx_pb_chunk *p, size_t pf) {
+    if (slmx_q4k_gfni_ok()) QFN(slmx_unpack_g4_body)(SLMX_G4_GFNI, rows, blk0, nblk, p, pf);
+    else QFN(slmx_unpack_g4_body)(0, rows, blk0, nblk, p, pf);
 }
 #endif
 
@@ -567,7 +735,7 @@ static QTARGET void QFN(slmx_gemv)(int t, const uint8_t *const *rows, const uint
     switch (t) {
     case SLMX_T_Q8_0: QFN(slmx_gemv_b32_body)(SLMX_T_Q8_0, rows, x, K, out, nr, pf); break;
 #if QVNNI
-    case SLMX_T_Q4_0: QFN(slmx_gemv_b4_body)(SLMX_T_Q4_0, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q4_0: QFN(slmx_gemv_g4)(rows, x, K, out, nr, pf); break;
     case SLMX_T_Q5_0: QFN(slmx_gemv_b4_body)(SLMX_T_Q5_0, rows, x, K, out, nr, pf); break;
 #else
     case SLMX_T_Q4_0: QFN(slmx_gemv_b32_body)(SLMX_T_Q4_0, rows, x, K, out, nr, pf); break;
@@ -654,6 +822,19 @@ SLMX_Q_INST_B32(3)
 SLMX_Q_INST_B32(4)
 #undef SLMX_Q_INST_B32
 
+#if QVNNI
+#define SLMX_Q_INST_G4(MRV)                                                                                    \
+    static QTARGET void QFN(slmx_kern_g4_##MRV)(const slmx_pb_chunk *p, int nc, const uint8_t *x, size_t ldx,   \
+                                                float *out, size_t ldo, int nr, int acc) {                     \
+        QFN(slmx_kern_g4_body)(p, nc, x, ldx, out, ldo, nr, acc, MRV);                                         \
+    }
+SLMX_Q_INST_G4(1)
+SLMX_Q_INST_G4(2)
+SLMX_Q_INST_G4(3)
+SLMX_Q_INST_G4(4)
+#undef SLMX_Q_INST_G4
+#endif
+
 static QTARGET void QFN(slmx_unpack_b32)(int t, const uint8_t *const *rows, int blk0, int nblk, slmx_pb_chunk *p, size_t pf) {
     if (t == SLMX_T_Q8_0) QFN(slmx_unpack_b32_body)(SLMX_T_Q8_0, rows, blk0, nblk, p, pf);
     else if (t == SLMX_T_Q4_0) QFN(slmx_unpack_b32_body)(SLMX_T_Q4_0, rows, blk0, nblk, p, pf);
@@ -677,6 +858,10 @@ static QTARGET void QFN(slmx_linear_range)(int t, const uint8_t *w, size_t rb, i
     const int is_signed = (t == SLMX_T_Q8_0) && !QVNNI;
     QFN(slmx_kb32_fn) kb[5] = {0, QFN(slmx_kern_b32_u1), QFN(slmx_kern_b32_u2), QFN(slmx_kern_b32_u3), QFN(slmx_kern_b32_u4)};
     if (is_signed) { kb[1] = QFN(slmx_kern_b32_s1); kb[2] = QFN(slmx_kern_b32_s2); kb[3] = QFN(slmx_kern_b32_s3); kb[4] = QFN(slmx_kern_b32_s4); }
+#if QVNNI
+    const int g4 = t == SLMX_T_Q4_0;      /* the g4 panel (see slmx_gemv_g4_body) */
+    if (g4) { kb[1] = QFN(slmx_kern_g4_1); kb[2] = QFN(slmx_kern_g4_2); kb[3] = QFN(slmx_kern_g4_3); kb[4] = QFN(slmx_kern_g4_4); }
+#endif
     QFN(slmx_kk_fn) kk[5] = {0, QFN(slmx_kern_k_1), QFN(slmx_kern_k_2), QFN(slmx_kern_k_3), QFN(slmx_kern_k_4)};
     QFN(slmx_kf_fn) kf[5] = {0, QFN(slmx_kern_f32_1), QFN(slmx_kern_f32_2), QFN(slmx_kern_f32_3), QFN(slmx_kern_f32_4)};
     if (t == SLMX_T_F16) { kf[1] = QFN(slmx_kern_f16_1); kf[2] = QFN(slmx_kern_f16_2); kf[3] = QFN(slmx_kern_f16_3); kf[4] = QFN(slmx_kern_f16_4); }
@@ -699,6 +884,10 @@ static QTARGET void QFN(slmx_linear_range)(int t, const uint8_t *w, size_t rb, i
             for (int kb0 = 0; kb0 < nb; kb0 += kcb) {
                 int nblk = nb - kb0 < kcb ? nb - kb0 : kcb;
                 slmx_pb_chunk *p = (slmx_pb_chunk *)scratch;
+#if QVNNI
+                if (g4) QFN(slmx_unpack_g4)(rows, kb0, nblk, p, SLMX_PF_ROWS * rb);
+                else
+#endif
                 QFN(slmx_unpack_b32)(t, rows, kb0, nblk, p, SLMX_PF_ROWS * rb);
                 const uint8_t *xk = x + (size_t)(kb0 / 2) * sizeof(slmx_xb_chunk);
                 for (int m = 0; m < M; m += 4) {
