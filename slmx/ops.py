@@ -159,8 +159,9 @@ def matmul(a, b, out=None, threads=None, dtype=None):
 def pack_bf16(w, threads=None):
     """A bf16 weight w (N, K) packed once into the AMX tile layout: ``linear(x, packed,
     dtype="bf16")`` then skips packing w on each call (the packed copy takes N x K bf16 beside
-    w, which it references for the paths without tiles). w: uint16 bits, ml_dtypes.bfloat16 or
-    float32 (rounded)."""
+    w, which it references for the paths without tiles and for an ``out`` off a 64-byte boundary
+    with N % 16 == 0, packed per call then). w: uint16 bits, ml_dtypes.bfloat16 or float32
+    (rounded)."""
     w = _bf16_bits(w, "w")
     if w.ndim != 2:
         raise ValueError(f"weight must be 2-D (N, K), got shape {w.shape}")

@@ -792,8 +792,10 @@ cdef class PackedBF16:
     Layout (``data``, uint16, 64-byte aligned): ceil(N / 32) panels of 32 rows of w x Kp
     (K rounded up to 32; zero past row N and column K), each [Kp / 32][2 halves][16 pairs of
     depth][16 rows][2] -- the B tiles of tdpbf16ps. ``w`` is the weight itself (a reference, not
-    a copy), used by the dot-product paths (M < 16, AMX not usable); ``data`` is None when AMX
-    was not usable at packing time.
+    a copy), used by the dot-product paths (M < 16, AMX not usable) and when the output does
+    not start on a 64-byte boundary while N % 16 == 0 (the AMX path then shifts its panels onto
+    the boundary and packs from w per call; ``ops.linear`` allocates its outputs aligned);
+    ``data`` is None when AMX was not usable at packing time.
     """
     cdef readonly Py_ssize_t N, K
     cdef readonly object w, data
