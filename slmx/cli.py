@@ -46,13 +46,14 @@ def _cmd_generate(a):
         make_drafter(a.draft, draft_model, model)        # vocabulary / heads checked before any output
         kw.update(draft_model=draft_model, draft=a.draft, num_draft=a.num_draft)
     out = sys.stdout
+    pending = [a.prompt] if a.prompt_echo else []      # echoed with the first text: generate checks
+                                                       # its arguments against the model before that
 
     def emit(s):
-        out.write(s)
+        out.write("".join(pending) + s)
+        pending.clear()
         out.flush()
 
-    if a.prompt_echo:
-        emit(a.prompt)
     r = model.generate(a.prompt, max_new_tokens=a.n, stop=a.stop, on_text=emit, **kw)
     emit("\n")
     print_extras(r, model.tokenizer, sys.stderr)

@@ -63,6 +63,9 @@ def test_help():
 @pytest.mark.parametrize("args, word", [
     (["--top-p", "5"], "top_p"), (["--seed", "-1"], "seed"), (["-n", "-5"], "max-new-tokens"),
     (["--ctx", "100000000"], "context length"), (["--ctx", "0"], "n_ctx"), (["--top-k", "-2"], "top_k"),
+    # checked against the loaded model (context, vocabulary): still before the prompt is echoed
+    (["--ctx", "1"], "context of 1 tokens"), (["--n-keep", "-1"], "n_keep"),
+    (["--logit-bias", "999999999=1"], "token id 999999999"), (["--num-beams", "100000"], "num_beams"),
 ])
 def test_bad_generate_options_one_line_before_any_output(gemma3_path, args, word):
     r = run("generate", "-m", gemma3_path, "-p", "hi", *args)
