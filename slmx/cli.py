@@ -363,7 +363,7 @@ def _add_serve_parser(sub):
     s.add_argument("-m", "--model", default=DEFAULT_MODEL,
                    help=f"GGUF file or model name (default: {DEFAULT_MODEL})")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8080, help="TCP port (8080)")
+    s.add_argument("--port", type=int, default=8080, help="TCP port (8080; 0: a free one, printed)")
     s.add_argument("--parallel", type=int, default=4, help="sequences decoded together, one KV cache each (4)")
     s.add_argument("--ctx", type=int, default=None,
                    help="context length per sequence (prompt + completion; default min(model, 4096))")

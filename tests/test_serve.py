@@ -563,3 +563,55 @@ def test_gemma3_chat(gemma3_path):
         assert tok.decode(ids) == "<bos>" + LLAMACPP_CHAT["gemma_chat"]["text"]
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------------------------ `slmx serve` binding
+
+def _serve_cmd(tiny_path, *args):
+    return [sys.executable, "-m", "slmx.cli", "serve", "-m", tiny_path, "-t", "1", "--ctx", "64", *args]
+
+
+def test_serve_port_in_use_is_one_line(tiny_path):
+    """A port something listens on already: one error line naming the port, exit 1, and no
+    "listening on" line (it is printed only once the socket is bound)."""
+    import socket
+    import subprocess
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(_serve_cmd(tiny_path, "--port", str(port)), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == "", r
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("slmx: error: ") \
+        and f"port {port} is in use" in r.stderr, r.stderr
+
+
+def test_serve_prints_the_bound_address(tiny_path):
+    """--port 0: the line names the port really bound, and the server answers there."""
+    import re
+    import signal
+    import subprocess
+    p = subprocess.Popen(_serve_cmd(tiny_path, "--port", "0"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        line = p.stdout.readline()
+        m = re.search(r" on http://127\.0\.0\.1:(\d+)/v1$", line.strip())
+        assert m and int(m.group(1)) > 0, (line, p.poll())
+        url = f"http://127.0.0.1:{m.group(1)}/health"
+        for _ in range(300):            # uvicorn starts listening right after the line
+            try:
+                assert httpx.get(url, timeout=5).status_code == 200
+                break
+            except httpx.TransportError:
+                time.sleep(0.02)
+        else:
+            raise AssertionError("the server does not answer at the printed address")
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        p.stderr.close()

@@ -700,16 +700,50 @@ class ServerThread:
         self.stop()
 
 
+def bind_socket(host, port):
+    """A TCP socket bound to host:port (port 0: a free one), for uvicorn to listen on. OSError
+    with a one-line message naming the address when it cannot be bound (in use, no permission,
+    unknown host)."""
+    import errno
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(f"--host {host!r}: {e.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn: TIME_WAIT is no obstacle
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise OSError(f"port {port} is in use (address {host}:{port}); stop what listens there or pick "
+                          "another --port") from None
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(model, host="127.0.0.1", port=8080, parallel=4, n_ctx=None, api_key=None, threads=None,
         max_queue=None, chat_template=None, alias=None, log_level="info", kv_cache_type="f32"):
-    """`slmx serve`: load the model and serve it until interrupted."""
+    """`slmx serve`: load the model and serve it until interrupted. The address is bound first
+    (a port in use is an OSError before the model loads); the "... on http://HOST:PORT/v1" line is
+    printed once it is bound, with the real port (port 0: a free one)."""
     import uvicorn
-    service = build_service(model, n_ctx=n_ctx, parallel=parallel, max_queue=max_queue, api_key=api_key,
-                            threads=threads, chat_template=chat_template, alias=alias, kv_cache_type=kv_cache_type)
-    app = create_app(service)
-    print(f"slmx serve: {service.model_id} ({service.model_meta['arch']}, ctx {service.engine.n_ctx} per "
-          f"sequence, {parallel} parallel, chat template {service.chat.source}) on http://{host}:{port}/v1",
-          flush=True)
-    server = _make_server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                         timeout_graceful_shutdown=5))
-    server.run()
+    sock = bind_socket(host, port)
+    try:
+        service = build_service(model, n_ctx=n_ctx, parallel=parallel, max_queue=max_queue, api_key=api_key,
+                                threads=threads, chat_template=chat_template, alias=alias,
+                                kv_cache_type=kv_cache_type)
+        app = create_app(service)
+        port = sock.getsockname()[1]
+        url_host = f"[{host}]" if ":" in host else host
+        print(f"slmx serve: {service.model_id} ({service.model_meta['arch']}, ctx {service.engine.n_ctx} per "
+              f"sequence, {parallel} parallel, chat template {service.chat.source}) on "
+              f"http://{url_host}:{port}/v1", flush=True)
+        server = _make_server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                             timeout_graceful_shutdown=5))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
