@@ -210,6 +210,8 @@ _RESUME_OVERRIDES = ("threads", "max_minutes", "max_steps", "eval_every", "ckpt_
 def _cmd_train(a):
     from .train.trainer import TrainConfig, TrainingDiverged, run_training
     given = {k: getattr(a, k) for k in _TRAIN_FIELDS if getattr(a, k) is not None}
+    if a.sample_tokens < 0:                      # checked now, not after the training run
+        raise ValueError(f"--sample-tokens must be >= 0 (0: no sample), got {a.sample_tokens}")
     if a.resume:
         ignored = sorted(k for k in given if k not in _RESUME_OVERRIDES)
         if ignored:
@@ -254,6 +256,9 @@ def _cmd_perplexity(a):
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {a.method!r}")
     if not a.file and not a.data:
         raise ValueError("perplexity: give the text with -f FILE or --data PATH...")
+    for flag, v, lo in (("--ctx", a.ctx, 2), ("--stride", a.stride, 1)):     # omitted = the default; 0 is not
+        if v is not None and v < lo:
+            raise ValueError(f"{flag} must be an integer >= {lo} (omit it for the default), got {v}")
     files = list(a.file or []) + (resolve_data_files(a.data) if a.data else [])
     texts = []
     for p in files:
@@ -413,10 +418,10 @@ def _add_training_parsers(sub):
     t.add_argument("--bf16", action="store_const", const=True, default=None,
                    help="bf16 matmuls, fp32 master weights and optimizer state")
     t.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads (default: all usable)")
-    t.add_argument("--eval-every", type=int, default=None, help="validate every N steps (100)")
+    t.add_argument("--eval-every", type=int, default=None, help="validate every N steps; 0: only at the end (100)")
     t.add_argument("--eval-tokens", type=int, default=None, help="validation tokens per evaluation (32768)")
-    t.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps (200)")
-    t.add_argument("--keep-checkpoints", type=int, default=None, help="checkpoints kept (2)")
+    t.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps; 0: only at the end (200)")
+    t.add_argument("--keep-checkpoints", type=int, default=None, help="newest checkpoints kept; 0: all (2)")
     t.add_argument("--val-fraction", type=float, default=None, help="share of documents held out (0.015)")
     t.add_argument("--seed", type=int, default=None, help="seed of initialisation and sampling (0)")
     t.add_argument("--mtp", type=int, default=None, metavar="M",

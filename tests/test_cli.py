@@ -130,3 +130,12 @@ def test_bad_flag_values_exit_nonzero_naming_the_flag(args, word):
     r = run(*args)
     assert r.returncode == 2 and r.stdout == "", r
     assert word in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_train_bad_sample_tokens_before_training(tmp_path, capsys):
+    """--sample-tokens < 0 would fail after the whole run: it is refused before anything starts."""
+    from slmx.cli import main
+    assert main(["train", "--out", str(tmp_path / "o"), "--sample-tokens", "-1", "--max-steps", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert err == "slmx: error: --sample-tokens must be >= 0 (0: no sample), got -1\n", err
+    assert not (tmp_path / "o").exists()

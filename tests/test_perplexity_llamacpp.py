@@ -95,3 +95,23 @@ def test_cli_llamacpp_method_last_line(tiny):
     r = subprocess.run([sys.executable, "-m", "slmx.cli", "perplexity", "-m", path, "-f", text, "--method", "x"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "method" in r.stderr
+
+
+def test_zero_or_negative_ctx_stride_are_errors(tiny, capsys):
+    """ctx / stride 0 or negative are errors naming them, not a silent default (None is the default)."""
+    from slmx.cli import main
+    m, path, d = tiny
+    ids = list(range(3, 67))
+    for kw, name in (({"stride": 0}, "stride"), ({"stride": -4}, "stride"), ({"ctx": 0}, "ctx"),
+                     ({"ctx": -1}, "ctx"), ({"stride": True}, "stride"), ({"ctx": 8.5}, "ctx")):
+        with pytest.raises(ValueError, match=f"perplexity: {name} must be a positive integer"):
+            perplexity(m, ids, **kw)
+    text = os.path.join(d, "z.txt")
+    with open(text, "w") as f:
+        f.write("the quick brown fox jumps over the lazy dog. " * 4)
+    capsys.readouterr()
+    for args, flag in ((["--stride", "0"], "--stride"), (["--stride", "-3"], "--stride"),
+                       (["--ctx", "0"], "--ctx"), (["--ctx", "1"], "--ctx")):
+        assert main(["perplexity", "-m", path, "-f", text, "--no-progress", "-t", "1", *args]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith(f"slmx: error: {flag} must be"), err

@@ -186,10 +186,13 @@ def perplexity(model, text_or_ids, ctx=None, stride=None, method="sliding", prog
     (sliding only). method: "sliding" or "llama.cpp" (see the module docstring)."""
     if method not in METHODS:
         raise ValueError(f"perplexity: unknown method {method!r} (known: {', '.join(METHODS)})")
-    ctx = int(ctx or min(model.n_ctx, 512))
+    for name, v in (("ctx", ctx), ("stride", stride)):      # None is the default; 0 is not
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"perplexity: {name} must be a positive integer (or None for the default), got {v!r}")
+    ctx = min(model.n_ctx, 512) if ctx is None else int(ctx)
     if ctx > model.n_ctx:
         raise ValueError(f"perplexity: ctx {ctx} exceeds the model's context of {model.n_ctx} tokens")
-    stride = int(stride or max(1, ctx // 2))
+    stride = max(1, ctx // 2) if stride is None else int(stride)
     n_bytes = 0
     if isinstance(text_or_ids, str):
         n_bytes = len(text_or_ids.encode("utf-8", "surrogatepass"))
