@@ -159,3 +159,16 @@ def test_serve_engine_and_api_share_a_model(model, fast_switching):
 def test_model_cannot_draft_for_itself(model):
     with pytest.raises(ValueError, match="another model"):
         model.generate("hi", max_new_tokens=4, temperature=0, draft_model=model)
+
+
+def test_perplexity_from_threads(model, fast_switching):
+    """perplexity (both methods; llama.cpp's runs the transformer on the model's cache directly)
+    from threads while another generates: each equals its sequential value."""
+    from slmx.eval import perplexity
+    ids = np.random.default_rng(1).integers(3, model.config.vocab_size, 200).tolist()
+    calls = [lambda: perplexity(model, ids, ctx=32, method="llama.cpp").nll_sum,
+             lambda: perplexity(model, ids, ctx=48, stride=16).nll_sum,
+             lambda: _greedy(model, PROMPTS[2], 32)]
+    want = [c() for c in calls]
+    for _ in range(3):
+        assert _run_threads(calls) == want

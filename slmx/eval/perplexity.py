@@ -21,6 +21,7 @@ tokens (each token's bytes, control tokens none), comparable across tokenizers.
 A method is a function (model, ids, ctx, stride, progress) -> (nll_sum, n_scored, n_windows,
 scored_ids) registered in METHODS.
 """
+import contextlib
 import math
 import sys
 import time
@@ -118,9 +119,10 @@ def _second_half_nll(model, chunk, first):
     tr, cache = getattr(model, "transformer", None), getattr(model, "cache", None)
     if tr is None or cache is None:
         return window_nll(model, chunk, first + 1)
-    cache.reset()
-    tr.forward(chunk[:first], 0, cache)
-    logits = tr.forward(chunk[first:], first, cache, all_logits=True)    # rows = positions first..n-1
+    with getattr(model, "lock", None) or contextlib.nullcontext():     # the model may be shared by threads
+        cache.reset()
+        tr.forward(chunk[:first], 0, cache)
+        logits = tr.forward(chunk[first:], first, cache, all_logits=True)    # rows = positions first..n-1
     tgt = np.asarray(chunk[first + 1:], dtype=np.int64)
     tot = 0.0
     for r0 in range(0, len(tgt), 64):
