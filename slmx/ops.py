@@ -53,6 +53,16 @@ def _f32(x, name):
     return x if x.flags.c_contiguous else np.ascontiguousarray(x)   # (ascontiguousarray makes 0-d 1-d)
 
 
+def _int_arg(v, name, lo=0):
+    """an integral argument (int, numpy integer, or an integral float) >= lo, as int."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer, float, np.floating)) \
+            or v != v or int(v) != v:
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if int(v) < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {int(v)}")
+    return int(v)
+
+
 def _ids(a, name, lo=None, hi=None):
     """a 1-D int32 copy of integer array a, or ValueError naming what is wrong (never truncates floats
     or wraps values past int32). lo/hi: the half-open range [lo, hi) the values must lie in."""
@@ -178,61 +188,76 @@ def _empty_f32_64(shape):
     return buf[off:off + n].reshape(shape)
 
 
+def _linear_out(out, lead, n, alloc=None):
+    """(2-D (M, n) array the kernel writes, the array linear returns) for a result of shape lead + (n,).
+    A given out must be that shape, float32, C-contiguous and writable (it is written in place)."""
+    shape = tuple(lead) + (n,)
+    m = int(np.prod(lead, dtype=np.int64))
+    if out is None:
+        res = alloc((m, n)) if alloc is not None else np.empty((m, n), np.float32)
+        return res, res.reshape(shape)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
+        raise ValueError(f"linear: out must be a float32 array of shape {shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    if not out.flags.c_contiguous:
+        raise ValueError("linear: out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError("linear: out is read-only")
+    return out.reshape(m, n), out
+
+
 def _linear_bf16(x, w, out, threads):
     x = _bf16_bits(x, "x", threads)
     if not isinstance(w, _gemm.PackedBF16):
         w = _bf16_bits(w, "w")
     if len(w.shape) != 2:
         raise ValueError(f"weight must be 2-D (N, K), got shape {w.shape}")
-    squeeze = x.ndim == 1
-    x2 = x.reshape(1, -1) if squeeze else x.reshape(-1, x.shape[-1])
+    if x.ndim == 0:
+        raise ValueError("linear: x must have at least 1 dimension (..., K)")
     n, k = w.shape
-    if x2.shape[1] != k:
-        raise ValueError(f"linear: x has {x2.shape[1]} features, weight expects {k}")
-    res = _empty_f32_64((x2.shape[0], n)) if out is None else out
-    if not isinstance(res, np.ndarray) or res.shape != (x2.shape[0], n) or res.dtype != np.float32:
-        raise ValueError(f"linear: out must be float32 {(x2.shape[0], n)}, got {res.dtype} {res.shape}")
+    if x.shape[-1] != k:
+        raise ValueError(f"linear: x has {x.shape[-1]} features, weight expects {k}")
+    x2 = x.reshape(-1, k)
+    res, ret = _linear_out(out, x.shape[:-1], n, _empty_f32_64)
     _gemm.linear_bf16(np.ascontiguousarray(x2), w, res, _threads(threads))
-    if out is not None:
-        return out
-    return res[0] if squeeze else res.reshape(x.shape[:-1] + (n,))
+    return ret
 
 
 def linear(x, w, out=None, threads=None, dtype=None):
-    """x @ w.T: x float32 (M, K) or (K,), w (N, K) float32/float16 array or quantized tensor -> (M, N).
+    """x @ w.T: x float32 (..., K), w (N, K) float32/float16 array or quantized tensor -> (..., N)
+    (out=, if given, is that shape, float32, C-contiguous; it is returned).
 
     dtype "bf16": x and w (N, K) in bf16 (uint16 bits from ``to_bf16``, ml_dtypes.bfloat16, or
     float32 rounded on the fly; or w packed once by ``pack_bf16``), exact products summed in
     fp32 -> float32 (M, N); AMX tiles when the OS grants them, else AVX512_BF16 / AVX-512 /
-    AVX2 / portable dot products."""
+    AVX2 / portable dot products. As in the hardware's bf16 dot products (AMX, AVX512_BF16),
+    bf16 subnormal inputs count as zero."""
     if dtype is None and type(x) is np.ndarray and type(w) is np.ndarray and x.ndim == 2 and w.ndim == 2 \
             and x.dtype == np.float32 and w.dtype == np.float32 and x.flags.c_contiguous and w.flags.c_contiguous \
             and x.shape[1] == w.shape[1] and (out is None or type(out) is np.ndarray):
         # the common case without the general path's conversions (a few microseconds per call)
         res = np.empty((x.shape[0], w.shape[0]), np.float32) if out is None else out
         if res.shape != (x.shape[0], w.shape[0]) or res.dtype != np.float32:
-            raise ValueError(f"linear: out must be float32 {(x.shape[0], w.shape[0])}, got {res.dtype} {res.shape}")
-        _gemm.linear_f32(x, w, res, _threads(threads))
+            raise ValueError(f"linear: out must be a float32 array of shape {(x.shape[0], w.shape[0])}, got "
+                             f"{res.dtype} {res.shape}")
+        _gemm.linear_f32(x, w, res, _threads(threads))     # (checks out is C-contiguous and writable)
         return res
     if _check_dtype(dtype):
         return _linear_bf16(x, w, out, threads)
     x = _f32(x, "x")
-    squeeze = x.ndim == 1
-    x2 = x.reshape(1, -1) if squeeze else x.reshape(-1, x.shape[-1])
+    if x.ndim == 0:
+        raise ValueError("linear: x must have at least 1 dimension (..., K)")
     tid, wd, n, k = _weight(w)
-    if x2.shape[1] != k:
-        raise ValueError(f"linear: x has {x2.shape[1]} features, weight expects {k}")
-    res = np.empty((x2.shape[0], n), np.float32) if out is None else out
-    if res.shape != (x2.shape[0], n) or res.dtype != np.float32:
-        raise ValueError(f"linear: out must be float32 {(x2.shape[0], n)}, got {res.dtype} {res.shape}")
+    if x.shape[-1] != k:
+        raise ValueError(f"linear: x has {x.shape[-1]} features, weight expects {k}")
+    x2 = x.reshape(-1, k)
+    res, ret = _linear_out(out, x.shape[:-1], n)
     nt = _threads(threads)
     if tid == qtypes.F32:
         _gemm.linear_f32(x2, wd, res, nt)
     else:
         _quant.linear(x2, wd, tid, res, nt)
-    if out is not None:
-        return out
-    return res[0] if squeeze else res.reshape(x.shape[:-1] + (n,))
+    return ret
 
 
 def rmsnorm(x, weight, eps=1e-6, out=None, threads=None):
@@ -296,6 +321,11 @@ def rope(x, positions, base=10000.0, neox=False, freq_scale=1.0, threads=None):
     x = np.array(_f32(x, "x"), copy=True)
     if x.ndim != 3:
         raise ValueError(f"rope: x must be (T, H, D), got {x.shape}")
+    if x.shape[2] % 2:
+        raise ValueError(f"rope: the head dimension D must be even, got {x.shape[2]}")
+    for v, nm in ((base, "base"), (freq_scale, "freq_scale")):
+        if not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v <= 0:
+            raise ValueError(f"rope: {nm} must be a finite number > 0, got {v!r}")
     pos = _ids(positions, "rope: positions")
     if pos.shape != (x.shape[0],):
         raise ValueError(f"rope: positions must have shape ({x.shape[0]},), got {pos.shape}")
@@ -316,8 +346,18 @@ def attention(q, k, v, causal=True, window=None, scale=None, q_offset=None, out=
         raise ValueError(f"attention: need q (T,H,D), k=v (S,Hkv,D); got {q.shape}, {k.shape}, {v.shape}")
     t, h, d = q.shape
     s, hkv, dk = k.shape
+    if h == 0 or hkv == 0 or d == 0:
+        raise ValueError(f"attention: need at least one head and head_dim >= 1; got q {q.shape}, k {k.shape}")
     if dk != d or h % hkv:
         raise ValueError(f"attention: head dims {d} vs {dk} or heads {h} not a multiple of {hkv}")
+    if scale is not None and not np.isfinite(scale):
+        raise ValueError(f"attention: scale must be finite, got {scale!r}")
+    if q_offset is not None:
+        q_offset = _int_arg(q_offset, "attention: q_offset")
+    if window is not None:
+        window = _int_arg(window, "attention: window (None, 0 = no window, or >= 1)")
+    if t == 0:
+        return np.empty_like(q) if out is None else out
     if s == 0:
         raise ValueError("attention: k and v hold no keys (S = 0)")
     if scale is None:
@@ -327,10 +367,6 @@ def attention(q, k, v, causal=True, window=None, scale=None, q_offset=None, out=
             raise ValueError(f"attention: {t} queries but only {s} keys; with T > S pass q_offset "
                              "(the position of the first query, >= 0)")
         q_offset = s - t
-    if int(q_offset) < 0:
-        raise ValueError(f"attention: q_offset must be >= 0, got {q_offset}")
-    if window is not None and int(window) < 0:
-        raise ValueError(f"attention: window must be None, 0 (no window) or >= 1, got {window}")
     res = np.empty_like(q) if out is None else out
     _attention.attention(q, k, v, res, float(scale), bool(causal), int(q_offset), int(window or 0),
                          _threads(threads), 0.0, s)
@@ -341,6 +377,10 @@ def quantize(x, type, threads=None):
     """Quantize float32 x (..., K) row by row into ggml blocks of `type` -> uint8 (..., row_bytes)."""
     q = qtypes.qtype(type)
     x = _f32(x, "x")
+    if not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x.reshape(-1)))
+        raise ValueError(f"quantize: x holds {bad.size} non-finite value(s) (NaN or inf), the first at flat "
+                         f"index {int(bad[0])}")
     rb = qtypes.row_bytes(q.id, x.shape[-1]) if x.ndim else None
     data = _quant.quantize(x.reshape(-1), q.id)
     return data.reshape(x.shape[:-1] + (rb,)) if x.ndim else data
@@ -352,7 +392,11 @@ def dequantize(blocks, type, shape):
     shape = tuple(int(s) for s in np.atleast_1d(shape))
     if any(s < 0 for s in shape):
         raise ValueError(f"dequantize: shape must not have negative sizes, got {shape}")
-    n = int(np.prod(shape, dtype=np.int64))
+    n = 1
+    for s_ in shape:
+        n *= s_                                           # Python ints: no int64 wrap-around
+    if n > 2 ** 40:
+        raise ValueError(f"dequantize: shape {shape} holds {n} elements (more than 2**40)")
     data = np.ascontiguousarray(np.asarray(blocks)).view(np.uint8).reshape(-1)
     need = n // q.block_size * q.type_size
     if n % q.block_size or data.size != need:
@@ -361,16 +405,20 @@ def dequantize(blocks, type, shape):
 
 
 def get_rows(table, ids, out=None):
-    """Rows `ids` of a (V, K) table (float32 array or quantized tensor), dequantized -> (len(ids), K)."""
+    """Rows `ids` (integers in [0, V), any shape) of a (V, K) table (float32 array or quantized
+    tensor), dequantized -> ids.shape + (K,)."""
     tid, wd, n, k = _weight(table)
-    ids = _ids(ids, "get_rows: ids", 0, n).reshape(-1)
-    res = np.empty((ids.size, k), np.float32) if out is None else out
-    if not isinstance(res, np.ndarray) or res.shape != (ids.size, k) or res.dtype != np.float32 \
+    ids = _ids(ids, "get_rows: ids", 0, n)
+    shape = ids.shape + (k,)
+    ids = ids.reshape(-1)
+    res = np.empty(shape, np.float32) if out is None else out
+    if not isinstance(res, np.ndarray) or res.shape != shape or res.dtype != np.float32 \
             or not res.flags.c_contiguous:
-        raise ValueError(f"get_rows: out must be a C-contiguous float32 array of shape {(ids.size, k)}, "
+        raise ValueError(f"get_rows: out must be a C-contiguous float32 array of shape {shape}, "
                          f"got {getattr(res, 'dtype', type(res).__name__)} {getattr(res, 'shape', '')}")
+    ret, res = res, res.reshape(ids.size, k)
     if tid == qtypes.F32:
         np.take(wd, ids, axis=0, out=res)
     else:
         _quant.get_rows(wd, tid, ids, res)
-    return res
+    return ret

@@ -174,7 +174,7 @@ _WIDE = np.zeros((2, 64), np.float32)
     (lambda: ops.attention(_Q5, _K3, _K3), "pass q_offset"),
     (lambda: ops.attention(_K3, _K3[:0], _K3[:0]), "no keys"),
     (lambda: ops.attention(_K3, _K3, _K3, q_offset=-2), "q_offset must be >= 0"),
-    (lambda: ops.attention(_K3, _K3, _K3, window=-1), "window must be"),
+    (lambda: ops.attention(_K3, _K3, _K3, window=-1), "window (None, 0 = no window, or >= 1) must be >= 0"),
     # out= of the wrong shape, or a strided view (which a reshape would copy, losing the result)
     (lambda: ops.rmsnorm(np.ones((2, 32), np.float32), np.ones(32, np.float32), out=_WIDE[:, ::2]), "C-contiguous"),
     (lambda: ops.rmsnorm(np.ones((2, 32), np.float32), np.ones(32, np.float32), out=np.empty((2, 5), np.float32)),
@@ -209,3 +209,92 @@ def test_edge_shapes_work():
     out = np.full((2, 32), np.nan, np.float32)
     assert ops.softmax(np.ones((2, 32), np.float32), out=out) is out
     np.testing.assert_allclose(out, 1 / 32, rtol=1e-6)
+
+
+def _read_only_outs(tmp_path, shape):
+    f = tmp_path / "o.bin"
+    f.write_bytes(bytes(4 * int(np.prod(shape))))
+    ro = np.zeros(shape, np.float32)
+    ro.setflags(write=False)
+    return [np.memmap(f, np.float32, mode="r", shape=shape), ro,
+            np.frombuffer(bytes(4 * int(np.prod(shape))), np.float32).reshape(shape)]
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "Q8_0", "Q4_K", "bf16", "matmul"])
+def test_read_only_out_is_refused(tmp_path, kind):
+    """a read-only out= (a mode='r' memmap segfaulted; setflags(write=False) or bytes were written)"""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 256)).astype(np.float32)
+    w = rng.standard_normal((3, 256)).astype(np.float32)
+    if kind == "f16":
+        w = w.astype(np.float16)
+    elif kind in ("Q8_0", "Q4_K"):
+        w = ops.QuantizedTensor(ops.quantize(w, kind), kind, w.shape)
+    for out in _read_only_outs(tmp_path, (4, 3)):
+        before = np.array(out)
+        with pytest.raises(ValueError, match="read-only"):
+            if kind == "matmul":
+                ops.matmul(x, np.ascontiguousarray(w.T), out=out)
+            else:
+                ops.linear(x, w, out=out, dtype="bf16" if kind == "bf16" else None)
+        np.testing.assert_array_equal(np.array(out), before)
+
+
+def test_linear_out_has_the_result_shape():
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((3, 32)).astype(np.float32)
+    q = ops.QuantizedTensor(ops.quantize(w, "Q8_0"), "Q8_0", w.shape)
+    for x in (rng.standard_normal(32).astype(np.float32), rng.standard_normal((2, 4, 32)).astype(np.float32)):
+        for wt in (w, q):
+            ref = ops.linear(x, wt)
+            assert ref.shape == x.shape[:-1] + (3,)
+            out = np.full(ref.shape, np.nan, np.float32)
+            assert ops.linear(x, wt, out=out) is out
+            np.testing.assert_array_equal(out, ref)
+            with pytest.raises(ValueError, match="shape"):
+                ops.linear(x, wt, out=np.empty((int(np.prod(x.shape[:-1])) + 1, 3), np.float32))
+
+
+def test_partly_overlapping_out_is_refused():
+    buf = np.random.default_rng(7).standard_normal(72).astype(np.float32)
+    x, o = buf[:64].reshape(8, 8), buf[8:].reshape(8, 8)
+    for call in (lambda: ops.softmax(x, out=o), lambda: ops.rmsnorm(x, np.ones(8, np.float32), out=o),
+                 lambda: ops.swiglu(x, np.ones((8, 8), np.float32), out=o),
+                 lambda: ops.swiglu(np.ones((8, 8), np.float32), x, out=o), lambda: ops.gelu(x, out=o)):
+        with pytest.raises(ValueError, match="partly overlaps"):
+            call()
+    # in place (out is the input itself) stays allowed
+    y = np.array([[1.0, 2.0, 3.0]], np.float32)
+    ref = ops.softmax(y)
+    assert ops.softmax(y, out=y) is y
+    np.testing.assert_array_equal(y, ref)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: ops.attention(_K3[:, :0], _K3[:, :0], _K3[:, :0]), "at least one head"),
+    (lambda: ops.attention(_K3, _K3, _K3, window=2.5), "must be an integer"),
+    (lambda: ops.attention(_K3, _K3, _K3, q_offset=1.5), "must be an integer"),
+    (lambda: ops.attention(_K3, _K3, _K3, scale=float("nan")), "scale must be finite"),
+    (lambda: ops.rope(_X, [0, 1, 2, 3], base=0.0), "base must be a finite number > 0"),
+    (lambda: ops.rope(_X, [0, 1, 2, 3], base=float("nan")), "base must be"),
+    (lambda: ops.rope(_X, [0, 1, 2, 3], freq_scale=-1.0), "freq_scale must be"),
+    (lambda: ops.rope(np.zeros((4, 2, 7), np.float32), [0, 1, 2, 3]), "head dimension D must be even"),
+    (lambda: ops.dequantize(np.zeros(272, np.uint8), "Q8_0", (2 ** 62, 64)), "more than 2**40"),
+    (lambda: ops.quantize(np.array([[1.0] * 31 + [np.nan]], np.float32), "Q6_K"), "non-finite"),
+    (lambda: ops.quantize(np.full((1, 256), np.inf, np.float32), "Q8_0"), "non-finite"),
+    (lambda: ops.linear(np.float32(1.0), np.ones((3, 1), np.float32)), "at least 1 dimension"),
+])
+def test_more_bad_arguments(call, words):
+    with pytest.raises(ValueError) as e:
+        call()
+    assert words in str(e.value), str(e.value)
+
+
+def test_more_edge_shapes():
+    assert ops.attention(_K3[:0], _K3, _K3).shape == (0, 2, 8)
+    ids = np.array([[1, 2], [3, 4]])
+    r = ops.get_rows(_TABLE, ids)
+    assert r.shape == (2, 2, 32)
+    np.testing.assert_array_equal(r, _TABLE[ids])
+    np.testing.assert_array_equal(ops.attention(_K3, _K3, _K3, window=2.0, q_offset=np.int64(0)),
+                                  ops.attention(_K3, _K3, _K3, window=2, q_offset=0))

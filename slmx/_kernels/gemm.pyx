@@ -452,6 +452,8 @@ cdef inline bint _overlap(object a, object b):
 
 cdef void _check_out(object out, Py_ssize_t M, Py_ssize_t N, tuple inputs) except *:
     _mat(out, "out")
+    if not out.flags.writeable:
+        raise ValueError("out: the array is read-only")
     if out.shape[0] != M or out.shape[1] != N:
         raise ValueError(f"out: expected shape ({M}, {N}), got {out.shape}")
     for a in inputs:

@@ -65,6 +65,17 @@ cdef object _rows(object a, str name):
 cdef object _same(object a, str an, object b, str bn):
     if a.shape != b.shape:
         raise ValueError(f"{bn}: shape {b.shape} does not match {an} {a.shape}")
+    if bn == "out":
+        _alias(a, an, b)
+
+
+cdef object _alias(object a, str an, object out):
+    """out (C-contiguous, a's shape) may be a itself but not overlap it partly: a kernel writing out
+    row by row would read values it already overwrote."""
+    cdef size_t a0 = <size_t>cnp.PyArray_DATA(<cnp.ndarray>a), o0 = <size_t>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef size_t nb = <size_t>cnp.PyArray_NBYTES(<cnp.ndarray>a)
+    if a0 != o0 and nb and a0 < o0 + nb and o0 < a0 + nb:
+        raise ValueError(f"out partly overlaps {an}: pass {an} itself (in place) or a separate array")
 
 
 cdef inline int _nt(Py_ssize_t work, int nthreads) noexcept nogil:
@@ -170,6 +181,7 @@ cdef object _act(int kind, object g, object u, object out, int nthreads):
     if u is not None:
         _f32c(u, "up")
         _same(g, "gate", u, "up")
+        _alias(u, "up", out)
     cdef Py_ssize_t n = g.size
     if n == 0:
         return out
@@ -230,6 +242,7 @@ cdef object _binary(int op, object a, object b, object out, int nthreads):
     _f32c(out, "out")
     _same(a, "a", b, "b")
     _same(a, "a", out, "out")
+    _alias(b, "b", out)
     cdef Py_ssize_t n = a.size
     if n == 0:
         return out
@@ -404,6 +417,7 @@ def geglu_f16(gate, up, out, int nthreads=1):
     _f32c(out, "out")
     _same(gate, "gate", up, "up")
     _same(gate, "gate", out, "out")
+    _alias(up, "up", out)
     cdef Py_ssize_t n = gate.size, c, nchunks
     if n == 0:
         return out

@@ -308,6 +308,8 @@ def linear(x, w, int type_id, out, int nthreads):
         _array(out, "linear: out")
         raise ValueError(f"linear: out must be float32 (M, N), got {out.dtype} {out.shape}")
     cdef cnp.ndarray xa = <cnp.ndarray>x, wa = <cnp.ndarray>w, oa = <cnp.ndarray>out
+    if not cnp.PyArray_ISWRITEABLE(oa):
+        raise ValueError("linear: out is read-only")
     cdef Py_ssize_t M = cnp.PyArray_DIM(xa, 0), K = cnp.PyArray_DIM(xa, 1), N = cnp.PyArray_DIM(wa, 0)
     if K == 0 or K % bs:
         raise ValueError(f"linear: K={K} is not a positive multiple of {_tname(type_id)}'s block size {bs}")
