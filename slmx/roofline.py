@@ -1,18 +1,25 @@
 """The roofline of this machine and where slmx's kernels sit under it (``slmx bench roofline``).
 
-Ceilings (``measure_ceilings``): read bandwidth from memory (a buffer far beyond the caches) and
-from a buffer the size of a few L2s, and peak rates of fp32 FMA, bf16 dot products
-(AVX512_BF16), int8 dot products (VNNI) and AMX tiles (bf16, int8) where the CPU has them and the
-OS grants them (loops in ``slmx._kernels.peak``). Kernels (``measure_kernels``): fp32 and bf16
-GEMM and GEMV, quantized GEMV (decode) and GEMM (prefill), flash attention; each gets its
+Ceilings (``measure_ceilings``): the read-bandwidth curve, measured once: buffers from half of
+each thread's L2 up to beyond the last-level cache in steps of 2x (level "L2", "L3" or "DRAM" by
+the size against the caches), each read in interleaved rounds and rated by its best round (a
+ceiling: a busy moment only lowers a round), then made non-increasing in size (a larger buffer
+that read faster shows what the smaller one can do); and peak rates of fp32 FMA, bf16 dot
+products (AVX512_BF16), int8 dot products (VNNI) and AMX tiles (bf16, int8) where the CPU has them
+and the OS grants them (loops in ``slmx._kernels.peak``). Kernels (``measure_kernels``): fp32 and
+bf16 GEMM and GEMV, quantized GEMV (decode) and GEMM (prefill), flash attention; each gets its
 arithmetic intensity I (flops per byte of its operands), its rate, and its roofline
-min(peak of its instruction kind, I x the read bandwidth of a buffer as large as its operands),
-so a matrix that the last-level cache holds is held to the cache's rate, not to DRAM's.
+min(peak of its instruction kind, I x the read bandwidth at its working set) where the working set
+picks the curve's point of the largest buffer not larger than the kernel's operands (so a matrix the
+last-level cache holds is held to the cache's rate, not DRAM's). Memory- or compute-bound is I
+against the ridge point peak / bandwidth of that roof.
 
 The ceilings are rated on each thread's CPU time (the loops have no synchronisation, so time a
 thread spends descheduled on a shared machine does not count); the kernels on the best wall-clock
 time of repeated calls (their threads meet at barriers, where CPU time would count spinning).
-On an idle machine both are the wall-clock rates; on a loaded one the kernels' figures drop.
+On an idle machine both are the wall-clock rates; on a loaded one the kernels' figures drop. A
+kernel above its roof is flagged, not printed as a percentage over 100: it means the read
+measurement came out below what the kernel reached (see ``assess``).
 """
 import os
 import time
@@ -21,7 +28,8 @@ import numpy as np
 
 from slmx._kernels import peak as _peak
 
-__all__ = ["peak_flops", "measure_ceilings", "measure_kernels", "report", "plot", "run"]
+__all__ = ["peak_flops", "measure_bandwidth", "measure_ceilings", "measure_kernels", "assess", "report",
+           "to_json", "plot", "run"]
 
 
 def peak_flops(dtype="fp32", threads=1):
@@ -41,17 +49,57 @@ def _kinds(dtype):
     return {"fp32": ["fp32"], "bf16": ["amx_bf16", "bf16", "fp32"], "int8": ["amx_int8", "int8", "fp32"]}[dtype]
 
 
-def measure_ceilings(threads=2, quick=False):
-    """dict: 'bandwidth' GB/s (memory), 'bandwidth_cache' GB/s (16 MiB buffer), and GFLOP/s (GOP/s
-    for int8) for each available kind of 'fp32', 'bf16', 'int8', 'amx_bf16', 'amx_int8'."""
+def _level(nbytes, threads, caches):
+    """'L2', 'L3' or 'DRAM': where a working set of nbytes read by ``threads`` threads lives"""
+    _, l2, l3 = caches
+    if nbytes <= l2 * threads:
+        return "L2"
+    return "L3" if nbytes <= l3 else "DRAM"
+
+
+def measure_bandwidth(threads=2, quick=False, rounds=None, caches=None):
+    """The read-bandwidth curve: list of dicts (level, bytes, gbps), sizes ascending in steps of 2x.
+
+    From half of each thread's L2 (``threads`` x L2 / 2) up to 2 x L3 (at most 1 GiB; 256 MiB with
+    ``quick``); every size is read once per round, the rounds interleave the sizes (a burst of load
+    from other processes hits all of them alike), and each size keeps its best round's GB/s (thread
+    CPU time, ``slmx._kernels.peak.read_bandwidth``). Then a point's rate is raised to that of any
+    larger buffer that read faster (the caches make the true curve non-increasing)."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    mem = np.ones((64 if quick else 1024) << 20, np.uint8)
-    cache = np.ones(16 << 20, np.uint8)
-    out = {"threads": threads,
-           "bandwidth": _peak.read_bandwidth(mem, threads, repeats=2 if quick else 5),
-           "bandwidth_cache": _peak.read_bandwidth(cache, threads, repeats=3 if quick else 10)}
-    del mem
+    if caches is None:
+        from slmx._kernels.cpu import cache_sizes
+        caches = cache_sizes()
+    _, l2, l3 = caches
+    rounds = rounds or (4 if quick else 12)
+    top = min(max(2 * l3, 64 << 20), (256 if quick else 1024) << 20)
+    sizes = []
+    n = max(threads * l2 // 2, 1 << 16)
+    while n < top:
+        sizes.append(n)
+        n *= 2
+    sizes.append(top)
+    buf = np.ones(top, np.uint8)          # one buffer; each size reads its prefix
+    best = [0.0] * len(sizes)
+    for _ in range(rounds):
+        for i, n in enumerate(sizes):
+            reps = max(1, min(32, (64 << 20) // n))     # each call reads >= 64 MiB (or 1 pass)
+            best[i] = max(best[i], _peak.read_bandwidth(buf[:n], threads, repeats=reps))
+    del buf
+    for i in range(len(sizes) - 2, -1, -1):
+        best[i] = max(best[i], best[i + 1])
+    return [{"level": _level(n, threads, caches), "bytes": int(n), "gbps": float(g)} for n, g in zip(sizes, best)]
+
+
+def measure_ceilings(threads=2, quick=False):
+    """dict: 'threads'; 'bandwidth_curve' (``measure_bandwidth``); 'bandwidth' GB/s of its largest
+    buffer (memory); 'bandwidth_levels' {level: GB/s of that level's largest buffer}; and GFLOP/s
+    (GOP/s for int8) for each available kind of 'fp32', 'bf16', 'int8', 'amx_bf16', 'amx_int8'."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    curve = measure_bandwidth(threads, quick)
+    out = {"threads": threads, "bandwidth_curve": curve, "bandwidth": curve[-1]["gbps"],
+           "bandwidth_levels": {p["level"]: p["gbps"] for p in curve}}
     for kind in ("fp32", "bf16", "int8", "amx_bf16", "amx_int8"):
         iters = 50000 if quick else 2000000
         if kind.startswith("amx"):
@@ -91,13 +139,8 @@ def measure_kernels(threads=2, quick=False):
     res = []
 
     def add(name, kind, flops, nbytes, fn):
-        # the memory roof at this kernel's data size (the last-level cache may hold it): a plain
-        # read of as many bytes, timed like the kernel (best wall-clock run)
-        buf = np.ones(max(int(nbytes), 1 << 16), np.uint8)
-        bw = _peak.read_bandwidth(buf, threads, repeats=3 if quick else 10, wall=True)
-        del buf
         res.append({"name": name, "kind": kind, "flops": float(flops), "bytes": float(nbytes),
-                    "seconds": _best_time(fn, min_time), "bandwidth": bw})
+                    "seconds": _best_time(fn, min_time)})
 
     # fp32 GEMM (x @ W^T) and GEMV
     K = N = 2048
@@ -154,40 +197,99 @@ def _random_blocks(name, n, k, rng):
     return b.reshape(n, -1)
 
 
-def _roof(kernel, ceilings):
-    """(roofline GFLOP/s, bound, peak kind) at the kernel's intensity"""
+def _curve(ceilings):
+    """the bandwidth curve of ``ceilings`` (a one-point DRAM curve when only 'bandwidth' is given)"""
+    return ceilings.get("bandwidth_curve") or [{"level": "DRAM", "bytes": 0, "gbps": ceilings["bandwidth"]}]
+
+
+def _mib(n):
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def assess(kernel, ceilings):
+    """dict: where ``kernel`` (a ``measure_kernels`` entry) sits under the roofline of ``ceilings``.
+
+    Keys: intensity (flop/B), gflops, gbps (operand bytes / s), level / level_bytes / bandwidth (the
+    curve point of the largest buffer not larger than the kernel's operands: its roof's GB/s),
+    peak_kind / peak (the compute roof: M = 1 runs on the vector units, no AMX), ridge (peak /
+    bandwidth, flop/B), bound ('memory' when intensity < ridge, else 'compute'), roof (GFLOP/s),
+    percent (of the roof, None when above it) and above_roof (True when the kernel beat its roof:
+    the read measurement came out below what the kernel reached; the percentage would be
+    meaningless)."""
     kinds = {"fp32": ["fp32"], "bf16": ["amx_bf16", "bf16", "fp32"], "int8": ["amx_int8", "int8", "fp32"]}
-    peak_kind = next(k for k in kinds[kernel["kind"]] if k in ceilings)
+    avail = [k for k in kinds[kernel["kind"]] if k in ceilings]
     if kernel["kind"] != "fp32" and "GEMV" in kernel["name"]:
         # M = 1 runs on the vector units (AMX needs 16 rows): its compute roof is the dot product's
-        peak_kind = next(k for k in kinds[kernel["kind"]] if k in ceilings and not k.startswith("amx"))
+        avail = [k for k in avail if not k.startswith("amx")]
+    peak_kind = avail[0]
+    curve = _curve(ceilings)
+    point = curve[0]
+    for p in curve:
+        if p["bytes"] <= kernel["bytes"]:
+            point = p
+    bw = kernel.get("bandwidth", point["gbps"])       # an explicit per-kernel bandwidth wins
     intensity = kernel["flops"] / kernel["bytes"]
-    mem = intensity * kernel.get("bandwidth", ceilings["bandwidth"])
-    p = ceilings[peak_kind]
-    return (mem, "memory", peak_kind) if mem < p else (p, "compute", peak_kind)
+    peak = ceilings[peak_kind]
+    ridge = peak / bw
+    bound = "memory" if intensity < ridge else "compute"
+    roof = intensity * bw if bound == "memory" else peak
+    g = kernel["flops"] / kernel["seconds"] / 1e9
+    above = g > roof
+    return {"name": kernel["name"], "intensity": intensity, "gflops": g, "gbps": kernel["bytes"] / kernel["seconds"] / 1e9,
+            "level": point["level"], "level_bytes": point["bytes"], "bandwidth": bw, "peak_kind": peak_kind,
+            "peak": peak, "ridge": ridge, "bound": bound, "roof": roof,
+            "percent": None if above else 100 * g / roof, "above_roof": above}
+
+
+def _roof(kernel, ceilings):
+    """(roofline GFLOP/s, bound, peak kind) at the kernel's intensity"""
+    a = assess(kernel, ceilings)
+    return a["roof"], a["bound"], a["peak_kind"]
 
 
 def report(ceilings, kernels):
-    """The roofline table as text lines."""
-    lines = [f"machine ({ceilings['threads']} threads): memory read {ceilings['bandwidth']:.1f} GB/s, "
-             f"16 MiB read {ceilings['bandwidth_cache']:.1f} GB/s"]
+    """The roofline table as text lines (a kernel above its roof: '>100%*' and a note below)."""
+    curve = _curve(ceilings)
+    lines = [f"machine ({ceilings['threads']} threads): memory read {ceilings['bandwidth']:.1f} GB/s "
+             f"({curve[-1]['level']}, {_mib(curve[-1]['bytes'])} buffer)"]
+    if len(curve) > 1:
+        lines.append("  read GB/s by working set (best of interleaved rounds, thread CPU time): " +
+                     ", ".join(f"{p['level']} {_mib(p['bytes'])} {p['gbps']:.0f}" for p in curve))
     for kind, label in (("fp32", "fp32 FMA"), ("bf16", "bf16 dot (AVX512_BF16)"), ("int8", "int8 dot (VNNI)"),
                         ("amx_bf16", "AMX bf16"), ("amx_int8", "AMX int8")):
         if kind in ceilings:
             lines.append(f"  peak {label:24s} {ceilings[kind]:9.0f} G{'OP' if 'int8' in kind else 'FLOP'}/s")
     lines.append("")
-    hdr = (f"{'kernel':32s} {'flop/B':>8s} {'GFLOP/s':>9s} {'GB/s':>7s} {'read GB/s':>9s} {'roof':>9s} "
-           f"{'bound':>16s} {'% roof':>7s}")
+    hdr = (f"{'kernel':32s} {'flop/B':>8s} {'GFLOP/s':>9s} {'GB/s':>7s} {'read roof':>15s} {'ridge':>7s} "
+           f"{'roof':>9s} {'bound':>16s} {'% roof':>7s}")
     lines.append(hdr)
     lines.append("-" * len(hdr))
+    notes = []
     for k in kernels:
-        roof, bound, pk = _roof(k, ceilings)
-        g = k["flops"] / k["seconds"] / 1e9
-        gb = k["bytes"] / k["seconds"] / 1e9
-        bw = k.get("bandwidth", ceilings["bandwidth"])
-        lines.append(f"{k['name']:32s} {k['flops'] / k['bytes']:8.2f} {g:9.1f} {gb:7.1f} {bw:9.1f} {roof:9.1f} "
-                     f"{bound + ('' if bound == 'memory' else ':' + pk):>16s} {100 * g / roof:6.0f}%")
+        a = assess(k, ceilings)
+        pct = f"{a['percent']:6.0f}%" if not a["above_roof"] else ">100%*"
+        lines.append(f"{k['name']:32s} {a['intensity']:8.2f} {a['gflops']:9.1f} {a['gbps']:7.1f} "
+                     f"{a['level'] + ' ' + format(a['bandwidth'], '.1f'):>15s} {a['ridge']:7.1f} {a['roof']:9.1f} "
+                     f"{a['bound'] + ('' if a['bound'] == 'memory' else ':' + a['peak_kind']):>16s} {pct:>7s}")
+        if a["above_roof"]:
+            if a["bound"] == "memory":
+                why = (f"it read its operands at {a['gbps']:.1f} GB/s, above the {a['bandwidth']:.1f} GB/s "
+                       f"measured for a {_mib(a['level_bytes'])} buffer ({a['level']})")
+            else:
+                why = f"it ran at {a['gflops']:.0f}, above the measured {a['peak_kind']} peak {a['peak']:.0f}"
+            notes.append(f"* {k['name']}: above its roof ({a['roof']:.1f} GFLOP/s): {why}. The roof measurement "
+                         "is below the kernel's (the machine was busier while the ceiling was measured, or the "
+                         "kernel's operands stayed in a closer cache level), so no percentage is given.")
+    if notes:
+        lines.append("")
+        lines.extend(notes)
     return lines
+
+
+def to_json(ceilings, kernels):
+    """The roofline as a JSON-serialisable dict: 'ceilings', 'kernels' (measured entries, each with
+    its ``assess`` fields)."""
+    return {"ceilings": ceilings, "kernels": [dict(k, **assess(k, ceilings)) for k in kernels]}
 
 
 def have_matplotlib():
@@ -199,35 +301,56 @@ def have_matplotlib():
         return False
 
 
-def plot(ceilings, kernels, path):
-    """Write the roofline plot (log-log GFLOP/s against flop/byte) to ``path`` (PNG, atomically)."""
+_MARKERS = "osD^vP*Xhp<>"
+
+
+def figure(ceilings, kernels):
+    """The roofline plot as a matplotlib Figure (log-log GFLOP/s against flop/byte).
+
+    Compute peaks and the memory roofs of each level of the bandwidth curve as lines; each kernel a
+    point with its own marker and colour, named in the legend (outside the axes, so no label covers
+    a point or another label) with its % of roof."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise RuntimeError("the roofline plot needs matplotlib (pip install 'slmx[plot]')") from e
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(12, 6.5))
     xs = np.logspace(-2, 4, 200)
-    bw = ceilings["bandwidth"]
+    curve = _curve(ceilings)
+    levels = {}
+    for p in curve:                       # per level, its largest buffer (the level's lowest rate)
+        levels[p["level"]] = p
+    top = max(ceilings.get(k, 0.0) for k in ("fp32", "bf16", "int8", "amx_bf16", "amx_int8"))
+    for (lvl, p), grey in zip(levels.items(), ("0.75", "0.55", "0.3")):
+        ax.plot(xs, np.minimum(xs * p["gbps"], top), color=grey, lw=1.0,
+                label=f"{lvl} read {p['gbps']:.0f} GB/s ({_mib(p['bytes'])})")
     for kind, style in (("fp32", "-"), ("bf16", "--"), ("int8", "-."), ("amx_bf16", ":"), ("amx_int8", ":")):
         if kind in ceilings:
-            ax.plot(xs, np.minimum(ceilings[kind], xs * bw), style, label=f"{kind} peak {ceilings[kind]:.0f}")
-    ax.plot(xs, xs * ceilings["bandwidth_cache"], color="0.7", lw=0.8,
-            label=f"16 MiB read {ceilings['bandwidth_cache']:.0f} GB/s")
-    for k in kernels:
-        i = k["flops"] / k["bytes"]
-        g = k["flops"] / k["seconds"] / 1e9
-        ax.scatter([i], [g], s=25, zorder=3)
-        ax.annotate(k["name"], (i, g), fontsize=7, xytext=(4, 2), textcoords="offset points")
+            ax.axhline(ceilings[kind], ls=style, lw=1.0, color="tab:red" if "amx" in kind else "tab:blue",
+                       label=f"{kind} peak {ceilings[kind]:.0f}")
+    cmap = plt.get_cmap("tab10")
+    for j, k in enumerate(kernels):
+        a = assess(k, ceilings)
+        pct = ">100% (roof measured low)" if a["above_roof"] else f"{a['percent']:.0f}% of {a['bound']} roof"
+        ax.scatter([a["intensity"]], [a["gflops"]], s=36, zorder=3, marker=_MARKERS[j % len(_MARKERS)],
+                   color=cmap(j % 10), edgecolors="black", linewidths=0.4, label=f"{k['name']}: {pct}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (flop / byte)")
     ax.set_ylabel("GFLOP/s (GOP/s for int8)")
-    ax.set_title(f"slmx roofline: memory {bw:.1f} GB/s, {ceilings['threads']} threads")
+    ax.set_title(f"slmx roofline, {ceilings['threads']} threads: memory read {ceilings['bandwidth']:.1f} GB/s")
     ax.grid(True, which="both", lw=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
+    return fig
+
+
+def plot(ceilings, kernels, path):
+    """Write the roofline plot (``figure``) to ``path`` (PNG, atomically); returns the path."""
+    fig = figure(ceilings, kernels)
+    import matplotlib.pyplot as plt
     path = os.fspath(path)
     tmp = path + ".tmp.png"
     try:
@@ -240,12 +363,14 @@ def plot(ceilings, kernels, path):
     return path
 
 
-def run(threads=2, quick=False, png="roofline.png", out=print):
-    """Measure, print the table through ``out``, write the plot; returns (ceilings, kernels)."""
+def run(threads=2, quick=False, png="roofline.png", out=print, table=True):
+    """Measure, print the table through ``out`` (not with ``table=False``), write the plot (its path
+    printed through ``out``); returns (ceilings, kernels)."""
     ceilings = measure_ceilings(threads, quick)
     kernels = measure_kernels(threads, quick)
-    for line in report(ceilings, kernels):
-        out(line)
+    if table:
+        for line in report(ceilings, kernels):
+            out(line)
     if png:
         out(f"roofline plot: {plot(ceilings, kernels, png)}")
     return ceilings, kernels
