@@ -156,17 +156,19 @@ def _print_info(path, f, d):
 def _cmd_bench_roofline(a):
     from . import roofline
     from ._kernels.cpu import resolve_threads
+    note = (lambda m: print(m, file=sys.stderr)) if a.json else print     # --json: stdout is the JSON
     png = a.png
     if png is None:                      # the default: plot only when matplotlib is there
         png = "roofline.png" if roofline.have_matplotlib() else ""
         if not png:
-            print("roofline plot skipped: matplotlib is not installed (pip install 'slmx[plot]')")
+            note("roofline plot skipped: matplotlib is not installed (pip install 'slmx[plot]')")
     elif png and not roofline.have_matplotlib():
         raise ValueError(f"--png {png!r}: the roofline plot needs matplotlib (pip install 'slmx[plot]'), "
                          "or pass --png '' for the table only")
-    ceilings, kernels = roofline.run(threads=resolve_threads(a.threads), quick=a.quick, png=png or None)
+    ceilings, kernels = roofline.run(threads=resolve_threads(a.threads), quick=a.quick, png=png or None,
+                                     out=note, table=not a.json)
     if a.json:
-        print(json.dumps({"ceilings": ceilings, "kernels": kernels}))
+        print(json.dumps(roofline.to_json(ceilings, kernels)))
     return 0
 
 
@@ -512,7 +514,7 @@ def build_parser():
     b.add_argument("--n-prompt", type=int, default=512, help="prompt tokens for prefill (512)")
     b.add_argument("--n-decode", type=int, default=64, help="tokens to decode (64)")
     b.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (3)")
-    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.add_argument("--json", action="store_true", help="machine-readable output (roofline too: ceilings, kernels)")
     b.add_argument("--quick", action="store_true", help="roofline: small buffers and short runs (seconds)")
     b.add_argument("--png", default=None,
                    help="roofline: where to write the plot (default roofline.png, skipped with a note when "

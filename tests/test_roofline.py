@@ -162,6 +162,26 @@ def test_figure_labels_do_not_overlap():
         plt.close(fig)
 
 
+def test_cli_bench_roofline_json(monkeypatch, capsys, tmp_path):
+    """--json: stdout is one JSON document (no table), with the roofline fields of each kernel"""
+    import json
+    from slmx import cli, roofline
+    caches = (32 << 10, 256 << 10, 4 << 20)
+    monkeypatch.setattr(roofline, "measure_ceilings", lambda threads, quick: dict(
+        _ceilings(), bandwidth_curve=roofline.measure_bandwidth(threads, True, rounds=1, caches=caches)))
+    gemv = {"name": "fp32 GEMV", "kind": "fp32", "flops": 1e9, "bytes": 2e9, "seconds": 0.2}
+    monkeypatch.setattr(roofline, "measure_kernels", lambda threads, quick: [gemv])
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "roofline", "--quick", "-t", "1", "--json", "--png", ""]) == 0
+    cap = capsys.readouterr()
+    d = json.loads(cap.out)
+    assert d["ceilings"]["fp32"] == 400.0 and d["ceilings"]["bandwidth_curve"][0]["gbps"] > 0
+    k = d["kernels"][0]
+    assert k["name"] == "fp32 GEMV" and k["bound"] == "memory" and 0 < k["percent"] <= 100
+    assert k["intensity"] == 0.5 and k["level"] == "DRAM"
+    assert not list(tmp_path.iterdir())                         # --png '': no plot
+
+
 def test_cli_bench_roofline_quick(tmp_path):
     import subprocess
     import sys
