@@ -19,6 +19,23 @@ def check_bench_args(n_prompt, n_decode, repeats, names=("n_prompt", "n_decode",
     return tuple(out)
 
 
+# `slmx bench` options that apply to one mode only: (attribute, option); given = not None / not False
+MODEL_ONLY_OPTIONS = (("n_prompt", "--n-prompt"), ("n_decode", "--n-decode"), ("repeats", "--repeats"))
+ROOFLINE_ONLY_OPTIONS = (("quick", "--quick"), ("png", "--png"))
+
+
+def check_bench_mode(roofline, options):
+    """ValueError naming the first option in ``options`` (a dict attribute -> value; None or False
+    = not given) that does not apply to this mode of `slmx bench`: a model's throughput
+    (``roofline`` False) or the roofline."""
+    for attr, opt in (MODEL_ONLY_OPTIONS if roofline else ROOFLINE_ONLY_OPTIONS):
+        v = options.get(attr)
+        if v is not None and v is not False:
+            what = "a model's prefill/decode benchmark, not to `slmx bench roofline`" if roofline else \
+                "`slmx bench roofline`, not to a model's benchmark"
+            raise ValueError(f"{opt} applies only to {what}")
+
+
 def model_throughput(model, n_prompt=512, n_decode=64, repeats=3):
     """dict with median prefill and decode tokens/s over `repeats` runs.
 

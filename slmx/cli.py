@@ -173,8 +173,13 @@ def _cmd_bench_roofline(a):
 
 
 def _cmd_bench(a):
+    from .bench import check_bench_mode
+    check_bench_mode(a.model == "roofline", vars(a))
     if a.model == "roofline":
         return _cmd_bench_roofline(a)
+    a.n_prompt = 512 if a.n_prompt is None else a.n_prompt
+    a.n_decode = 64 if a.n_decode is None else a.n_decode
+    a.repeats = 3 if a.repeats is None else a.repeats
     from .api import load
     from .bench import check_bench_args, model_throughput
     check_bench_args(a.n_prompt, a.n_decode, a.repeats, names=("--n-prompt", "--n-decode", "--repeats"))
@@ -508,16 +513,18 @@ def build_parser():
                                    "`slmx bench roofline` instead measures this machine's memory bandwidth "
                                    "and peak FLOP/s (fp32 FMA, bf16, int8, AMX where available), runs the "
                                    "kernels, prints each as a percentage of its roofline and writes a plot "
-                                   "(a model file named roofline: give it as ./roofline).")
+                                   "(a model file named roofline: give it as ./roofline). An option of the "
+                                   "other mode (--n-prompt/--n-decode/--repeats with roofline, --quick/--png "
+                                   "with a model) is an error.")
     b.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="GGUF file or model name, or 'roofline'")
     b.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
-    b.add_argument("--n-prompt", type=int, default=512, help="prompt tokens for prefill (512)")
-    b.add_argument("--n-decode", type=int, default=64, help="tokens to decode (64)")
-    b.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (3)")
+    b.add_argument("--n-prompt", type=int, default=None, help="prompt tokens for prefill (512; model only)")
+    b.add_argument("--n-decode", type=int, default=None, help="tokens to decode (64; model only)")
+    b.add_argument("--repeats", type=int, default=None, help="runs; the median is reported (3; model only)")
     b.add_argument("--json", action="store_true", help="machine-readable output (roofline too: ceilings, kernels)")
-    b.add_argument("--quick", action="store_true", help="roofline: small buffers and short runs (seconds)")
+    b.add_argument("--quick", action="store_true", help="roofline only: small buffers and short runs (seconds)")
     b.add_argument("--png", default=None,
-                   help="roofline: where to write the plot (default roofline.png, skipped with a note when "
+                   help="roofline only: where to write the plot (default roofline.png, skipped with a note when "
                         "matplotlib is not installed; '' for none)")
     b.set_defaults(func=_cmd_bench)
 

@@ -139,3 +139,18 @@ def test_train_bad_sample_tokens_before_training(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert err == "slmx: error: --sample-tokens must be >= 0 (0: no sample), got -1\n", err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, opt", [
+    (["roofline", "--n-prompt", "16"], "--n-prompt"), (["roofline", "--n-decode", "8"], "--n-decode"),
+    (["roofline", "--repeats", "2"], "--repeats"), (["no-such-model.gguf", "--quick"], "--quick"),
+    (["no-such-model.gguf", "--png", "r.png"], "--png"), (["no-such-model.gguf", "--png", ""], "--png"),
+])
+def test_bench_option_of_the_other_mode_is_an_error(args, opt, capsys):
+    """an option that does not apply (model options with roofline, roofline options with a model)
+    is a one-line error naming it, before anything is measured or loaded"""
+    from slmx.cli import main
+    assert main(["bench", *args]) == 1
+    cap = capsys.readouterr()
+    assert cap.err.startswith(f"slmx: error: {opt} applies only to") and cap.err.count("\n") == 1, cap.err
+    assert cap.out == ""
