@@ -524,8 +524,8 @@ def build_parser():
     b.add_argument("--json", action="store_true", help="machine-readable output (roofline too: ceilings, kernels)")
     b.add_argument("--quick", action="store_true", help="roofline only: small buffers and short runs (seconds)")
     b.add_argument("--png", default=None,
-                   help="roofline only: where to write the plot (default roofline.png, skipped with a note when "
-                        "matplotlib is not installed; '' for none)")
+                   help="roofline only: where to write the plot (default roofline.png; '' for none). Without "
+                        "matplotlib the default plot is skipped with a note and an explicit --png is an error")
     b.set_defaults(func=_cmd_bench)
 
     _add_training_parsers(sub)

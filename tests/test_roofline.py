@@ -212,3 +212,7 @@ def test_cli_bench_roofline_without_matplotlib(tmp_path, monkeypatch, capsys):
     assert cli.main(["bench", "roofline", "--quick", "-t", "1", "--png", str(tmp_path / "r.png")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("slmx: error: --png") and "matplotlib" in err and err.count("\n") == 1
+    # and --help says so
+    png_help = next(x.help for x in cli.build_parser()._subparsers._group_actions[0].choices["bench"]._actions
+                    if "--png" in x.option_strings)
+    assert "skipped with a note" in png_help and "explicit --png is an error" in png_help
