@@ -181,3 +181,29 @@ def test_bad_inputs(simd_level):
         at.attention(q, k, v, q, 0.1, True, 0, 0)                                 # out is q
     with pytest.raises(ValueError):
         at.attention(q[0], k, v, out, 0.1, True, 0, 0)
+
+
+@pytest.mark.parametrize("T, S, D, nthreads", [(5, 40, 64, 1), (1, 700, 256, 2), (1, 150, 64, 2), (9, 70, 40, 1)])
+def test_nan_propagates(simd_level, T, S, D, nthreads):
+    # a NaN query row is NaN in the output (it once came out as a masked row's zeros); a NaN key
+    # makes exactly the rows that see it NaN; other rows stay finite. Covers the split-K decode
+    # merge (S >= 128 with 2 threads) and the portable kernels (D = 40).
+    H, Hkv = 4, 2
+    q, k, v = rand(T, H, D), rand(S, Hkv, D), rand(S, Hkv, D)
+    q[T - 1, 1] = np.nan                                   # one head of the last row
+    out = np.empty((T, H, D), np.float32)
+    at.attention(q, k, v, out, 0.125, True, S - T, 0, nthreads)
+    assert np.all(np.isnan(out[T - 1, 1]))
+    rest = np.ones((T, H), bool)
+    rest[T - 1, 1] = False
+    assert np.all(np.isfinite(out[rest]))
+    q[T - 1, 1] = 1.0
+    k[S - T, 0, 3] = np.nan                               # key at the first query's position, KV head 0
+    at.attention(q, k, v, out, 0.125, True, S - T, 0, nthreads)
+    assert np.all(np.isnan(out[:, :2]))                   # heads 0, 1 read KV head 0; every row sees the key
+    assert np.all(np.isfinite(out[:, 2:]))
+    if T > 1:                                             # a NaN key no row sees changes nothing
+        k[S - T, 0, 3] = 1.0
+        k[S - 1, 0, 3] = np.nan
+        at.attention(q, k, v, out, 0.125, True, S - T, 0, nthreads)
+        assert np.all(np.isfinite(out[:T - 1])) and np.all(np.isnan(out[T - 1, :2]))

@@ -219,7 +219,7 @@ cdef int attn_task(const AttnArgs *a, Py_ssize_t task) noexcept nogil:
             (orow[r] - 2)[0] = m[r]
             (orow[r] - 2)[1] = l[r]
         else:
-            inv = 1.0 / l[r] if l[r] > 0.0 else 0.0
+            inv = 1.0 / l[r] if l[r] > 0.0 else (l[r] if l[r] != l[r] else 0.0)   # NaN stays NaN
             for d in range(D):
                 orow[r][d] = orow[r][d] * inv
     return 0
@@ -242,13 +242,16 @@ cdef void attn_merge(const AttnArgs *a, Py_ssize_t base) noexcept nogil:
             r = i * nh + hl
             o = a.out + (t0 + i) * a.os_t + (h0 + hl) * a.os_h
             mx = -INFINITY
+            lsum = 0.0
             for s in range(a.nsplit):
                 p = a.partial + ((base * a.nsplit + s) * RMAX + r) * (D + 2)
-                if p[0] > mx:
+                if p[0] != p[0] or p[1] != p[1]:
+                    lsum = p[0] + p[1]                  # a NaN part (a NaN score) makes the row NaN
+                elif p[0] > mx:
                     mx = p[0]
             for d in range(D):
-                o[d] = 0.0
-            if mx == -INFINITY:
+                o[d] = lsum if lsum != lsum else 0.0
+            if mx == -INFINITY or lsum != lsum:
                 continue
             lsum = 0.0
             for s in range(a.nsplit):

@@ -65,12 +65,15 @@ static void slmx_att_softmax_scalar(float *S, int nr, int bk, float scale, float
         float *s = S + r * SLMX_ATT_BK;
         int a = lo[r] > 0 ? lo[r] : 0, b = hi[r] < bk ? hi[r] : bk;
         float mt = -INFINITY;
+        int nan = 0;
         for (int j = a; j < b; j++) {
             float x = s[j] * scale;
             if (softcap > 0.0f) x = softcap * tanhf(x / softcap);
             s[j] = x;
             mt = x > mt ? x : mt;
+            nan |= x != x;
         }
+        if (nan) mt = NAN;                  /* a NaN score makes the row NaN (never a masked row's zeros) */
         if (b <= a || mt == -INFINITY) {
             memset(s, 0, SLMX_ATT_BK * sizeof(float));
             alpha[r] = 1.0f;
@@ -259,6 +262,7 @@ static SLMX_TARGET_AVX512 void slmx_att_softmax_avx512(float *S, int nr, int bk,
         __m512 x[4];
         __mmask16 ok[4];
         __m512 mx = ninf;
+        __mmask16 nan = 0;
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
             __m512 idx = _mm512_add_ps(idx0, _mm512_set1_ps(16.0f * c));
@@ -267,8 +271,9 @@ static SLMX_TARGET_AVX512 void slmx_att_softmax_avx512(float *S, int nr, int bk,
             if (softcap > 0.0f) t = _mm512_mul_ps(vcap, slmx_tanh_avx512(_mm512_mul_ps(t, vicap)));
             x[c] = _mm512_mask_blend_ps(ok[c], ninf, t);
             mx = _mm512_max_ps(mx, x[c]);
+            nan |= _mm512_mask_cmp_ps_mask(ok[c], t, t, _CMP_UNORD_Q);
         }
-        float mt = slmx_hmax_avx512(mx);
+        float mt = nan ? NAN : slmx_hmax_avx512(mx);   /* a NaN score makes the row NaN */
         if (mt == -INFINITY) {
             memset(s, 0, SLMX_ATT_BK * sizeof(float));
             alpha[r] = 1.0f;
@@ -465,7 +470,7 @@ static SLMX_TARGET_AVX2 void slmx_att_softmax_avx2(float *S, int nr, int bk, flo
         }
         __m256 va = _mm256_set1_ps((float)a), vb = _mm256_set1_ps((float)b);
         __m256 x[8], ok[8];
-        __m256 mx = ninf;
+        __m256 mx = ninf, nan = _mm256_setzero_ps();
 #pragma GCC unroll 8
         for (int c = 0; c < 8; c++) {
             __m256 idx = _mm256_add_ps(idx0, _mm256_set1_ps(8.0f * c));
@@ -474,8 +479,9 @@ static SLMX_TARGET_AVX2 void slmx_att_softmax_avx2(float *S, int nr, int bk, flo
             if (softcap > 0.0f) t = _mm256_mul_ps(vcap, slmx_tanh_avx2(_mm256_mul_ps(t, vicap)));
             x[c] = _mm256_blendv_ps(ninf, t, ok[c]);
             mx = _mm256_max_ps(mx, x[c]);
+            nan = _mm256_or_ps(nan, _mm256_and_ps(ok[c], _mm256_cmp_ps(t, t, _CMP_UNORD_Q)));
         }
-        float mt = slmx_hmax_avx2(mx);
+        float mt = _mm256_movemask_ps(nan) ? NAN : slmx_hmax_avx2(mx);   /* a NaN score makes the row NaN */
         if (mt == -INFINITY) {
             memset(s, 0, SLMX_ATT_BK * sizeof(float));
             alpha[r] = 1.0f;
