@@ -271,6 +271,9 @@ def _cmd_perplexity(a):
     for p in files:
         with open(p, encoding="utf-8", errors="replace") as f:
             texts.append(f.read())
+    if not any(texts):
+        raise ValueError(f"perplexity: no text: {' '.join(list(a.file or []) + list(a.data or []))} "
+                         f"{'is' if len(files) == 1 else 'are'} empty")
     model = load(a.model, threads=a.threads, n_ctx=a.ctx, kv_cache_type=a.kv_cache_type)
     r = perplexity(model, "\n".join(texts), ctx=a.ctx, stride=a.stride, method=a.method,
                    progress=not a.no_progress)

@@ -48,6 +48,25 @@ def test_resolve_data_files(tmp_path):
         D.resolve_data_files([str(tmp_path / "*.zzz")])
 
 
+def test_data_that_is_no_text_is_named_for_what_it_is(tmp_path):
+    """/dev/null exists (not "no such file"), an empty or binary file has no text: each said so."""
+    os.makedirs(tmp_path / "e")
+    write(str(tmp_path / "e" / "a.txt"), "")
+    write(str(tmp_path / "e" / "b.txt"), "")
+    with open(tmp_path / "blob.bin", "wb") as f:
+        f.write(b"\0\1\2binary")
+    os.mkfifo(tmp_path / "fifo")
+    for spec, msg in (("/dev/null", "/dev/null: not a regular file or folder (a character device)"),
+                      (str(tmp_path / "fifo"), "fifo: not a regular file or folder (a pipe)"),
+                      (str(tmp_path / "e" / "a.txt"), "a.txt: the file is empty"),
+                      (str(tmp_path / "e"), "e: its 2 text files are empty"),
+                      (str(tmp_path / "e" / "*.txt"), "*.txt: its 2 text files are empty"),
+                      (str(tmp_path / "blob.bin"), "blob.bin: not a text file (it has NUL bytes)")):
+        with pytest.raises(OSError) as e:
+            D.resolve_data_files([spec])
+        assert str(e.value).startswith("--data ") and str(e.value).endswith(msg), (spec, str(e.value))
+
+
 def test_stdlib_corpus():
     files = D.stdlib_corpus()
     assert len(files) > 300 and all(p.endswith(".py") for p in files)

@@ -115,3 +115,13 @@ def test_zero_or_negative_ctx_stride_are_errors(tiny, capsys):
         assert main(["perplexity", "-m", path, "-f", text, "--no-progress", "-t", "1", *args]) == 1
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1 and err.startswith(f"slmx: error: {flag} must be"), err
+
+
+def test_no_text_is_an_error_naming_the_input(tiny, capsys):
+    from slmx.cli import main
+    _, path, d = tiny
+    for args, msg in ((["-f", "/dev/null"], "perplexity: no text: /dev/null is empty"),
+                      (["--data", "/dev/null"], "--data /dev/null: not a regular file or folder")):
+        assert main(["perplexity", "-m", path, "--no-progress", "-t", "1", *args]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith("slmx: error: " + msg), err

@@ -63,10 +63,25 @@ def _walk_text_files(folder):
     return out
 
 
+def _not_regular(path):
+    """What a path that exists but is neither a regular file nor a folder is (None otherwise)."""
+    import stat
+    try:
+        m = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(m):
+            return what
+    return None
+
+
 def resolve_data_files(specs=None):
     """Files named by `specs` (files, folders walked recursively for text files, or globs);
-    with no specs, the standard-library corpus. Sorted, duplicates removed; OSError when a spec
-    matches nothing."""
+    with no specs, the standard-library corpus. Sorted, duplicates removed; OSError naming the
+    spec when it matches nothing, is not a regular file or folder (/dev/null), or has no text
+    (an empty or binary file; folders and globs whose text files are all empty)."""
     if not specs:
         return stdlib_corpus()
     seen, out = set(), []
@@ -75,7 +90,13 @@ def resolve_data_files(specs=None):
         if os.path.isdir(spec):
             found = _walk_text_files(spec)
         elif os.path.isfile(spec):
+            if os.path.getsize(spec) == 0:
+                raise OSError(f"--data {spec}: the file is empty")
+            if _looks_binary(spec):
+                raise OSError(f"--data {spec}: not a text file (it has NUL bytes)")
             found = [spec]
+        elif _not_regular(spec):
+            raise OSError(f"--data {spec}: not a regular file or folder ({_not_regular(spec)})")
         elif glob.has_magic(spec):
             found = []
             for p in sorted(glob.glob(spec, recursive=True)):
@@ -87,6 +108,9 @@ def resolve_data_files(specs=None):
             raise OSError(f"--data {spec}: no such file or folder")
         if not found:
             raise OSError(f"--data {spec}: matches no text files")
+        if not any(os.path.getsize(p) for p in found):
+            raise OSError(f"--data {spec}: its {len(found)} text file{'s' * (len(found) > 1)} "
+                          f"{'are' if len(found) > 1 else 'is'} empty")
         for p in found:
             a = os.path.abspath(p)
             if a not in seen:
