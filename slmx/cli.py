@@ -555,6 +555,7 @@ def build_parser():
     q.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
     q.set_defaults(func=_cmd_quantize)
     _add_serve_parser(sub)
+    p.subcommands = sub.choices          # name -> its parser (main reports unknown flags against it)
     return p
 
 
@@ -564,7 +565,10 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 
 def main(argv=None):
     import warnings
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:       # argparse would blame the top-level parser (its usage); the subcommand's is the useful one
+        parser.subcommands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.formatwarning = _one_line_warning      # the CLI prints warnings as one line
     try:
         return args.func(args)

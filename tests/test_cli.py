@@ -154,3 +154,18 @@ def test_bench_option_of_the_other_mode_is_an_error(args, opt, capsys):
     cap = capsys.readouterr()
     assert cap.err.startswith(f"slmx: error: {opt} applies only to") and cap.err.count("\n") == 1, cap.err
     assert cap.out == ""
+
+
+@pytest.mark.parametrize("args, prog", [
+    (["generate", "-p", "hi", "--bogus"], "slmx generate"), (["info", "a.gguf", "extra"], "slmx info"),
+    (["perplexity", "--no-such-flag", "3"], "slmx perplexity"),
+])
+def test_unknown_flag_reported_by_the_subcommand(args, prog, capsys):
+    """An unknown flag is reported with the subcommand's usage and name, not the top-level one."""
+    from slmx.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"usage: {prog} "), err
+    assert err.strip().splitlines()[-1].startswith(f"{prog}: error: unrecognized arguments: "), err
+    assert args[-1] in err.strip().splitlines()[-1], err
