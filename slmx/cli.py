@@ -9,14 +9,19 @@ from .registry import DEFAULT_MODEL
 
 
 def _threads_arg(s):
-    """-t/--threads: 0 (all usable cores) or a positive integer."""
+    """-t/--threads: a positive integer, or 0 / -1 for automatic (as threads=0 / -1 / None in the
+    Python API); -1 is returned as 0."""
     try:
         n = int(s)
     except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 (all usable cores) or a positive integer, got {s!r}")
-    return n
+        n = -2
+    if n < -1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, or 0 or -1 for automatic, got {s!r}")
+    return max(n, 0)
+
+
+# the help of every -t/--threads: what automatic means (slmx._kernels.cpu.resolve_threads)
+_AUTO_THREADS = "; 0 or -1 (the default): automatic, SLMX_NUM_THREADS, else OMP_NUM_THREADS, else the usable cores"
 
 
 def _stop_arg(s):
@@ -30,8 +35,6 @@ def _cmd_generate(a):
     from .cli_generate import check_options, generate_kwargs, print_extras
     if a.n < 0:
         raise ValueError(f"-n/--max-new-tokens must be >= 0, got {a.n}")
-    if a.threads is not None and a.threads < 0:
-        raise ValueError(f"--threads must be >= 1 (or 0 for all usable cores), got {a.threads}")
     from .cli_context import generate_context_kwargs, load_kwargs
     kw = generate_kwargs(a)
     check_options(kw)                                          # checks before any output
@@ -319,7 +322,7 @@ def _add_file_parsers(sub):
     c.add_argument("--type", default="F32", help="F32, F16, BF16 (weight matrices; norms stay F32), or a "
                                                   "quantized type / recipe of `slmx quantize` (Q8_0, Q4_0, Q5_0, "
                                                   "Q4_K, Q5_K, Q6_K, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M) (F32)")
-    c.add_argument("-t", "--threads", type=_threads_arg, default=None, help="quantizer threads")
+    c.add_argument("-t", "--threads", type=_threads_arg, default=None, help="quantizer threads" + _AUTO_THREADS)
     c.set_defaults(func=_cmd_convert)
 
     e = sub.add_parser("export", help="export an slmx training checkpoint to GGUF or a HF folder",
@@ -332,7 +335,7 @@ def _add_file_parsers(sub):
     e.add_argument("--format", default="gguf", choices=["gguf", "hf"], help="(gguf)")
     e.add_argument("--type", default="F32", help="GGUF weight type: F32, F16, BF16 or a quantized type / recipe "
                                                   "of `slmx quantize` (Q8_0, Q4_K_M, ...) (F32)")
-    e.add_argument("-t", "--threads", type=_threads_arg, default=None, help="quantizer threads")
+    e.add_argument("-t", "--threads", type=_threads_arg, default=None, help="quantizer threads" + _AUTO_THREADS)
     e.set_defaults(func=_cmd_export)
 
 
@@ -390,7 +393,7 @@ def _add_serve_parser(sub):
     s.add_argument("--alias", default=None, help="model id clients use (default: the file name)")
     s.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default="f32",
                    help="KV-cache format of every slot (f32)")
-    s.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
+    s.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads" + _AUTO_THREADS)
     s.set_defaults(func=_cmd_serve)
 
 
@@ -427,7 +430,7 @@ def _add_training_parsers(sub):
     t.add_argument("--optimizer", default=None, choices=["adamw", "adam", "sgd"], help="(adamw)")
     t.add_argument("--bf16", action="store_const", const=True, default=None,
                    help="bf16 matmuls, fp32 master weights and optimizer state")
-    t.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads (default: all usable)")
+    t.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads" + _AUTO_THREADS)
     t.add_argument("--eval-every", type=int, default=None, help="validate every N steps; 0: only at the end (100)")
     t.add_argument("--eval-tokens", type=int, default=None, help="validation tokens per evaluation (32768)")
     t.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps; 0: only at the end (200)")
@@ -463,7 +466,7 @@ def _add_training_parsers(sub):
     pp.add_argument("--stride", type=int, default=None, help="window step in tokens, sliding method (ctx / 2)")
     pp.add_argument("--method", default="sliding", metavar="{sliding,llama.cpp}",
                     help="sliding windows (default), or llama.cpp's: chunks of ctx from BOS, second halves scored")
-    pp.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
+    pp.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads" + _AUTO_THREADS)
     pp.add_argument("--no-progress", action="store_true", help="no progress bar")
     from .infer.kv_cache import KV_CACHE_TYPES
     pp.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default="f32",
@@ -492,7 +495,7 @@ def build_parser():
     add_context_flags(g)
     g.add_argument("--stop", action="append", default=None, type=_stop_arg, help="stop string (repeatable)")
     g.add_argument("-t", "--threads", type=_threads_arg, default=None,
-                   help="kernel threads (default or 0: all usable cores)")
+                   help="kernel threads" + _AUTO_THREADS)
     g.add_argument("--ctx", type=int, default=None, help="context length / KV-cache size (default 4096)")
     g.add_argument("--no-echo", dest="prompt_echo", action="store_false", help="do not print the prompt")
     g.add_argument("--draft-model", default=None, metavar="PATH",
@@ -520,7 +523,7 @@ def build_parser():
                                    "other mode (--n-prompt/--n-decode/--repeats with roofline, --quick/--png "
                                    "with a model) is an error.")
     b.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="GGUF file or model name, or 'roofline'")
-    b.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
+    b.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads" + _AUTO_THREADS)
     b.add_argument("--n-prompt", type=int, default=None, help="prompt tokens for prefill (512; model only)")
     b.add_argument("--n-decode", type=int, default=None, help="tokens to decode (64; model only)")
     b.add_argument("--repeats", type=int, default=None, help="runs; the median is reported (3; model only)")
@@ -552,7 +555,7 @@ def build_parser():
                       help="llama.cpp's rules for a plain type too (e.g. Q4_0 with output.weight Q6_K)")
     q.add_argument("--allow-requantize", action="store_true",
                    help="accept already quantized input tensors (decoded first; loses quality)")
-    q.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads")
+    q.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads" + _AUTO_THREADS)
     q.set_defaults(func=_cmd_quantize)
     _add_serve_parser(sub)
     p.subcommands = sub.choices          # name -> its parser (main reports unknown flags against it)

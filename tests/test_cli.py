@@ -169,3 +169,19 @@ def test_unknown_flag_reported_by_the_subcommand(args, prog, capsys):
     assert e.value.code == 2 and err.startswith(f"usage: {prog} "), err
     assert err.strip().splitlines()[-1].startswith(f"{prog}: error: unrecognized arguments: "), err
     assert args[-1] in err.strip().splitlines()[-1], err
+
+
+def test_threads_minus_one_is_automatic(capsys):
+    """-t -1 means automatic, as threads=-1 in the Python API (and as -t 0); --help says so."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from hf_tiny import tiny_llama
+    from slmx._kernels.cpu import resolve_threads
+    from slmx.cli import main
+    _, path = tiny_llama()
+    auto = resolve_threads(None)
+    for t in ("-1", "0"):
+        assert main(["generate", "-m", path, "-p", "hi", "-n", "2", "-t", t, "--no-echo"]) == 0
+        err = capsys.readouterr().err
+        assert f"| threads: {auto} |" in err, err
+    r = run("generate", "--help")
+    assert "0 or -1 (the default): automatic" in " ".join(r.stdout.split())
