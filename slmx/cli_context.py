@@ -18,8 +18,9 @@ def add_context_flags(g):
     g.add_argument("--yarn-beta-fast", type=float, default=None, help="YaRN ramp bound in rotations (32)")
     g.add_argument("--yarn-beta-slow", type=float, default=None, help="YaRN ramp bound in rotations (1)")
     g.add_argument("--context-shift", nargs="?", const="rerotate", choices=("rerotate", "recompute"),
-                   default=None, help="when the context is full, drop the oldest half and go on: "
-                                      "re-rotate cached keys (default) or recompute the kept tokens")
+                   default=None, help="when the context is full, drop the oldest half (after --n-keep) and go "
+                                      "on, re-rotating the cached keys ('recompute': prefill the kept tokens "
+                                      "again, exact); without this flag generation stops there (finish: context)")
     g.add_argument("--prefill-chunk", type=int, default=256, metavar="N",
                    help="run the prompt in chunks of N tokens (256)")
     g.add_argument("--n-keep", type=int, default=None,

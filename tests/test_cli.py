@@ -77,6 +77,11 @@ def test_bad_generate_options_one_line_before_any_output(gemma3_path, args, word
 def test_context_exhaustion_is_reported(gemma3_path):
     r = run("generate", "-m", gemma3_path, "-p", "hi", "-n", "20", "--ctx", "8", "--temperature", "0")
     assert r.returncode == 0 and "finish: context" in r.stderr, r.stderr
+    # what --help says of it: stopping is the default, shifting needs the flag
+    h = " ".join(run("generate", "--help").stdout.split())
+    i = h.index("--context-shift [{rerotate,recompute}] ")
+    doc = h[i:h.index(" --prefill-chunk N ", i)]
+    assert "without this flag generation stops there (finish: context)" in doc and "(default)" not in doc, doc
 
 
 def test_closed_pipe_is_quiet(gemma3_path):
