@@ -706,15 +706,14 @@ def bind_socket(host, port):
     unknown host)."""
     import errno
     import socket
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise OSError(f"--host {host!r}: {e.strerror}") from None
-    family, kind, proto, _, addr = infos[0]
-    sock = socket.socket(family, kind, proto)
+    # the address family as uvicorn picks it: IPv6 for a host with ':', else IPv4 ("localhost": 127.0.0.1)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn: TIME_WAIT is no obstacle
-        sock.bind(addr)
+        sock.bind((host, port))
+    except socket.gaierror as e:
+        sock.close()
+        raise OSError(f"--host {host!r}: {e.strerror}") from None
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
