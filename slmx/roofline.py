@@ -57,14 +57,16 @@ def _level(nbytes, threads, caches):
     return "L3" if nbytes <= l3 else "DRAM"
 
 
-def measure_bandwidth(threads=2, quick=False, rounds=None, caches=None):
+def measure_bandwidth(threads=2, quick=False, rounds=None, caches=None, sizes=None):
     """The read-bandwidth curve: list of dicts (level, bytes, gbps), sizes ascending in steps of 2x.
 
     From half of each thread's L2 (``threads`` x L2 / 2) up to 2 x L3 (at most 1 GiB; 256 MiB with
     ``quick``); every size is read once per round, the rounds interleave the sizes (a burst of load
     from other processes hits all of them alike), and each size keeps its best round's GB/s (thread
     CPU time, ``slmx._kernels.peak.read_bandwidth``). Then a point's rate is raised to that of any
-    larger buffer that read faster (the caches make the true curve non-increasing)."""
+    larger buffer that read faster (the caches make the true curve non-increasing). ``sizes``: these
+    buffer sizes (bytes, ascending) instead. ``run`` measures the curve again after the kernels and
+    keeps the best of both (``merge_curves``)."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if caches is None:
@@ -72,13 +74,18 @@ def measure_bandwidth(threads=2, quick=False, rounds=None, caches=None):
         caches = cache_sizes()
     _, l2, l3 = caches
     rounds = rounds or (4 if quick else 12)
-    top = min(max(2 * l3, 64 << 20), (256 if quick else 1024) << 20)
-    sizes = []
-    n = max(threads * l2 // 2, 1 << 16)
-    while n < top:
-        sizes.append(n)
-        n *= 2
-    sizes.append(top)
+    if sizes is None:
+        top = min(max(2 * l3, 64 << 20), (256 if quick else 1024) << 20)
+        sizes = []
+        n = max(threads * l2 // 2, 1 << 16)
+        while n < top:
+            sizes.append(n)
+            n *= 2
+        sizes.append(top)
+    sizes = [int(n) for n in sizes]
+    if not sizes or sizes != sorted(sizes) or sizes[0] < 4096:
+        raise ValueError(f"sizes: expected ascending byte counts >= 4096, got {sizes}")
+    top = sizes[-1]
     buf = np.ones(top, np.uint8)          # one buffer; each size reads its prefix
     best = [0.0] * len(sizes)
     for _ in range(rounds):
@@ -89,6 +96,18 @@ def measure_bandwidth(threads=2, quick=False, rounds=None, caches=None):
     for i in range(len(sizes) - 2, -1, -1):
         best[i] = max(best[i], best[i + 1])
     return [{"level": _level(n, threads, caches), "bytes": int(n), "gbps": float(g)} for n, g in zip(sizes, best)]
+
+
+def merge_curves(ceilings, curve):
+    """Raise each point of ``ceilings['bandwidth_curve']`` to the same size's rate in ``curve`` (another
+    measurement of the same sizes) and refresh 'bandwidth' / 'bandwidth_levels'; returns ceilings."""
+    old = ceilings["bandwidth_curve"]
+    if [p["bytes"] for p in old] != [p["bytes"] for p in curve]:
+        raise ValueError("merge_curves: the curves were measured at different sizes")
+    ceilings["bandwidth_curve"] = [dict(p, gbps=max(p["gbps"], q["gbps"])) for p, q in zip(old, curve)]
+    ceilings["bandwidth"] = ceilings["bandwidth_curve"][-1]["gbps"]
+    ceilings["bandwidth_levels"] = {p["level"]: p["gbps"] for p in ceilings["bandwidth_curve"]}
+    return ceilings
 
 
 def measure_ceilings(threads=2, quick=False):
@@ -368,6 +387,10 @@ def run(threads=2, quick=False, png="roofline.png", out=print, table=True):
     printed through ``out``); returns (ceilings, kernels)."""
     ceilings = measure_ceilings(threads, quick)
     kernels = measure_kernels(threads, quick)
+    # the curve once more after the kernels, best of both: the cache levels' rates depend on what
+    # other processes keep in the shared L3 at the time, and the kernels ran in between
+    if "bandwidth_curve" in ceilings:
+        merge_curves(ceilings, measure_bandwidth(threads, quick, sizes=[p["bytes"] for p in ceilings["bandwidth_curve"]]))
     if table:
         for line in report(ceilings, kernels):
             out(line)

@@ -68,6 +68,10 @@ def test_measure_bandwidth_curve(simd_level):
     assert min(g) > 0.1 and g == sorted(g, reverse=True)
     with pytest.raises(ValueError, match="threads"):
         roofline.measure_bandwidth(0)
+    with pytest.raises(ValueError, match="sizes"):
+        roofline.measure_bandwidth(1, sizes=[8192, 4096])
+    again = roofline.measure_bandwidth(2, rounds=1, caches=caches, sizes=sizes[:3])
+    assert [p["bytes"] for p in again] == sizes[:3] and [p["level"] for p in again] == ["L2", "L2", "L3"]
 
 
 def test_measure_bandwidth_is_robust_to_noisy_reads(monkeypatch):
@@ -90,6 +94,27 @@ def test_measure_bandwidth_is_robust_to_noisy_reads(monkeypatch):
         assert p["gbps"] == want, (p, want)
     assert {p["bytes"] for p in curve} == {1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20, 64 << 20,
                                            128 << 20}
+
+
+def test_run_keeps_the_best_curve_of_before_and_after_the_kernels(monkeypatch):
+    """the shared L3's rate depends on the other processes at the time: run() reads the curve again
+    after the kernels and each point keeps its better measurement"""
+    from slmx import roofline
+    low = [dict(p, gbps=p["gbps"] / 2) for p in CURVE]
+    low[0]["gbps"] = 250.0                                      # better before, at L2
+    monkeypatch.setattr(roofline, "measure_ceilings", lambda threads, quick: _ceilings(bandwidth_curve=low,
+                                                                                       bandwidth=17.5))
+    gemv = {"name": "Q6_K GEMV", "kind": "int8", "flops": 2 * 4096 * 8192, "bytes": 27.5 * 2**20, "seconds": 1e-3}
+    monkeypatch.setattr(roofline, "measure_kernels", lambda threads, quick: [gemv])
+    monkeypatch.setattr(roofline, "measure_bandwidth", lambda threads, quick, sizes: [
+        dict(p) for p in CURVE if p["bytes"] in sizes])
+    lines = []
+    c, _ = roofline.run(2, True, png=None, out=lines.append)
+    assert [p["gbps"] for p in c["bandwidth_curve"]] == [250.0, 60.0, 45.0, 35.0]
+    assert c["bandwidth"] == 35.0 and c["bandwidth_levels"] == {"L2": 250.0, "L3": 45.0, "DRAM": 35.0}
+    assert roofline.assess(gemv, c)["bandwidth"] == 60.0 and any("L3 60.0" in ln for ln in lines)
+    with pytest.raises(ValueError, match="different sizes"):
+        roofline.merge_curves(c, CURVE[:2])
 
 
 def test_assess_uses_the_level_of_the_working_set():
