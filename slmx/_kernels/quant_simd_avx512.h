@@ -670,8 +670,7 @@ SLMX_ALWAYS_INLINE QTARGET void QFN(slmx_gemv_k_body)(const int t, const uint8_t
     }
 }
 
-#if QVNNI
-/* Q4_K, M = 1, VNNI: the same int32 lanes and float operations as slmx_kern_k_body with MR = 1
+/* Q4_K, M = 1 (VNNI; AVX-512 with madd + add for dpwssd): the same int32 lanes and float operations as slmx_kern_k_body with MR = 1
  * (bit-identical), arranged for this core's ports: shuffles (and shifts) issue on one port, the
  * integer/float multiply-adds on two, so the kernel avoids shuffles per row. Per super-block:
  *  - the 16-byte headers (d, dmin, 12 scale bytes) of the NR rows are gathered into one zmm
@@ -704,6 +703,7 @@ static const int8_t QFN(slmx_q4k_sidx)[5][64] __attribute__((aligned(64))) = {
 #define SLMX_Q4K_TARGET QTARGET
 #define SLMX_Q4K_GFNI 0
 #include "quant_simd_q4k.h"
+#if QVNNI
 #define SLMX_Q4K_FN QFN(slmx_gemv_q4k_gfni)
 #define SLMX_Q4K_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,gfni")))
 #define SLMX_Q4K_GFNI 1
@@ -747,7 +747,7 @@ static QTARGET void QFN(slmx_gemv)(int t, const uint8_t *const *rows, const uint
         else QFN(slmx_gemv_q4k)(rows, x, K, out, nr, pf);
         break;
 #else
-    case SLMX_T_Q4_K: QFN(slmx_gemv_k_body)(SLMX_T_Q4_K, rows, x, K, out, nr, pf); break;
+    case SLMX_T_Q4_K: QFN(slmx_gemv_q4k)(rows, x, K, out, nr, pf); break;
 #endif
     case SLMX_T_Q5_K: QFN(slmx_gemv_k_body)(SLMX_T_Q5_K, rows, x, K, out, nr, pf); break;
     default: QFN(slmx_gemv_k_body)(SLMX_T_Q6_K, rows, x, K, out, nr, pf); break;

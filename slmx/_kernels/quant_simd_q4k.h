@@ -1,4 +1,5 @@
-/* Q4_K M = 1 VNNI GEMV body (see quant_simd_avx512.h, which includes this twice: SLMX_Q4K_GFNI 0
+/* Q4_K M = 1 GEMV body (see quant_simd_avx512.h, which includes this for AVX-512 and twice for
+ * VNNI: SLMX_Q4K_GFNI 0
  * splits the nibbles with a masked vpmulhuw + and, 1 with one GFNI affine byte transform; the
  * same integers either way). Defines SLMX_Q4K_FN with target SLMX_Q4K_TARGET. */
 static SLMX_Q4K_TARGET void SLMX_Q4K_FN(const uint8_t *const *rows, const uint8_t *x, int K, float *out, int nr, size_t pf) {
@@ -61,7 +62,11 @@ static SLMX_Q4K_TARGET void SLMX_Q4K_FN(const uint8_t *const *rows, const uint8_
 #else
                     z = _mm512_and_si512(_mm512_mask_mulhi_epu16(z, (__mmask32)0xffff0000u, z, m4096), nib);
 #endif
+#if QVNNI
                     tt = _mm512_dpwssd_epi32(tt, _mm512_maddubs_epi16(z, xq[c]), _mm512_shuffle_epi8(rb, sidx[c]));
+#else
+                    tt = _mm512_add_epi32(tt, _mm512_madd_epi16(_mm512_maddubs_epi16(z, xq[c]), _mm512_shuffle_epi8(rb, sidx[c])));
+#endif
                 }
                 __m256i mm = _mm256_madd_epi16(_mm256_shuffle_epi8(_mm512_castsi512_si256(rb), midx), bs);
                 f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tt), _mm512_set1_ps(dd[2 * r]), f[r]);
