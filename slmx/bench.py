@@ -21,7 +21,7 @@ def check_bench_args(n_prompt, n_decode, repeats, names=("n_prompt", "n_decode",
 
 # `slmx bench` options that apply to one mode only: (attribute, option); given = not None / not False
 MODEL_ONLY_OPTIONS = (("n_prompt", "--n-prompt"), ("n_decode", "--n-decode"), ("repeats", "--repeats"))
-ROOFLINE_ONLY_OPTIONS = (("quick", "--quick"), ("png", "--png"))
+ROOFLINE_ONLY_OPTIONS = (("quick", "--quick"), ("png", "--png"), ("clock", "--clock"))
 
 
 def check_bench_mode(roofline, options):

@@ -169,7 +169,7 @@ def _cmd_bench_roofline(a):
         raise ValueError(f"--png {png!r}: the roofline plot needs matplotlib (pip install 'slmx[plot]'), "
                          "or pass --png '' for the table only")
     ceilings, kernels = roofline.run(threads=resolve_threads(a.threads), quick=a.quick, png=png or None,
-                                     out=note, table=not a.json)
+                                     out=note, table=not a.json, clock=a.clock or "wall")
     if a.json:
         print(json.dumps(roofline.to_json(ceilings, kernels)))
     return 0
@@ -520,7 +520,7 @@ def build_parser():
                                    "and peak FLOP/s (fp32 FMA, bf16, int8, AMX where available), runs the "
                                    "kernels, prints each as a percentage of its roofline and writes a plot "
                                    "(a model file named roofline: give it as ./roofline). An option of the "
-                                   "other mode (--n-prompt/--n-decode/--repeats with roofline, --quick/--png "
+                                   "other mode (--n-prompt/--n-decode/--repeats with roofline, --quick/--png/--clock "
                                    "with a model) is an error.")
     b.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="GGUF file or model name, or 'roofline'")
     b.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads" + _AUTO_THREADS)
@@ -532,6 +532,9 @@ def build_parser():
     b.add_argument("--png", default=None,
                    help="roofline only: where to write the plot (default roofline.png; '' for none). Without "
                         "matplotlib the default plot is skipped with a note and an explicit --png is an error")
+    b.add_argument("--clock", choices=["wall", "cpu"], default=None,
+                   help="roofline only: time the kernels on the wall clock (default) or, with -t 1, on the "
+                        "thread's CPU time (a loaded shared machine: descheduled time does not count)")
     b.set_defaults(func=_cmd_bench)
 
     _add_training_parsers(sub)

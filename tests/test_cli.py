@@ -150,6 +150,7 @@ def test_train_bad_sample_tokens_before_training(tmp_path, capsys):
     (["roofline", "--n-prompt", "16"], "--n-prompt"), (["roofline", "--n-decode", "8"], "--n-decode"),
     (["roofline", "--repeats", "2"], "--repeats"), (["no-such-model.gguf", "--quick"], "--quick"),
     (["no-such-model.gguf", "--png", "r.png"], "--png"), (["no-such-model.gguf", "--png", ""], "--png"),
+    (["no-such-model.gguf", "--clock", "cpu"], "--clock"),
 ])
 def test_bench_option_of_the_other_mode_is_an_error(args, opt, capsys):
     """an option that does not apply (model options with roofline, roofline options with a model)
@@ -158,6 +159,14 @@ def test_bench_option_of_the_other_mode_is_an_error(args, opt, capsys):
     assert main(["bench", *args]) == 1
     cap = capsys.readouterr()
     assert cap.err.startswith(f"slmx: error: {opt} applies only to") and cap.err.count("\n") == 1, cap.err
+    assert cap.out == ""
+
+
+def test_bench_roofline_cpu_clock_needs_one_thread(capsys):
+    from slmx.cli import main
+    assert main(["bench", "roofline", "--quick", "-t", "2", "--clock", "cpu"]) == 1
+    cap = capsys.readouterr()
+    assert cap.err.startswith("slmx: error: --clock cpu needs 1 thread (-t 1)") and cap.err.count("\n") == 1
     assert cap.out == ""
 
 

@@ -105,7 +105,7 @@ def test_run_keeps_the_best_curve_of_before_and_after_the_kernels(monkeypatch):
     monkeypatch.setattr(roofline, "measure_ceilings", lambda threads, quick: _ceilings(bandwidth_curve=low,
                                                                                        bandwidth=17.5))
     gemv = {"name": "Q6_K GEMV", "kind": "int8", "flops": 2 * 4096 * 8192, "bytes": 27.5 * 2**20, "seconds": 1e-3}
-    monkeypatch.setattr(roofline, "measure_kernels", lambda threads, quick: [gemv])
+    monkeypatch.setattr(roofline, "measure_kernels", lambda threads, quick, **kw: [gemv])
     monkeypatch.setattr(roofline, "measure_bandwidth", lambda threads, quick, sizes: [
         dict(p) for p in CURVE if p["bytes"] in sizes])
     lines = []
@@ -115,6 +115,22 @@ def test_run_keeps_the_best_curve_of_before_and_after_the_kernels(monkeypatch):
     assert roofline.assess(gemv, c)["bandwidth"] == 60.0 and any("L3 60.0" in ln for ln in lines)
     with pytest.raises(ValueError, match="different sizes"):
         roofline.merge_curves(c, CURVE[:2])
+
+
+def test_kernels_on_the_cpu_clock():
+    """--clock cpu (1 thread): a call's time is the calling thread's CPU time, so time spent
+    descheduled (here: asleep) does not count; more threads are refused (barriers spin)"""
+    import time
+    from slmx import roofline
+    wall = roofline._best_time(lambda: time.sleep(0.02), 0.0)
+    cpu = roofline._best_time(lambda: time.sleep(0.02), 0.0, clock="cpu")
+    assert wall >= 0.02 and cpu < 0.01
+    with pytest.raises(ValueError, match="-t 1"):
+        roofline.measure_kernels(2, quick=True, clock="cpu")
+    with pytest.raises(ValueError, match="clock"):
+        roofline.run(1, quick=True, png=None, clock="process")
+    lines = roofline.report(_ceilings(clock="cpu"), [])
+    assert "kernels: best call on the calling thread's CPU time" in lines
 
 
 def test_assess_uses_the_level_of_the_working_set():
@@ -195,7 +211,7 @@ def test_cli_bench_roofline_json(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(roofline, "measure_ceilings", lambda threads, quick: dict(
         _ceilings(), bandwidth_curve=roofline.measure_bandwidth(threads, True, rounds=1, caches=caches)))
     gemv = {"name": "fp32 GEMV", "kind": "fp32", "flops": 1e9, "bytes": 2e9, "seconds": 0.2}
-    monkeypatch.setattr(roofline, "measure_kernels", lambda threads, quick: [gemv])
+    monkeypatch.setattr(roofline, "measure_kernels", lambda threads, quick, **kw: [gemv])
     monkeypatch.chdir(tmp_path)
     assert cli.main(["bench", "roofline", "--quick", "-t", "1", "--json", "--png", ""]) == 0
     cap = capsys.readouterr()
@@ -227,7 +243,7 @@ def test_cli_bench_roofline_without_matplotlib(tmp_path, monkeypatch, capsys):
     ceilings = {"threads": 1, "bandwidth": 20.0, "bandwidth_cache": 40.0, "fp32": 400.0}
     gemv = {"name": "fp32 GEMV", "kind": "fp32", "flops": 1e9, "bytes": 2e9, "seconds": 0.2}
     monkeypatch.setattr(roofline, "measure_ceilings", lambda threads, quick: ceilings)
-    monkeypatch.setattr(roofline, "measure_kernels", lambda threads, quick: [gemv])
+    monkeypatch.setattr(roofline, "measure_kernels", lambda threads, quick, **kw: [gemv])
     monkeypatch.setitem(sys.modules, "matplotlib", None)     # import matplotlib -> ImportError
     monkeypatch.chdir(tmp_path)
     assert cli.main(["bench", "roofline", "--quick", "-t", "1"]) in (0, None)
