@@ -42,7 +42,7 @@ def _rms_rel(a, b):
     return float(np.sqrt(((a - b) ** 2).mean() / (b ** 2).mean()))
 
 
-def _clear_argmax(a, b, gap=0.5):
+def _clear_argmax(a, b, gap=1.0):
     """Argmax of a and b agree wherever b's top-2 gap exceeds `gap` (per row)."""
     top2 = np.sort(b, axis=-1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > gap
@@ -54,7 +54,9 @@ def test_logits_agree_with_decode_path(model):
 
     The two paths differ by float rounding (~1e-7), which flips a few 8-bit activation roundings
     downstream, so logits differ within the 8-bit quantization noise (a few percent RMS) but
-    never in a clear argmax.
+    never in a clear argmax. llama.cpp itself (tests/tools/llamacpp_prefill_vs_decode.py) moves
+    these logits by up to 1.75 between its batched and one-token runs, RMS 3-5%, and flips an
+    argmax whose gap is 0.51: "clear" is a top-2 gap above 1.0.
     """
     ids = CASES[1]["prompt_ids"] + CASES[1]["greedy"][:8]
     full = model.logits(ids)
