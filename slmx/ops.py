@@ -317,8 +317,8 @@ def rope(x, positions, base=10000.0, neox=False, freq_scale=1.0, threads=None):
     """Rotary embedding of x (T, H, D) at integer positions (T,); returns a rotated copy.
 
     neox=False rotates pairs (2i, 2i+1) (GGUF Llama); neox=True rotates (i, i + D/2) (Gemma, Qwen2).
-    Angles are computed in float32, as ggml does (so at position 32767 they differ from a float64
-    reference by ~1e-2 radian, and match ggml's to ~2e-7).
+    Angles are computed in float32, as ggml does: at position 32767 the rotated values differ from
+    a float64 reference by up to ~1e-2 (for unit inputs) and match ggml's to ~2e-7.
     """
     x = np.array(_f32(x, "x"), copy=True)
     if x.ndim != 3:
