@@ -22,6 +22,10 @@ def test_read_bandwidth(simd_level):
     buf = np.ones(1 << 22, np.uint8)
     assert peak.read_bandwidth(buf, 1, repeats=2) > 0.1
     assert peak.read_bandwidth(buf, 2, repeats=2) > 0.1
+    assert peak.read_bandwidth(buf, 2, repeats=2, prefetch=8192) > 0.1
+    assert peak.read_bandwidth(buf[:5000], 1, repeats=1, prefetch=1 << 20) > 0.01   # beyond the end: none
+    with pytest.raises(ValueError, match="prefetch"):
+        peak.read_bandwidth(buf, 1, prefetch=-1)
     with pytest.raises(ValueError, match="4096"):
         peak.read_bandwidth(np.ones(100, np.uint8))
 
@@ -82,9 +86,12 @@ def test_measure_bandwidth_is_robust_to_noisy_reads(monkeypatch):
     true = lambda n: 300.0 if n <= 1 << 20 else 60.0 if n <= 16 << 20 else 35.0     # GB/s
     calls, reps = [], []
 
-    def noisy(buf, threads, repeats=5, wall=False):
+    pfs = set()
+
+    def noisy(buf, threads, repeats=5, wall=False, prefetch=0):
         calls.append(buf.nbytes)
         reps.append(repeats)
+        pfs.add(prefetch)
         n = buf.nbytes
         quiet = len(calls) % 3 == 0 and n != 8 << 20           # 8 MiB never reads quietly
         return true(n) if quiet else true(n) / (5 + len(calls) % 6)
@@ -93,6 +100,7 @@ def test_measure_bandwidth_is_robust_to_noisy_reads(monkeypatch):
     for p in curve:
         want = 60.0 if p["bytes"] == 8 << 20 else true(p["bytes"])
         assert p["gbps"] == want, (p, want)
+    assert pfs == {0, 8192}                # the plain loop and the prefetching one
     assert min(reps) >= 3                  # back-to-back passes: warm caches, like a kernel's repeated calls
     assert {p["bytes"] for p in curve} == {1 << 20, 2 << 20, 4 << 20, 8 << 20, 16 << 20, 32 << 20, 64 << 20,
                                            128 << 20}
@@ -175,7 +183,7 @@ def test_report_never_prints_over_100_percent():
     row = next(ln for ln in lines if ln.startswith("Q6_K GEMV"))
     assert row.endswith(">100%*") and "L3 60.0" in row
     note = next(ln for ln in lines if ln.startswith("* Q6_K GEMV"))
-    assert "above the 60.0 GB/s measured for a 16 MiB buffer (L3)" in note and "roof measurement is below" in note
+    assert "above the 60.00 GB/s measured for a 16 MiB buffer (L3)" in note and "roof measurement is below" in note
     assert next(ln for ln in lines if ln.startswith("fp32 GEMV")).endswith(" 29%")
     assert "L2 2 MiB 200" in text and "DRAM 1024 MiB 35" in text
 

@@ -23,7 +23,7 @@ cnp.import_array()
 
 cdef extern from "peak_simd.h" nogil:
     double slmx_peak_run(int lvl, int kind, int amx, long iters, float *sink)
-    uint64_t slmx_read_bytes(int lvl, const uint8_t *p, size_t n)
+    uint64_t slmx_read_bytes(int lvl, const uint8_t *p, size_t n, size_t pf)
     double slmx_thread_seconds()
 
 cdef extern from "simd.h" nogil:
@@ -84,8 +84,11 @@ def peak(str kind="fp32", int nthreads=1, long iters=2000000, int repeats=3):
     return best + 0.0 * sink
 
 
-def read_bandwidth(buf, int nthreads=1, int repeats=5, bint wall=False):
+def read_bandwidth(buf, int nthreads=1, int repeats=5, bint wall=False, long prefetch=0):
     """Best GB/s of reading the bytes of ``buf`` (a contiguous numpy array) once, split over threads.
+
+    prefetch: a software prefetch this many bytes ahead of the loads (0: none, the hardware
+    prefetcher alone; kernels that prefetch can read faster than the plain loop).
 
     wall: rate on the wall clock of the whole read (what a kernel timed the same way can reach on
     this machine as it is loaded now) instead of the threads' CPU time."""
@@ -96,6 +99,9 @@ def read_bandwidth(buf, int nthreads=1, int repeats=5, bint wall=False):
         raise ValueError("buf: need at least 4096 bytes")
     if nthreads < 1:
         raise ValueError("nthreads must be >= 1")
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+    cdef size_t pf = <size_t>prefetch
     cdef const uint8_t *p = &v[0]
     cdef size_t off = (64 - (<size_t>p) % 64) % 64
     cdef size_t body = ((n - off) // 4096) * 4096
@@ -117,7 +123,7 @@ def read_bandwidth(buf, int nthreads=1, int repeats=5, bint wall=False):
                 c1 = min(body, c0 + chunk)
                 nb[t] = c1 - c0
                 s0 = slmx_thread_seconds()
-                sums[t] = slmx_read_bytes(lvl, p + off + c0, c1 - c0)
+                sums[t] = slmx_read_bytes(lvl, p + off + c0, c1 - c0, pf)
                 secs[t] = slmx_thread_seconds() - s0
             w1 = omp_get_wtime()
         rate = 0.0

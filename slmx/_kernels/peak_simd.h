@@ -8,7 +8,8 @@
  *   bf16 dot:       vdpbf16ps zmm: 16 lanes x 2 products x 2 flops = 64
  *   int8 dot:       vpdpbusd zmm: 16 lanes x 4 products x 2 ops = 128
  *   AMX bf16 / int8: tdpbf16ps / tdpbssd on 16 x 16 C tiles: 16*16*32*2 / 16*16*64*2 per instruction
- * slmx_read_bytes(p, n) sums n bytes (64-byte aligned n) with wide loads: the read-bandwidth loop.
+ * slmx_read_bytes(p, n, pf) sums n bytes (64-byte aligned n) with wide loads, optionally prefetching pf
+ * bytes ahead: the read-bandwidth loop.
  */
 #ifndef SLMX_PEAK_SIMD_H
 #define SLMX_PEAK_SIMD_H
@@ -149,10 +150,16 @@ static SLMX_PEAK_TARGET_AMX double slmx_peak_amx(int kind, long iters, float *si
     return 4.0 * 16 * 16 * (kind == 0 ? 32 : 64) * 2 * (double)iters;
 }
 
-static SLMX_TARGET_AVX512 uint64_t slmx_read_bytes_avx512(const uint8_t *p, size_t n) {
+static SLMX_TARGET_AVX512 uint64_t slmx_read_bytes_avx512(const uint8_t *p, size_t n, size_t pf) {
     __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
     size_t i = 0;
     for (; i + 256 <= n; i += 256) {
+        if (pf && i + pf + 256 <= n) {
+            _mm_prefetch((const char *)(p + i + pf), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + i + pf + 64), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + i + pf + 128), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + i + pf + 192), _MM_HINT_T0);
+        }
         s0 = _mm512_add_epi64(s0, _mm512_load_si512((const void *)(p + i)));
         s1 = _mm512_add_epi64(s1, _mm512_load_si512((const void *)(p + i + 64)));
         s2 = _mm512_add_epi64(s2, _mm512_load_si512((const void *)(p + i + 128)));
@@ -164,10 +171,14 @@ static SLMX_TARGET_AVX512 uint64_t slmx_read_bytes_avx512(const uint8_t *p, size
     return t;
 }
 
-static SLMX_TARGET_AVX2 uint64_t slmx_read_bytes_avx2(const uint8_t *p, size_t n) {
+static SLMX_TARGET_AVX2 uint64_t slmx_read_bytes_avx2(const uint8_t *p, size_t n, size_t pf) {
     __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
     size_t i = 0;
     for (; i + 128 <= n; i += 128) {
+        if (pf && i + pf + 128 <= n) {
+            _mm_prefetch((const char *)(p + i + pf), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + i + pf + 64), _MM_HINT_T0);
+        }
         s0 = _mm256_add_epi64(s0, _mm256_load_si256((const __m256i *)(p + i)));
         s1 = _mm256_add_epi64(s1, _mm256_load_si256((const __m256i *)(p + i + 32)));
         s2 = _mm256_add_epi64(s2, _mm256_load_si256((const __m256i *)(p + i + 64)));
@@ -182,23 +193,29 @@ static SLMX_TARGET_AVX2 uint64_t slmx_read_bytes_avx2(const uint8_t *p, size_t n
 }
 #endif
 
-static uint64_t slmx_read_bytes_scalar(const uint8_t *p, size_t n) {
+static uint64_t slmx_read_bytes_scalar(const uint8_t *p, size_t n, size_t pf) {
     const uint64_t *q = (const uint64_t *)p;
     uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     size_t i = 0, m = n / 8;
-    for (; i + 4 <= m; i += 4) { s0 += q[i]; s1 += q[i + 1]; s2 += q[i + 2]; s3 += q[i + 3]; }
+    for (; i + 4 <= m; i += 4) {
+#if defined(__GNUC__)
+        if (pf && (i & 7) == 0 && 8 * i + pf + 64 <= n) __builtin_prefetch(p + 8 * i + pf);
+#endif
+        s0 += q[i]; s1 += q[i + 1]; s2 += q[i + 2]; s3 += q[i + 3];
+    }
     for (; i < m; i++) s0 += q[i];
     uint64_t t = s0 + s1 + s2 + s3;
     for (size_t j = m * 8; j < n; j++) t += p[j];
     return t;
 }
 
-static uint64_t slmx_read_bytes(int lvl, const uint8_t *p, size_t n) {
+/* pf: software-prefetch distance in bytes ahead of the loads (0: none; the hardware prefetcher alone) */
+static uint64_t slmx_read_bytes(int lvl, const uint8_t *p, size_t n, size_t pf) {
 #if SLMX_X86
-    if (lvl >= SLMX_SIMD_AVX512) return slmx_read_bytes_avx512(p, n);
-    if (lvl >= SLMX_SIMD_AVX2) return slmx_read_bytes_avx2(p, n);
+    if (lvl >= SLMX_SIMD_AVX512) return slmx_read_bytes_avx512(p, n, pf);
+    if (lvl >= SLMX_SIMD_AVX2) return slmx_read_bytes_avx2(p, n, pf);
 #endif
-    return slmx_read_bytes_scalar(p, n);
+    return slmx_read_bytes_scalar(p, n, pf);
 }
 
 /* kind: 0 fp32 FMA at the level's width, 1 bf16 dot (AVX512_BF16), 2 int8 dot (VNNI),
