@@ -353,7 +353,7 @@ _MARKERS = "osD^vP*Xhp<>"
 def figure(ceilings, kernels):
     """The roofline plot as a matplotlib Figure (log-log GFLOP/s against flop/byte).
 
-    Compute peaks and the memory roofs of each level of the bandwidth curve as lines; each kernel a
+    Compute peaks and the memory roofs the kernels are held to (their curve points) as lines; each kernel a
     point with its own marker and colour, named in the legend (outside the axes, so no label covers
     a point or another label) with its % of roof."""
     try:
@@ -365,13 +365,15 @@ def figure(ceilings, kernels):
     fig, ax = plt.subplots(figsize=(12, 6.5))
     xs = np.logspace(-2, 4, 200)
     curve = _curve(ceilings)
-    levels = {}
-    for p in curve:                       # per level, its largest buffer (the level's lowest rate)
-        levels[p["level"]] = p
+    # the memory roofs the kernels are held to (each kernel's curve point) and the memory's own
+    used = {(a["level"], a["level_bytes"]): a["bandwidth"] for a in (assess(k, ceilings) for k in kernels)}
+    used.setdefault((curve[-1]["level"], curve[-1]["bytes"]), curve[-1]["gbps"])
     top = max(ceilings.get(k, 0.0) for k in ("fp32", "bf16", "int8", "amx_bf16", "amx_int8"))
-    for (lvl, p), grey in zip(levels.items(), ("0.75", "0.55", "0.3")):
-        ax.plot(xs, np.minimum(xs * p["gbps"], top), color=grey, lw=1.0,
-                label=f"{lvl} read {p['gbps']:.0f} GB/s ({_mib(p['bytes'])})")
+    roofs = sorted(used.items(), key=lambda kv: -kv[1])
+    for j, ((lvl, nbytes), gbps) in enumerate(roofs):
+        grey = str(round(0.75 - 0.5 * j / max(len(roofs) - 1, 1), 2))
+        ax.plot(xs, np.minimum(xs * gbps, top), color=grey, lw=1.0,
+                label=f"{lvl} read {gbps:.0f} GB/s ({_mib(nbytes)})")
     for kind, style in (("fp32", "-"), ("bf16", "--"), ("int8", "-."), ("amx_bf16", ":"), ("amx_int8", ":")):
         if kind in ceilings:
             ax.axhline(ceilings[kind], ls=style, lw=1.0, color="tab:red" if "amx" in kind else "tab:blue",
@@ -386,7 +388,8 @@ def figure(ceilings, kernels):
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (flop / byte)")
     ax.set_ylabel("GFLOP/s (GOP/s for int8)")
-    ax.set_title(f"slmx roofline, {ceilings['threads']} threads: memory read {ceilings['bandwidth']:.1f} GB/s")
+    t = ceilings["threads"]
+    ax.set_title(f"slmx roofline, {t} thread{'s' if t != 1 else ''}: memory read {ceilings['bandwidth']:.1f} GB/s")
     ax.grid(True, which="both", lw=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()

@@ -192,7 +192,7 @@ def test_figure_labels_do_not_overlap():
     """each kernel is named once in a legend outside the axes; nothing is written over the points"""
     from slmx import roofline
     c = _ceilings()
-    ks = [{"name": f"kernel {j}", "kind": "int8", "flops": 1e9 * (1 + j * 0.01), "bytes": 5e8, "seconds": 0.1}
+    ks = [{"name": f"kernel {j}", "kind": "int8", "flops": 1e9 * (1 + j * 0.01), "bytes": 3e7, "seconds": 0.1}
           for j in range(12)]                                   # twelve points nearly on top of each other
     fig = roofline.figure(c, ks)
     try:
@@ -203,6 +203,8 @@ def test_figure_labels_do_not_overlap():
         names = [t.get_text() for t in leg.get_texts()]
         for k in ks:
             assert sum(n.startswith(k["name"] + ":") for n in names) == 1
+        # the memory roof each kernel is held to is drawn (here the 16 MiB L3 point) and DRAM's
+        assert "L3 read 60 GB/s (16 MiB)" in names and "DRAM read 35 GB/s (1024 MiB)" in names
         r = fig.canvas.get_renderer()
         lb, ab = leg.get_window_extent(r), ax.get_window_extent(r)
         assert lb.x0 >= ab.x1 - 1                               # the legend is right of the plot area
