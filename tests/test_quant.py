@@ -21,7 +21,8 @@ ALL_TYPES = BLOCK_TYPES + FLOAT_TYPES
 K_TYPES = (G.Q4_K, G.Q5_K, G.Q6_K)
 
 # where each block type keeps its f16 scales (byte offsets)
-F16_FIELDS = {G.Q8_0: (0,), G.Q4_0: (0,), G.Q5_0: (0,), G.Q4_K: (0, 2), G.Q5_K: (0, 2), G.Q6_K: (208,)}
+F16_FIELDS = {G.Q8_0: (0,), G.Q4_0: (0,), G.Q5_0: (0,), G.Q4_K: (0, 2), G.Q5_K: (0, 2), G.Q6_K: (208,),
+              G.Q4_1: (0, 2), G.Q5_1: (0, 2)}
 
 
 def rand_blocks(t, nblocks, seed, scale=1.0):
@@ -606,3 +607,27 @@ def test_get_rows_bad_ids():
         quant.get_rows(w, int(G.Q8_0), np.array([0, 1]), np.zeros((2, 32), np.float32))
     with pytest.raises(ValueError):
         quant.get_rows(w[:, :-1], int(G.Q8_0), np.array([0, 1]), out)
+
+
+@pytest.mark.parametrize("t", ALL_TYPES + [G.Q4_1, G.Q5_1], ids=lambda t: t.name)
+def test_linear_nan_row_is_nan(t, simd_level):
+    """A NaN in an activation row makes that output row NaN (as float x @ W.T), on the decode, tiled
+    and AMX paths; the other rows are untouched. (8-bit activation rounding used to turn the NaN
+    into an integer, giving finite outputs as if it were 0.)"""
+    k = 512 if t in K_TYPES else 96
+    w, _ = rand_weight(t, 37, k, seed=3)
+    for m, amx in ((1, True), (5, True), (33, True), (33, False)):
+        quant._set_amx(amx)
+        try:
+            x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+            clean = np.empty((m, 37), np.float32)
+            quant.linear(x, w, int(t), clean, 2)
+            bad = m // 2
+            x[bad, k // 3] = np.nan
+            out = np.empty((m, 37), np.float32)
+            quant.linear(x, w, int(t), out, 2)
+        finally:
+            quant._set_amx(True)
+        assert np.all(np.isnan(out[bad])), (m, amx)
+        keep = np.arange(m) != bad
+        np.testing.assert_array_equal(out[keep], clean[keep])

@@ -95,6 +95,7 @@ static void slmx_q1_quantize_x(int level, const float *x, int K, uint8_t *dst) {
 #endif
     slmx_xq_b32_scalar(x, K, 0, (slmx_xb_chunk *)dst);
     (void)level;
+    if (slmx_row_has_nan(x, K)) slmx_xq_b32_nan(K, (slmx_xb_chunk *)dst);
     const slmx_xb_chunk *ch = (const slmx_xb_chunk *)dst;
     float *s = (float *)(dst + slmx_q1_chunk_bytes(K));
     memset(s, 0, slmx_q1_xq_row_bytes(K) - slmx_q1_chunk_bytes(K));     /* padding read as 0 */

@@ -363,6 +363,20 @@ static inline float slmx_xq_block32(const float *x, int8_t *q, int32_t *sum) {
 }
 
 /* x (K,) -> b32 chunks (ceil(K/64) of them); K a multiple of 32; off = weight offset (see top). */
+/* NaN in an activation row: every block scale of its quantized row is set to NaN, so each output
+ * of the row is NaN, as in float x @ W^T (8-bit rounding would otherwise turn the NaN into some
+ * integer and the output into a finite number). */
+static int slmx_row_has_nan(const float *x, int K) {
+    int bad = 0;
+    for (int i = 0; i < K; i++) bad |= x[i] != x[i];
+    return bad;
+}
+
+static void slmx_xq_b32_nan(int K, slmx_xb_chunk *dst) {
+    for (int c = 0; c < (K / 32 + 1) / 2; c++)
+        for (int l = 0; l < 16; l++) dst[c].d[l] = NAN;
+}
+
 static void slmx_xq_b32_scalar(const float *x, int K, int off, slmx_xb_chunk *dst) {
     int nb = K / 32, nc = (nb + 1) / 2;
     for (int c = 0; c < nc; c++) {
@@ -607,10 +621,12 @@ static void slmx_q_quantize_x(int level, int t, const float *x, int K, uint8_t *
     if (slmx_is_b32(t)) {
         int off = slmx_b32_offset(level, t);
 #if SLMX_X86
-        if (level >= SLMX_SIMD_AVX512) { slmx_xq_b32_avx512(x, K, off, (slmx_xb_chunk *)dst); return; }
-        if (level >= SLMX_SIMD_AVX2) { slmx_xq_b32_avx2(x, K, off, (slmx_xb_chunk *)dst); return; }
+        if (level >= SLMX_SIMD_AVX512) slmx_xq_b32_avx512(x, K, off, (slmx_xb_chunk *)dst);
+        else if (level >= SLMX_SIMD_AVX2) slmx_xq_b32_avx2(x, K, off, (slmx_xb_chunk *)dst);
+        else
 #endif
         slmx_xq_b32_scalar(x, K, off, (slmx_xb_chunk *)dst);
+        if (slmx_row_has_nan(x, K)) slmx_xq_b32_nan(K, (slmx_xb_chunk *)dst);
     } else if (slmx_is_k(t)) {
 #if SLMX_X86
         if (level >= SLMX_SIMD_AVX512) slmx_xq_k_avx512(x, K, (slmx_xk_block *)dst);
@@ -621,6 +637,8 @@ static void slmx_q_quantize_x(int level, int t, const float *x, int K, uint8_t *
     }
     if (slmx_is_k(t)) {
         slmx_xk_block *y = (slmx_xk_block *)dst;
+        if (slmx_row_has_nan(x, K))
+            for (int b = 0; b < K / 256; b++) y[b].d = NAN;
         for (int b = 0; b < K / 256; b++)
             for (int j = 0; j < 8; j++) y[b].xs[j] = y[b].d * (float)(y[b].bsums[2 * j] + y[b].bsums[2 * j + 1]);
     }
