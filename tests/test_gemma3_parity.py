@@ -38,6 +38,21 @@ def test_greedy_matches_llamacpp(model, case):
     assert len(r.token_ids) >= n
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c["prompt"][:20] for c in CASES])
+def test_teacher_forced_argmax_matches_llamacpp(model, case):
+    """All N_CHECK steps, also past a near-tie: fed llama.cpp's greedy tokens in one batch, slmx's
+    argmax at each step is llama.cpp's token wherever llama.cpp's top-2 gap exceeds 1.0 (beyond
+    the spread llama.cpp's own batched and one-token runs show, see
+    test_logits_agree_with_decode_path), and at 80% or more of the steps with a gap in (0.1, 1.0]."""
+    p, ref = case["prompt_ids"], case["greedy"][:N_CHECK]
+    margins = np.array(case["top2_margin"][:N_CHECK])
+    lg = model.logits(p + ref[:-1])[len(p) - 1:]
+    hit = lg.argmax(-1) == np.array(ref)
+    assert hit[margins > 1.0].all(), np.flatnonzero(~hit & (margins > 1.0))
+    mid = (margins > MARGIN) & (margins <= 1.0)
+    assert hit[mid].mean() >= 0.8 if mid.any() else True, (hit[mid], margins[mid])
+
+
 def _rms_rel(a, b):
     return float(np.sqrt(((a - b) ** 2).mean() / (b ** 2).mean()))
 
