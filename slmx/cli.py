@@ -168,6 +168,9 @@ def _cmd_bench_roofline(a):
     elif png and not roofline.have_matplotlib():
         raise ValueError(f"--png {png!r}: the roofline plot needs matplotlib (pip install 'slmx[plot]'), "
                          "or pass --png '' for the table only")
+    if a.clock == "cpu" and a.threads not in (None, 0, -1, 1):
+        # the requested count, not the resolved one (a lowered OpenMP limit would turn -t 2 into 1)
+        raise ValueError(f"--clock cpu needs 1 thread (-t 1), got -t {a.threads}")
     ceilings, kernels = roofline.run(threads=resolve_threads(a.threads), quick=a.quick, png=png or None,
                                      out=note, table=not a.json, clock=a.clock or "wall")
     if a.json:

@@ -163,8 +163,15 @@ def test_bench_option_of_the_other_mode_is_an_error(args, opt, capsys):
 
 
 def test_bench_roofline_cpu_clock_needs_one_thread(capsys):
+    from threadpoolctl import threadpool_limits
+
     from slmx.cli import main
-    assert main(["bench", "roofline", "--quick", "-t", "2", "--clock", "cpu"]) == 1
+    assert main(["bench", "roofline", "--quick", "-t", "2", "--clock", "cpu", "--png", ""]) == 1
+    cap = capsys.readouterr()
+    assert cap.err.startswith("slmx: error: --clock cpu needs 1 thread (-t 1)") and cap.err.count("\n") == 1
+    # the request is checked, not the count it resolves to (a lowered OpenMP limit makes -t 2 run 1)
+    with threadpool_limits(1, user_api="openmp"):
+        assert main(["bench", "roofline", "--quick", "-t", "2", "--clock", "cpu", "--png", ""]) == 1
     cap = capsys.readouterr()
     assert cap.err.startswith("slmx: error: --clock cpu needs 1 thread (-t 1)") and cap.err.count("\n") == 1
     assert cap.out == ""
