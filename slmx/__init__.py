@@ -23,3 +23,8 @@ def __getattr__(name):
         import importlib
         return importlib.import_module("slmx.ops" if name == "ops" else "slmx.formats.gguf")
     raise AttributeError(f"module 'slmx' has no attribute {name!r}")
+
+
+def __dir__():
+    # the lazy names too, for tab completion and dir()
+    return sorted(set(globals()) | set(__all__))

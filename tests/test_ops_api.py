@@ -118,6 +118,8 @@ def test_lazy_public_names(gemma3_path):
     tok = slmx.Tokenizer.from_gguf(gemma3_path)
     assert tok.encode("Hello world", add_bos=False) == [9259, 1902]
     assert tok.decode(tok.encode("Hello world"), skip_special=True) == "Hello world"
+    # dir() lists the lazy names (tab completion)
+    assert {"load", "ops", "gguf", "Tokenizer", "FormatError"} <= set(dir(slmx))
 
 
 def test_unknown_model_name_says_what_to_do(monkeypatch):
