@@ -293,8 +293,23 @@ def _cmd_perplexity(a):
     return 0
 
 
+def _refuse_existing(path, force, folder=False):
+    """Writing OUT must not silently replace the user's files: an existing output file (or a
+    non-empty output folder) needs --force."""
+    import os
+    if force:
+        return
+    if folder:
+        if os.path.isdir(path) and os.listdir(path):
+            raise ValueError(f"{path}: the output folder is not empty (its files would be replaced); "
+                             "give --force to write into it anyway")
+    elif os.path.lexists(path):
+        raise ValueError(f"{path}: the output file exists; give --force to replace it")
+
+
 def _cmd_convert(a):
     from .convert import convert_hf_to_gguf
+    _refuse_existing(a.output, a.force)
     r = convert_hf_to_gguf(a.input, a.output, type=a.type, threads=a.threads)
     print(f"{r['path']}: {r['arch']}, {r['tensors']} tensors, matrices {r['type']}, {r['bytes'] / 2**20:.1f} MiB")
     return 0
@@ -302,6 +317,7 @@ def _cmd_convert(a):
 
 def _cmd_export(a):
     from .convert import export_checkpoint
+    _refuse_existing(a.output, a.force, folder=a.format == "hf")
     r = export_checkpoint(a.checkpoint, a.output, format=a.format, type=a.type, threads=a.threads)
     size = f", {r['bytes'] / 2**20:.1f} MiB" if "bytes" in r else ""
     print(f"{r['path']}: step {r['step']} exported as {r['format']}{size}")
@@ -326,6 +342,7 @@ def _add_file_parsers(sub):
                                                   "quantized type / recipe of `slmx quantize` (Q8_0, Q4_0, Q5_0, "
                                                   "Q4_K, Q5_K, Q6_K, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M) (F32)")
     c.add_argument("-t", "--threads", type=_threads_arg, default=None, help="quantizer threads" + _AUTO_THREADS)
+    c.add_argument("--force", action="store_true", help="replace OUT.gguf if it exists")
     c.set_defaults(func=_cmd_convert)
 
     e = sub.add_parser("export", help="export an slmx training checkpoint to GGUF or a HF folder",
@@ -339,11 +356,15 @@ def _add_file_parsers(sub):
     e.add_argument("--type", default="F32", help="GGUF weight type: F32, F16, BF16 or a quantized type / recipe "
                                                   "of `slmx quantize` (Q8_0, Q4_K_M, ...) (F32)")
     e.add_argument("-t", "--threads", type=_threads_arg, default=None, help="quantizer threads" + _AUTO_THREADS)
+    e.add_argument("--force", action="store_true",
+                   help="replace an existing GGUF file / write into a non-empty folder (same-named files "
+                        "are replaced)")
     e.set_defaults(func=_cmd_export)
 
 
 def _cmd_quantize(a):
     from .quantize import quantize_model
+    _refuse_existing(a.output, a.force)
     pure = True if a.pure else (False if a.mixed else None)
     r = quantize_model(a.input, a.output, a.type, pure=pure, threads=a.threads,
                        allow_requantize=a.allow_requantize)
@@ -562,6 +583,7 @@ def build_parser():
     q.add_argument("--allow-requantize", action="store_true",
                    help="accept already quantized input tensors (decoded first; loses quality)")
     q.add_argument("-t", "--threads", type=_threads_arg, default=None, help="kernel threads" + _AUTO_THREADS)
+    q.add_argument("--force", action="store_true", help="replace the output file if it exists")
     q.set_defaults(func=_cmd_quantize)
     _add_serve_parser(sub)
     p.subcommands = sub.choices          # name -> its parser (main reports unknown flags against it)

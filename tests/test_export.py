@@ -118,12 +118,42 @@ def test_cli_export_and_errors(ckpt, tmp_path):
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert slmx.load(out, n_ctx=16, threads=1).transformer.layers[0].wq.type == 1
-    bad = subprocess.run([sys.executable, "-m", "slmx", "export", str(tmp_path / "nope"), out],
+    bad = subprocess.run([sys.executable, "-m", "slmx", "export", str(tmp_path / "nope"), out, "--force"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "no such checkpoint" in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "slmx", "convert", str(tmp_path), out],
+    bad = subprocess.run([sys.executable, "-m", "slmx", "convert", str(tmp_path), out, "--force"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "config.json" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_cli_export_refuses_to_replace_the_users_files(ckpt, tmp_path):
+    """An existing output file, or a non-empty output folder, needs --force (the user's own
+    config.json / model.safetensors were silently replaced)."""
+    from slmx.cli import main
+    path, _ = ckpt
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text("users own")
+    gg = tmp_path / "old.gguf"
+    gg.write_bytes(b"users own")
+    for argv, victim in ((["export", path, str(folder), "--format", "hf"], folder / "config.json"),
+                         (["export", path, str(gg)], gg),
+                         (["quantize", str(gg), str(gg) + ".q", "--type", "Q8_0"], None),
+                         (["convert", str(folder), str(gg)], gg)):
+        if victim is None:
+            (tmp_path / "old.gguf.q").write_bytes(b"users own")
+            victim = tmp_path / "old.gguf.q"
+        r = subprocess.run([sys.executable, "-m", "slmx", *argv], capture_output=True, text=True)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, (argv, r.stderr)
+        assert "--force" in r.stderr and str(victim if victim != folder / "config.json" else folder) in r.stderr
+        assert victim.read_text() == "users own"
+    assert main(["export", path, str(folder), "--format", "hf", "--force"]) == 0
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").read_text() != "users own"
+    assert main(["export", path, str(gg), "--force"]) == 0
+    assert slmx.load(str(gg), n_ctx=16, threads=1).config.vocab_size > 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", path, str(empty), "--format", "hf"]) == 0     # an empty folder is fine
 
 
 def test_cli_export_notes_dropped_mtp_heads_and_type_fallbacks(ckpt, tmp_path):

@@ -159,8 +159,10 @@ def test_cli(models, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "Q4_K_M" in p.stdout and _sha(out) == REF["untied8"]["cases"]["Q4_K_M"]["file_sha256"]
     p = run(models["untied8"], str(out), "--type", "Q4_0", "--mixed")
+    assert p.returncode == 1 and "--force" in p.stderr         # the output exists
+    p = run(models["untied8"], str(out), "--type", "Q4_0", "--mixed", "--force")
     assert p.returncode == 0 and _sha(out) == REF["untied8"]["cases"]["Q4_0"]["file_sha256"]
-    p = run(models["tied4_ffn640"], str(out), "--type", "Q5_K")      # rows of 640: Q5_1 fallback
+    p = run(models["tied4_ffn640"], str(out), "--type", "Q5_K", "--force")      # rows of 640: Q5_1 fallback
     assert p.returncode == 0 and _sha(out) == REF["tied4_ffn640"]["cases"]["Q5_K pure"]["file_sha256"]
     p = run(models["untied8"], str(tmp_path / "y.gguf"), "--type", "Q2_K")
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "unknown quantization type" in p.stderr
