@@ -203,3 +203,43 @@ def test_kill9_during_checkpoint_write_then_resume_is_identical(tmp_path):
         assert [x.get(k) for x in la] == [x.get(k) for x in lb], k
     ta, tb = C.load_checkpoint(a).tensors, C.load_checkpoint(b).tensors
     assert all(np.array_equal(ta[n], tb[n]) for n in ta)
+
+
+@pytest.mark.parametrize("how", ["oserror", "safetensors"])
+def test_full_disk_is_a_one_line_error_naming_the_file_and_last_good_checkpoint(tmp_path, monkeypatch, how):
+    """ENOSPC while writing (a raw SafetensorError / numpy's 'requested and written' before):
+    a CheckpointError (an OSError: the CLI's one-line error) naming the file, the full disk and
+    the previous checkpoint, which stays loadable; no temporary folder is left."""
+    import errno
+
+    import safetensors.numpy
+    from safetensors import SafetensorError
+    out = str(tmp_path / "run")
+    good = C.save_checkpoint(out, 5, tensors(1), opt_state(5), {})
+    real = safetensors.numpy.save_file
+
+    def full(arrays, path, metadata=None):
+        if os.path.basename(path) == C.OPTIMIZER:
+            if how == "oserror":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(arrays, path, metadata=metadata)
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    with pytest.raises(C.CheckpointError) as ei:
+        C.save_checkpoint(out, 10, tensors(2), opt_state(10), {})
+    msg = str(ei.value)
+    assert C.OPTIMIZER in msg and "disk is full" in msg and "No space left on device" in msg, msg
+    assert good in msg and ei.value.errno == errno.ENOSPC and "\n" not in msg
+    assert C.load_checkpoint(out).path == good
+    assert sorted(os.listdir(out)) == ["ckpt-000005", "latest"]
+    # the CLI prints it as one line
+    import slmx.train.trainer as T
+    from slmx.cli import main
+    monkeypatch.setattr(T, "run_training", lambda *a, **k: C.save_checkpoint(out, 11, tensors(2), opt_state(11), {}))
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["train", "--out", out, "--data", str(tmp_path)])
+    assert rc == 1 and err.getvalue().startswith("slmx: error: ") and err.getvalue().count("\n") == 1
+    assert good in err.getvalue()

@@ -78,6 +78,23 @@ def _write_text_atomic(path, text):
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def _write_error(path, exc, out_dir):
+    """A failed checkpoint write (a full disk: OSError ENOSPC, or safetensors' SafetensorError
+    '... No space left on device (os error 28)') -> a CheckpointError naming the file, the cause
+    and the last good checkpoint (which is left untouched)."""
+    import errno
+    msg = " ".join(str(getattr(exc, "strerror", None) or exc).split())
+    code = getattr(exc, "errno", None)
+    if code is None and "os error 28" in msg:
+        code = errno.ENOSPC
+    why = "the disk is full" if code == errno.ENOSPC else "write failed"
+    last = latest_checkpoint(out_dir)
+    last = f"the last good checkpoint is {last}" if last and os.path.isdir(last) else "no checkpoint was saved before"
+    err = CheckpointError(f"{path}: could not write the checkpoint, {why} ({msg}); {last}")
+    err.errno = code
+    return err
+
+
 def split_optimizer_state(sd):
     """An optimizer state_dict -> (arrays for safetensors, JSON-able scalars)."""
     arrays, scalars = {}, {}
@@ -113,35 +130,50 @@ def save_checkpoint(out_dir, step, tensors, optimizer_state, state, tokenizer_pa
     final = os.path.join(out_dir, name)
     tmp = os.path.join(out_dir, f"{_TMP_PREFIX}{int(step):06d}-{os.getpid()}")
     os.makedirs(tmp)
+    cur = [tmp]             # the file being written (named in an error)
     try:
         meta = {"format": FORMAT, "step": str(int(step))}
+        cur[0] = os.path.join(tmp, MODEL)
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(tmp, MODEL),
                   metadata=meta)
         _fsync_file(os.path.join(tmp, MODEL))
         _pause()
         arrays, scalars = split_optimizer_state(optimizer_state)
+        cur[0] = os.path.join(tmp, OPTIMIZER)
         save_file(arrays, os.path.join(tmp, OPTIMIZER), metadata=meta)
         _fsync_file(os.path.join(tmp, OPTIMIZER))
         _pause()
         if tokenizer_path:
+            cur[0] = os.path.join(tmp, TOKENIZER)
             shutil.copyfile(tokenizer_path, os.path.join(tmp, TOKENIZER))
             _fsync_file(os.path.join(tmp, TOKENIZER))
         st = dict(state)
         st.update(format=FORMAT, version=VERSION, step=int(step), optimizer_scalars=scalars,
                   tokenizer_file=TOKENIZER if tokenizer_path else None)
         st["files"] = {f: os.path.getsize(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))}
+        cur[0] = os.path.join(tmp, STATE)
         with open(os.path.join(tmp, STATE), "w", encoding="utf-8") as f:
             json.dump(st, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
         _pause()
+        cur[0] = final
         os.replace(tmp, final)
         _fsync_dir(out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+            raise _write_error(cur[0], e, out_dir) from e
         raise
-    _write_text_atomic(os.path.join(out_dir, LATEST), name + "\n")
+    try:
+        _write_text_atomic(os.path.join(out_dir, LATEST), name + "\n")
+    except OSError as e:
+        try:
+            os.unlink(f"{os.path.join(out_dir, LATEST)}.tmp-{os.getpid()}")
+        except OSError:
+            pass
+        raise _write_error(os.path.join(out_dir, LATEST), e, out_dir) from e
     prune_checkpoints(out_dir, keep)
     return final
 
