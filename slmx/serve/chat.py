@@ -5,10 +5,19 @@ The template comes from (first found): an explicit file, the GGUF `tokenizer.cha
 the architecture and the vocabulary (Gemma turns, ChatML, Llama 3 headers, Llama 2 [INST]).
 Templates are untrusted input: they run in Jinja2's ImmutableSandboxedEnvironment (no attribute
 access to internals, no mutation of the values passed in).
+
+Message content is plain text: `ChatTemplate.encode` renders the template with a placeholder in
+place of each content, tokenizes the template's own text with its control tokens parsed and each
+content without (so a user writing `<end_of_turn>` gets the characters, not the control token).
+A template that `raise_exception`s rejects the conversation (`TemplateRejected`, a ValueError:
+HTTP 400); any other failure of the template is a bug of the server's template (`TemplateBug`:
+HTTP 500).
 """
 import datetime
 import json
 import os
+import re
+import secrets
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -97,6 +106,14 @@ def _from_tokenizer_config(model_path):
     return t if isinstance(t, str) and t else None
 
 
+class TemplateRejected(ValueError):
+    """The template called raise_exception(): it rejects these messages (a client error)."""
+
+
+class TemplateBug(RuntimeError):
+    """The template failed otherwise (undefined variable, type error...): a server configuration error."""
+
+
 class ChatTemplate:
     """render(messages, add_generation_prompt=True) -> prompt text.
 
@@ -109,7 +126,7 @@ class ChatTemplate:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         def raise_exception(message):
-            raise TemplateError(message)
+            raise TemplateRejected(f"chat template: {message}")
 
         def strftime_now(fmt):
             return datetime.datetime.now().strftime(fmt)
@@ -144,21 +161,73 @@ class ChatTemplate:
         return cls(t, tokenizer, "builtin:" + name)
 
     def render(self, messages, add_generation_prompt=True):
-        """Prompt text for `messages`; ValueError when the template rejects them."""
+        """Prompt text for `messages`.
+
+        Raises TemplateRejected (a ValueError) when the template calls raise_exception(), and
+        TemplateBug for any other error of the template.
+        """
         from jinja2 import TemplateError
         try:
             return self.template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                         bos_token=self.bos_token, eos_token=self.eos_token, tools=None)
+        except TemplateRejected:
+            raise
         except TemplateError as e:
-            raise ValueError(f"chat template: {e}") from None
-        except (TypeError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:
-            raise ValueError(f"chat template failed on these messages: {type(e).__name__}: {e}") from None
+            raise TemplateBug(f"chat template ({self.source}) failed: {type(e).__name__}: {e}") from None
+        except (TypeError, KeyError, AttributeError, IndexError, ZeroDivisionError, ValueError) as e:
+            raise TemplateBug(f"chat template ({self.source}) failed: {type(e).__name__}: {e}") from None
+
+    def _segments(self, messages, add_generation_prompt):
+        """[(text, parse_special)]: the template's markup (True) and the message contents (False).
+
+        Each content is replaced by a unique placeholder wrapped in " \t" ... "\t ": a template
+        that trims the content (`| trim`) drops the wrappers, and then the real content is trimmed
+        too. None when a placeholder comes out altered (a template that transforms content).
+        """
+        tag = "\ue000" + secrets.token_hex(8)
+        wrap_l, wrap_r = " \t", "\t "
+        if any(tag[0] in m["content"] for m in messages):
+            return None
+        marked = [dict(m, content=f"{wrap_l}{tag}:{i}:{wrap_r}") for i, m in enumerate(messages)]
+        text = self.render(marked, add_generation_prompt)
+        pat = re.compile("(" + re.escape(wrap_l) + ")?" + re.escape(tag) + r":(\d+):(" + re.escape(wrap_r) + ")?")
+        segs, pos = [], 0
+        for mt in pat.finditer(text):
+            i = int(mt.group(2))
+            if i >= len(messages):
+                return None
+            c = messages[i]["content"]
+            if mt.group(1) is None:
+                c = c.lstrip()
+            if mt.group(3) is None:
+                c = c.rstrip()
+            segs.append((text[pos:mt.start()], True))
+            segs.append((c, False))
+            pos = mt.end()
+        segs.append((text[pos:], True))
+        if any(tag[0] in t for t, special in segs if special):    # a placeholder came out altered
+            return None
+        return segs
 
     def encode(self, messages, add_generation_prompt=True):
-        """Token ids of the rendered prompt (control tokens in the text parsed; one BOS at most)."""
-        text = self.render(messages, add_generation_prompt)
+        """Token ids of the rendered prompt; one BOS at most.
+
+        Control tokens are parsed in the template's own text, never in message content. A template
+        that transforms the content itself (so it cannot be located) falls back to rendering it
+        whole, and then content holding a control token's text is refused (TemplateRejected).
+        """
         tok = self.tokenizer
-        ids = tok.encode(text, parse_special=True)
+        segs = self._segments(messages, add_generation_prompt)
+        if segs is None:
+            specials = [p for p, _ in getattr(tok, "_special_all", ())]
+            for m in messages:
+                bad = next((p for p in specials if p and p in m["content"]), None)
+                if bad is not None:
+                    raise TemplateRejected(f"message content holds the control token text {bad!r}, and "
+                                           f"this chat template ({self.source}) alters content so it "
+                                           "cannot be kept as plain text")
+            segs = [(self.render(messages, add_generation_prompt), True)]
+        ids = tok.encode_segments(segs)
         if tok.bos_id is not None and len(ids) >= 2 and ids[0] == ids[1] == tok.bos_id:
             ids = ids[1:]       # the template wrote <bos> and the tokenizer added one too
         return ids

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 
-from .chat import ROLES, ChatTemplate
+from .chat import ROLES, ChatTemplate, TemplateBug
 from .engine import Engine, QueueFull, SamplingParams
 
 log = logging.getLogger("slmx.serve")
@@ -453,10 +453,14 @@ def create_app(service):
         if req.chat:
             try:
                 ids = await run_in_threadpool(S.chat.encode, req.messages)
-            except ValueError as e:
+            except ValueError as e:         # TemplateRejected: the template refuses these messages
                 raise APIError(400, str(e), param="messages") from None
+            except TemplateBug as e:        # the server's template is broken: not the client's fault
+                raise APIError(500, str(e)) from None
             return ids, ""
         if isinstance(req.prompt, str):
+            # a raw prompt is the client's own full text: control tokens in it are parsed (as in
+            # llama.cpp's /completion); chat message content never is (ChatTemplate.encode)
             ids = await run_in_threadpool(tok.encode, req.prompt, None, True)
             return ids, req.prompt
         V = tok.vocab_size

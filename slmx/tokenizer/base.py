@@ -377,6 +377,31 @@ class Tokenizer:
             out.append(self.eos_id)
         return out
 
+    def encode_segments(self, segments, add_bos=None):
+        """Token ids of the concatenation of ``segments``: [(text, parse_special), ...].
+
+        Control tokens are split out only in the segments marked ``parse_special`` (a chat
+        template's own markup), never in the others (message content, which may contain the
+        text ``<end_of_turn>``). Adjacent raw text of neighbouring segments is tokenized as one
+        piece, so without control-token text in the plain segments the ids equal
+        ``encode("".join(texts), parse_special=True)``.
+        """
+        add_bos = self.add_bos if add_bos is None else bool(add_bos)
+        if add_bos and self.bos_id is None:
+            raise ValueError("this tokenizer has no BOS token")
+        frags = []
+        for text, parse_special in segments:
+            if not isinstance(text, str):
+                raise TypeError(f"encode_segments() takes str texts, got {type(text).__name__}")
+            for f in (self._partition(text, parse_special) if text else ()):
+                if type(f) is str and frags and type(frags[-1]) is str:
+                    frags[-1] += f
+                else:
+                    frags.append(f)
+        out = [self.bos_id] if add_bos else []
+        self._encode_fragments(frags, out)
+        return out
+
     def _encode_fragments(self, frags, out):
         for f in frags:
             if type(f) is int:
