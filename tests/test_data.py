@@ -194,3 +194,27 @@ def test_unigram_entropy():
     ref = -(c[c > 0] * np.log(c[c > 0])).sum()
     assert D.unigram_entropy(toks, 50, chunk=7777) == pytest.approx(ref, rel=1e-12)
     assert D.unigram_entropy(np.zeros(10, np.uint16), 5) == 0.0
+
+
+def test_full_disk_while_writing_token_files_names_the_folder(tmp_path, monkeypatch):
+    """numpy's tofile on a full disk says only '7178 requested and 1242 written': the error names
+    the token folder and the full disk (the writes go to /dev/full here); no temporary is left."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    import builtins
+    real = builtins.open
+
+    def fake_open(path, mode="r", *a, **k):
+        if ".bin.tmp-" in os.fspath(path) and "w" in mode:
+            real(path, mode).close()            # the temporary exists (and must be removed)
+            return real("/dev/full", mode)
+        return real(path, mode, *a, **k)
+    monkeypatch.setattr(D, "open", fake_open, raising=False)
+    folder = str(tmp_path / "tok")
+    with pytest.raises(OSError) as ei:
+        D.build_token_files([write(str(tmp_path / "c" / "big.txt"), "abc\n" * 10000)], CharTokenizer(), folder,
+                            val_fraction=0.1, progress=False)
+    msg = str(ei.value)
+    assert msg.startswith(folder + ": could not write the token files") and "disk is full" in msg, msg
+    assert "requested and" in msg and "\n" not in msg
+    assert not [n for n in os.listdir(folder) if ".tmp" in n]

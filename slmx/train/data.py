@@ -354,10 +354,19 @@ def build_token_files(files, tokenizer, folder, val_fraction=DEFAULT_VAL_FRACTIO
             for f in (ft, fv):
                 f.flush()
                 os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         for p in tmp.values():
             if os.path.exists(p):
                 os.remove(p)
+        if isinstance(e, OSError) and not getattr(e, "filename", None):
+            # numpy's tofile says only "7178 requested and 1242 written" (no errno, no file)
+            import errno
+            why = ("the disk is full" if e.errno == errno.ENOSPC or "requested and" in str(e)
+                   else "write failed")
+            err = OSError(f"{folder}: could not write the token files (train.bin/val.bin), {why} "
+                          f"({' '.join(str(e.strerror or e).split())})")
+            err.errno = e.errno
+            raise err from e
         raise
     finally:
         bar.close()
