@@ -413,6 +413,18 @@ def test_capacity_queue_then_503(tiny_lm):
         srv.stop()
 
 
+def test_capacity_message_says_the_real_numbers(tiny_lm):
+    """--parallel 2 --queue 8: 2 requests take the slots, 8 wait, the 11th is refused, and the
+    message counts what the --queue bound counts (the engine loop is not started: nothing moves)."""
+    from slmx.serve.engine import QueueFull
+    engine = Engine(tiny_lm.transformer, tiny_lm.tokenizer, 32, parallel=2, max_queue=8)
+    for _ in range(10):
+        engine.submit([1, 2], 2)
+    with pytest.raises(QueueFull) as e:
+        engine.submit([1, 2], 2)
+    assert "all 2 slots are taken and 8 requests wait" in str(e.value) and "--queue 8" in str(e.value)
+
+
 def _rss():
     with open("/proc/self/status") as f:
         for line in f:

@@ -234,9 +234,13 @@ class Engine:
             if self._draining:
                 self.stats["rejected"] += 1
                 raise QueueFull("the server is shutting down")
-            if len(self.waiting) >= self.max_queue + len(self.free_slots):
+            # waiting requests first take the free slots (the loop admits them at its next step);
+            # the rest wait in the queue, whose bound is max_queue (--queue)
+            queued = len(self.waiting) - len(self.free_slots)
+            if queued >= self.max_queue:
                 self.stats["rejected"] += 1
-                raise QueueFull(f"all {self.parallel} slots are busy and {len(self.waiting)} requests wait")
+                raise QueueFull(f"all {self.parallel} slots are taken and {queued} requests wait for one, "
+                                f"the queue's bound (--queue {self.max_queue})")
             self.waiting.append(seq)
             self.stats["submitted"] += 1
             self._cv.notify_all()
