@@ -732,3 +732,18 @@ def test_cli_train_rejects_bad_options_before_any_work(tmp_path, args, what):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("slmx: error: ") and what in lines[0], r.stderr
     assert not out.exists() or not os.listdir(out)
+
+
+@pytest.mark.parametrize("content, what", [("{bad", "not valid JSON"), ("{}", "model: missing"), (None, "no such file")])
+def test_cli_train_bad_tokenizer_names_the_users_file_and_writes_nothing(tmp_path, content, what):
+    out = tmp_path / "run"
+    (tmp_path / "a.py").write_text("def f(x):\n    return x\n" * 50)
+    tok = tmp_path / "mytok.json"
+    if content is not None:
+        tok.write_text(content)
+    r = _cli("train", "--data", str(tmp_path / "a.py"), "--tokenizer", str(tok), "--out", str(out),
+             "--max-steps", "2", "--no-progress", timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("slmx: error: "), r.stderr
+    assert str(tok) in lines[0] and what in lines[0] and "run/tokenizer.json" not in lines[0], lines[0]
+    assert not out.exists()

@@ -526,6 +526,21 @@ def load_tokenizer(path):
     return hf_json.load_json(path)
 
 
+def check_tokenizer_file(path):
+    """A --tokenizer file, read before anything is written: the tokenizer, or a FormatError /
+    FileNotFoundError naming the user's path (not the copy in the output folder)."""
+    from ..errors import FormatError
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--tokenizer {path}: no such file")
+    try:
+        return load_tokenizer(path)
+    except FormatError as e:
+        msg = " ".join(str(e).split())
+        if not msg.startswith(os.fspath(path)):
+            msg = f"{path}: not a usable tokenizer.json ({msg})"
+        raise FormatError(msg) from e
+
+
 def save_tokenizer(tok, path):
     """Write `tok` as an HF tokenizer.json."""
     if hasattr(tok, "save_json"):
@@ -634,6 +649,8 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
         config.validate()                     # options first: nothing is read or written before
         check_preset(config.preset)
         files = resolve_data_files(data)
+        if tokenizer:
+            check_tokenizer_file(tokenizer)   # before the output folder exists
     config.validate()
     check_preset(config.preset)
     if config.max_steps is None and config.max_minutes is None:
