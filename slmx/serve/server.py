@@ -10,7 +10,8 @@ Errors are OpenAI-style JSON bodies {"error": {"message", "type", "param", "code
 status for bad requests (400), a bad or missing API key (401), an unknown model or route (404),
 a too-large body (413), and 503 when every slot is busy and the waiting queue is full.
 Shutdown (Ctrl-C, SIGTERM) stops accepting connections and ends running streams at once with a
-final chunk (finish_reason "abort") and `data: [DONE]`; requests still arriving get 503.
+final chunk (finish_reason "stop", an OpenAI value, and a top-level "notice" saying the server
+shut down) and `data: [DONE]`; requests still arriving get 503.
 Model compute runs on the engine's thread, tokenization on a worker thread: the event loop only
 moves bytes.
 """
@@ -504,14 +505,15 @@ def create_app(service):
                 choice = {"index": 0, "message": {"role": "assistant", "content": text},
                           "logprobs": ({"content": _chat_logprobs(tok, ev.logprobs)}
                                        if req.logprobs is not None else None),
-                          "finish_reason": ev.finish_reason}
+                          "finish_reason": _wire_finish(ev.finish_reason)}
             else:
                 lp = None
                 if req.logprobs is not None:
                     lp, _ = _completion_logprobs(tok, ev.logprobs, len(prompt_text) if req.echo else 0)
-                choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": ev.finish_reason}
-            return JSONResponse({"id": rid, "object": obj, "created": created, "model": S.model_id,
-                                 "system_fingerprint": "slmx", "choices": [choice], "usage": usage(ev)})
+                choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": _wire_finish(ev.finish_reason)}
+            return JSONResponse(dict({"id": rid, "object": obj, "created": created, "model": S.model_id,
+                                      "system_fingerprint": "slmx", "choices": [choice], "usage": usage(ev)},
+                                     **_notice(ev.finish_reason)))
 
         async def events():
             head = {"id": rid, "object": obj + ".chunk" if chat else obj, "created": created,
@@ -531,7 +533,8 @@ def create_app(service):
                         yield _sse(APIError(500, f"generation failed: {ev.message}").body())
                         break
                     if ev.text or ev.logprobs or ev.kind == "done":
-                        fin = ev.finish_reason if ev.kind == "done" else None
+                        fin = _wire_finish(ev.finish_reason) if ev.kind == "done" else None
+                        note = _notice(ev.finish_reason) if ev.kind == "done" else {}
                         if chat:
                             lp = ({"content": _chat_logprobs(tok, ev.logprobs)}
                                   if req.logprobs is not None and ev.logprobs else None)
@@ -540,7 +543,7 @@ def create_app(service):
                                                                 "logprobs": lp, "finish_reason": None}]))
                             if fin:
                                 yield _sse(dict(head, choices=[{"index": 0, "delta": {}, "logprobs": None,
-                                                                "finish_reason": fin}]))
+                                                                "finish_reason": fin}], **note))
                         else:
                             lp = None
                             if req.logprobs is not None and ev.logprobs:
@@ -548,7 +551,7 @@ def create_app(service):
                             else:
                                 offset += len(ev.text)
                             yield _sse(dict(head, choices=[{"index": 0, "text": ev.text, "logprobs": lp,
-                                                            "finish_reason": fin}]))
+                                                            "finish_reason": fin}], **note))
                     if ev.kind == "done":
                         if req.include_usage:
                             yield _sse(dict(head, choices=[], usage=usage(ev)))
@@ -650,9 +653,20 @@ def build_service(model, n_ctx=None, parallel=4, max_queue=None, api_key=None, t
     return Service(engine, tmpl, model_id, api_key=api_key, aliases=aliases, model_meta=meta)
 
 
+def _wire_finish(reason):
+    """The OpenAI finish_reason of the engine's: "abort" (ended by shutdown) is sent as "stop"
+    (OpenAI clients know only stop / length / tool_calls / content_filter), with a `notice`."""
+    return "stop" if reason == "abort" else reason
+
+
+def _notice(reason):
+    """Top-level fields telling a client its output was cut short by the server's shutdown."""
+    return {"notice": "the server is shutting down: the output was cut short"} if reason == "abort" else {}
+
+
 def _make_server(config):
     """A uvicorn.Server that, when shutdown begins (Ctrl-C, SIGTERM, should_exit), first drains
-    the app's engine: running streams end at once with a final chunk (finish_reason "abort") and
+    the app's engine: running streams end at once with a final chunk (finish_reason "stop" + "notice") and
     `data: [DONE]`, so uvicorn never has to cancel a request task (no traceback, no cut stream)."""
     import uvicorn
 
