@@ -653,6 +653,16 @@ def test_serve_port_in_use_is_one_line(tiny_path):
         and f"port {port} is in use" in r.stderr, r.stderr
 
 
+def test_non_loopback_host_without_key_warns():
+    from slmx.serve.server import exposed_without_key
+    for host in ("0.0.0.0", "::", "[::]", "192.168.1.7", "myhost.example"):
+        w = exposed_without_key(host, None)
+        assert w and w.count("\n") == 0 and host in w and "API key" in w, host
+        assert exposed_without_key(host, "k") is None
+    for host in ("127.0.0.1", "127.3.2.1", "localhost", "::1", "[::1]"):
+        assert exposed_without_key(host, None) is None, host
+
+
 def test_serve_prints_the_bound_address(tiny_path):
     """--port 0: the line names the port really bound, and the server answers there."""
     import re

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import uuid
@@ -742,6 +743,24 @@ def bind_socket(host, port):
     return sock
 
 
+def exposed_without_key(host, api_key):
+    """The start-up warning for a non-loopback `host` with no API key (None when loopback or keyed):
+    anyone who can reach the address can then use the model."""
+    import ipaddress
+    if api_key:
+        return None
+    h = host.strip("[]")
+    if h.lower() == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(h).is_loopback:
+            return None
+    except ValueError:
+        pass                    # a host name other than localhost: may be reachable from elsewhere
+    return (f"slmx serve: warning: listening on {host} (not loopback) without an API key: anyone who can "
+            "reach it can use the model; set --api-key or $SLMX_API_KEY")
+
+
 def run(model, host="127.0.0.1", port=8080, parallel=4, n_ctx=None, api_key=None, threads=None,
         max_queue=None, chat_template=None, alias=None, log_level="info", kv_cache_type="f32"):
     """`slmx serve`: load the model and serve it until interrupted. The address is bound first
@@ -759,6 +778,9 @@ def run(model, host="127.0.0.1", port=8080, parallel=4, n_ctx=None, api_key=None
         print(f"slmx serve: {service.model_id} ({service.model_meta['arch']}, ctx {service.engine.n_ctx} per "
               f"sequence, {parallel} parallel, chat template {service.chat.source}) on "
               f"http://{url_host}:{port}/v1", flush=True)
+        warning = exposed_without_key(host, api_key)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         server = _make_server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                              timeout_graceful_shutdown=5))
         server.run(sockets=[sock])
