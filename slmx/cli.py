@@ -233,11 +233,23 @@ def _cmd_train(a):
         if a.data or a.tokenizer:
             print("slmx train: --resume uses the checkpoint's data and tokenizer; ignoring --data/--tokenizer",
                   file=sys.stderr)
+        if a.out:
+            import os
+            run = os.path.abspath(a.resume)
+            if os.path.basename(run).startswith("ckpt-"):
+                run = os.path.dirname(run)
+            if os.path.abspath(a.out) != run:
+                print(f"slmx train: --resume continues in the run's own folder {run}; ignoring --out",
+                      file=sys.stderr)
+            a.out = None
         config = None
         overrides = {k: v for k, v in given.items() if k in _RESUME_OVERRIDES}
     else:
         if not a.out:
             raise ValueError("slmx train needs --out DIR (or --resume DIR)")
+        if a.tokenizer and a.vocab_size is not None:
+            print(f"slmx train: --tokenizer {a.tokenizer} brings its own vocabulary; ignoring --vocab-size",
+                  file=sys.stderr)
         config = TrainConfig(**given)
         overrides = None
     try:

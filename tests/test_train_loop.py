@@ -747,3 +747,51 @@ def test_cli_train_bad_tokenizer_names_the_users_file_and_writes_nothing(tmp_pat
     assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("slmx: error: "), r.stderr
     assert str(tok) in lines[0] and what in lines[0] and "run/tokenizer.json" not in lines[0], lines[0]
     assert not out.exists()
+
+
+def test_cli_train_notes_ignored_out_and_vocab_size_and_refuses_negative_clip(tmp_path, monkeypatch, capsys):
+    import slmx.train.trainer as T
+    from slmx.cli import main
+    seen = {}
+    monkeypatch.setattr(T, "run_training", lambda config, **k: seen.update(k, config=config))
+    (tmp_path / "a.py").write_text("x = 1\n")
+    assert main(["train", "--resume", str(tmp_path / "run"), "--out", str(tmp_path / "other")]) == 0
+    err = capsys.readouterr().err
+    assert "ignoring --out" in err and str(tmp_path / "run") in err and seen["out_dir"] is None, err
+    assert main(["train", "--resume", str(tmp_path / "run" / "ckpt-000010"), "--out", str(tmp_path / "run")]) == 0
+    assert "ignoring" not in capsys.readouterr().err             # --out is the run's own folder
+    assert main(["train", "--data", str(tmp_path / "a.py"), "--out", str(tmp_path / "o"),
+                 "--tokenizer", str(tmp_path / "t.json"), "--vocab-size", "500"]) == 0
+    assert "ignoring --vocab-size" in capsys.readouterr().err
+    monkeypatch.undo()                                             # the real run_training: validates first
+    assert main(["train", "--data", str(tmp_path / "a.py"), "--out", str(tmp_path / "o"), "--clip", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("slmx: error: clip must be") and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="clip"):
+        TrainConfig(clip=-0.5).validate()
+    TrainConfig(clip=0).validate()
+
+
+def test_warmup_not_below_max_steps_warns(tmp_path, monkeypatch):
+    import io
+    from slmx.train.trainer import run_training
+    _patch_fakes(monkeypatch)
+    data = [_fake_corpus(tmp_path)]
+    for warmup, n, warned in ((3, 3, True), (50, 2, True), (1, 3, False)):
+        buf = io.StringIO()
+        run_training(TrainConfig(**dict(_FAKE_CFG, warmup=warmup, max_steps=n)), str(tmp_path / f"w{warmup}"),
+                     data=data, progress=False, sample_tokens=0, out=buf)
+        lines = [ln for ln in buf.getvalue().splitlines() if "never reaches its peak" in ln]
+        assert len(lines) == warned and (not warned or f"--warmup {warmup} >= --max-steps {n}" in lines[0])
+
+
+def test_vocab_size_the_corpus_cannot_reach_is_noted(tmp_path):
+    import io
+    from slmx.train.trainer import prepare_tokenizer
+    (tmp_path / "a.py").write_text("def f(x):\n    return x + 1\n" * 20)
+    buf = io.StringIO()
+    tok, _ = prepare_tokenizer(str(tmp_path), [str(tmp_path / "a.py")], 70000, val_fraction=0.0, out=buf,
+                               progress=False)
+    assert tok.vocab_size < 70000
+    assert f"note: the vocabulary reached {tok.vocab_size:,} tokens, not --vocab-size 70,000" in buf.getvalue()

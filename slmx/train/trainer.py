@@ -98,8 +98,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.eval_tokens <= 0:
             raise ValueError(f"eval_tokens must be positive, got {self.eval_tokens}")
-        if not math.isfinite(self.clip):
-            raise ValueError(f"clip must be a finite number, got {self.clip}")
+        if not (math.isfinite(self.clip) and self.clip >= 0):
+            raise ValueError(f"clip must be a finite number >= 0 (0 = off), got {self.clip}")
         make_schedule(self.schedule, self.lr, self.max_steps or 10 ** 9, self.warmup, self.min_lr_ratio,
                       self.decay_fraction)            # raises ValueError on an unknown name or bad values
         return self
@@ -592,6 +592,9 @@ def prepare_tokenizer(out_dir, files, vocab_size, tokenizer=None, max_doc_bytes=
         json.dump(key, f)
     print(f"tokenizer: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f} s -> {path}", file=out,
           flush=True)
+    if tok.vocab_size < vocab_size:
+        print(f"note: the vocabulary reached {tok.vocab_size:,} tokens, not --vocab-size {vocab_size:,} (the "
+              f"corpus supports no more merges)", file=out, flush=True)
     return load_tokenizer(path), path
 
 
@@ -656,6 +659,9 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
     if config.max_steps is None and config.max_minutes is None:
         config.max_minutes = 10.0
         print("no --max-steps or --max-minutes: training for 10 minutes", file=out, flush=True)
+    if st is None and config.max_steps and config.warmup >= config.max_steps:
+        print(f"warning: --warmup {config.warmup} >= --max-steps {config.max_steps}: the learning rate never "
+              f"reaches its peak --lr {config.lr:g}", file=out, flush=True)
     threads = _resolve_threads(config.threads)
     os.makedirs(out_dir, exist_ok=True)
     n_bytes = sum(os.path.getsize(p) for p in files)
