@@ -795,3 +795,20 @@ def test_vocab_size_the_corpus_cannot_reach_is_noted(tmp_path):
                                progress=False)
     assert tok.vocab_size < 70000
     assert f"note: the vocabulary reached {tok.vocab_size:,} tokens, not --vocab-size 70,000" in buf.getvalue()
+
+
+def test_validation_shorter_than_the_context_is_named_as_such(tmp_path, monkeypatch):
+    """56 files but the held-out document is shorter than --context: not 'a single document'."""
+    import io
+    from slmx.train.trainer import run_training
+    _patch_fakes(monkeypatch)
+    buf = io.StringIO()
+    data = tmp_path / "corpus"
+    data.mkdir()
+    for i in range(56):
+        (data / f"m{i}.py").write_text(f"x{i} = {i}\n" * 3)
+    run_training(TrainConfig(**dict(_FAKE_CFG, context=60, max_steps=1, warmup=0, val_fraction=0.02)),
+                 str(tmp_path / "a"), data=[str(data)], progress=False, sample_tokens=0, out=buf)
+    text = buf.getvalue()
+    note = [ln for ln in text.splitlines() if ln.startswith("note: no validation data")]
+    assert note and "single document" not in note[0] and "fewer than one window of --context 60" in note[0], text

@@ -713,8 +713,17 @@ def run_training(config, out_dir=None, data=None, tokenizer=None, resume=None, p
     sampler = WindowSampler(td.train.tokens, config.batch_size, T, seed=config.seed)
     val = validation_batches(td.val.tokens, config.batch_size, T, config.eval_tokens)
     if not val:
-        why = ("--val-fraction 0: no validation split" if not config.val_fraction else
-               "no validation data (the corpus has a single document)")
+        if not config.val_fraction:
+            why = "--val-fraction 0: no validation split"
+        elif not td.val.n_docs:
+            n_docs = td.train.n_docs
+            why = ("no validation data (the corpus has a single document)" if n_docs <= 1 else
+                   f"no validation data (--val-fraction {config.val_fraction:g} of {n_docs} documents held "
+                   f"out none)")
+        else:
+            why = (f"no validation data (the {td.val.n_docs} held-out document{'s' * (td.val.n_docs > 1)} "
+                   f"hold{'s' * (td.val.n_docs == 1)} {td.val.n_tokens:,} tokens, fewer than one window of "
+                   f"--context {T} + 1)")
         print(f"note: {why}; validation is skipped", file=out, flush=True)
     extra = {"preset": config.preset,
              "data": {"files": files, "folder": data_dir, "fingerprint": td.fingerprint,
