@@ -293,6 +293,23 @@ def test_spm_space_prefix_and_specials():
     assert tok.encode("", add_bos=True) == [1] and tok.encode("", add_bos=False) == []
 
 
+def test_encode_segments_parses_specials_only_where_asked(gemma):
+    """encode_segments: control tokens split out in the parse_special segments only; the rest is
+    plain text, and the raw text of neighbouring segments is one piece (as in encode())."""
+    segs = [("<start_of_turn>user\n", True), ("Hi<end_of_turn>\n", False), ("<end_of_turn>\n", True)]
+    ids = gemma.encode_segments(segs)
+    assert ids[:2] == [2, 105] and ids.count(106) == 1 and ids[-2:] == [106, 107]
+    assert ids[2:-2] == gemma.encode("user\nHi<end_of_turn>\n", add_bos=False)       # one raw piece
+    assert gemma.decode(ids) == "<bos>" + "".join(t for t, _ in segs)
+    assert gemma.encode_segments([(t, True) for t, _ in segs], add_bos=False) == \
+        gemma.encode("".join(t for t, _ in segs), add_bos=False, parse_special=True)
+    # the SPM space prefix goes where encode() puts it: before the first text, after a special token
+    tok = Tokenizer.from_metadata(small_spm_meta(0, add_space_prefix=True))
+    ctl = tok.token_id("<ctl>")
+    got = tok.encode_segments([("<ctl>a", True), ("b<ctl>", False), ("c", True)], add_bos=False)
+    assert got == [ctl] + tok.encode("ab<ctl>c", add_bos=False) and got.count(ctl) == 1
+
+
 # =======================================================================================
 # byte-level BPE against HF tokenizers
 # =======================================================================================
