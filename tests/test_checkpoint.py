@@ -243,3 +243,19 @@ def test_full_disk_is_a_one_line_error_naming_the_file_and_last_good_checkpoint(
         rc = main(["train", "--out", out, "--data", str(tmp_path)])
     assert rc == 1 and err.getvalue().startswith("slmx: error: ") and err.getvalue().count("\n") == 1
     assert good in err.getvalue()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_checkpoint_files_follow_the_umask(tmp_path, umask):
+    """model/optimizer.safetensors were 0600 (safetensors' temporary), the other files 0644."""
+    import stat
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text('{"model": {}}')
+    old = os.umask(umask)
+    try:
+        p = C.save_checkpoint(str(tmp_path / "run"), 5, tensors(1), opt_state(5), {}, str(tok))
+    finally:
+        os.umask(old)
+    modes = {n: stat.S_IMODE(os.stat(os.path.join(p, n)).st_mode) for n in os.listdir(p)}
+    assert set(modes) == {C.MODEL, C.OPTIMIZER, C.STATE, C.TOKENIZER}
+    assert all(m == 0o666 & ~umask for m in modes.values()), {n: oct(m) for n, m in modes.items()}

@@ -62,6 +62,12 @@ def _fsync_file(path):
         os.fsync(f.fileno())
 
 
+def _file_mode():
+    """0666 less the umask: the mode open() gives a new file (state.json, tokenizer.json)."""
+    from ..formats.gguf import _umask
+    return 0o666 & ~_umask()
+
+
 def _pause():
     d = os.environ.get(DELAY_ENV)
     if d:
@@ -137,11 +143,13 @@ def save_checkpoint(out_dir, step, tensors, optimizer_state, state, tokenizer_pa
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.path.join(tmp, MODEL),
                   metadata=meta)
         _fsync_file(os.path.join(tmp, MODEL))
+        os.chmod(os.path.join(tmp, MODEL), _file_mode())      # safetensors creates it 0600
         _pause()
         arrays, scalars = split_optimizer_state(optimizer_state)
         cur[0] = os.path.join(tmp, OPTIMIZER)
         save_file(arrays, os.path.join(tmp, OPTIMIZER), metadata=meta)
         _fsync_file(os.path.join(tmp, OPTIMIZER))
+        os.chmod(os.path.join(tmp, OPTIMIZER), _file_mode())
         _pause()
         if tokenizer_path:
             cur[0] = os.path.join(tmp, TOKENIZER)
