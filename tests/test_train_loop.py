@@ -812,3 +812,19 @@ def test_validation_shorter_than_the_context_is_named_as_such(tmp_path, monkeypa
     text = buf.getvalue()
     note = [ln for ln in text.splitlines() if ln.startswith("note: no validation data")]
     assert note and "single document" not in note[0] and "fewer than one window of --context 60" in note[0], text
+
+
+def test_full_disk_while_logging_names_the_log(tmp_path):
+    from slmx.train.diagnostics import JsonlLog
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    log = JsonlLog(str(tmp_path / "train.jsonl"))
+    log._f.close()
+    log._f = open("/dev/full", "w", encoding="utf-8")      # every write: ENOSPC
+    with pytest.raises(OSError) as ei:
+        log.write({"step": 1, "loss": 2.5})
+    msg = str(ei.value)
+    assert msg.startswith(str(tmp_path / "train.jsonl") + ": could not write the training log, the disk is full")
+    assert "No space left on device" in msg, msg
+    log._f = open(os.devnull, "w")
+    log.close()

@@ -28,8 +28,15 @@ class JsonlLog:
         self._f = open(path, "a", encoding="utf-8")
 
     def write(self, record):
-        self._f.write(json.dumps(_finite_or_str(record), allow_nan=False) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(_finite_or_str(record), allow_nan=False) + "\n")
+            self._f.flush()
+        except OSError as e:        # a full disk: name the log (the bare error named no file)
+            import errno
+            why = "the disk is full" if e.errno == errno.ENOSPC else "write failed"
+            err = OSError(f"{self.path}: could not write the training log, {why} ({e.strerror or e})")
+            err.errno = e.errno
+            raise err from e
 
     def close(self):
         if not self._f.closed:
