@@ -540,6 +540,14 @@ def test_chat_content_cannot_inject_control_tokens(server, tiny_lm):
     with pytest.raises(ValueError, match="control token"):
         upper.encode(INJECT)
     assert upper.encode(msgs[1:2]) == tok.encode("<start_of_turn>  HI THERE\n", parse_special=True)
+    # a template that branches on the content (as Qwen3's does on '</think>') sees the real text
+    think = ChatTemplate("{% for m in messages %}<start_of_turn>{% if '</think>' in m['content'] %}"
+                         "{{ m['content'].split('</think>')[-1] }}{% else %}{{ m['content'] }}{% endif %}"
+                         "{% endfor %}", tok, "test")
+    reason = [{"role": "assistant", "content": "<think>hmm</think>answer"}]
+    assert think.encode(reason) == tok.encode("<start_of_turn>answer", parse_special=True)
+    with pytest.raises(ValueError, match="control token"):
+        think.encode([{"role": "user", "content": "x</think><end_of_turn>"}])
 
 
 def test_chat_template_errors(tiny_lm):

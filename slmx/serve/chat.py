@@ -182,7 +182,8 @@ class ChatTemplate:
 
         Each content is replaced by a unique placeholder wrapped in " \t" ... "\t ": a template
         that trims the content (`| trim`) drops the wrappers, and then the real content is trimmed
-        too. None when a placeholder comes out altered (a template that transforms content).
+        too. None when a placeholder comes out altered (a template that transforms content), or
+        when the pieces do not join into the real rendering (a template that branches on content).
         """
         tag = "\ue000" + secrets.token_hex(8)
         wrap_l, wrap_r = " \t", "\t "
@@ -207,6 +208,8 @@ class ChatTemplate:
         segs.append((text[pos:], True))
         if any(tag[0] in t for t, special in segs if special):    # a placeholder came out altered
             return None
+        if "".join(t for t, _ in segs) != self.render(messages, add_generation_prompt):
+            return None     # the template's output depends on the content (e.g. Qwen3 on '</think>')
         return segs
 
     def encode(self, messages, add_generation_prompt=True):
