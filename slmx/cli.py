@@ -305,10 +305,28 @@ def _cmd_perplexity(a):
     return 0
 
 
-def _refuse_existing(path, force, folder=False):
+def _refuse_existing(path, force, source, folder=False):
     """Writing OUT must not silently replace the user's files: an existing output file (or a
-    non-empty output folder) needs --force."""
+    non-empty output folder) needs --force. Never, even with --force: OUT being the input SOURCE,
+    holding it, or an existing non-GGUF file inside it (the input's own data), OUT being a folder
+    where a file is written (or the reverse), or OUT's folder missing."""
     import os
+    out, src = os.path.realpath(path), os.path.realpath(source)
+    inside = out.startswith(src.rstrip(os.sep) + os.sep)
+
+    def earlier_output(p):                       # a GGUF file in the input folder is not read from it
+        with open(p, "rb") as f:
+            return f.read(4) == b"GGUF"
+    if out == src or src.startswith(out.rstrip(os.sep) + os.sep) \
+            or (inside and os.path.isfile(out) and not earlier_output(out)):
+        raise ValueError(f"{path}: the output would overwrite the input {source}; write it elsewhere")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{path}: the folder {os.path.dirname(path) or parent} does not exist")
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{path}: is a file; give a folder for --format hf")
+    if not folder and os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder; give a file path")
     if force:
         return
     if folder:
@@ -321,7 +339,7 @@ def _refuse_existing(path, force, folder=False):
 
 def _cmd_convert(a):
     from .convert import convert_hf_to_gguf
-    _refuse_existing(a.output, a.force)
+    _refuse_existing(a.output, a.force, a.input)
     r = convert_hf_to_gguf(a.input, a.output, type=a.type, threads=a.threads)
     print(f"{r['path']}: {r['arch']}, {r['tensors']} tensors, matrices {r['type']}, {r['bytes'] / 2**20:.1f} MiB")
     return 0
@@ -329,7 +347,7 @@ def _cmd_convert(a):
 
 def _cmd_export(a):
     from .convert import export_checkpoint
-    _refuse_existing(a.output, a.force, folder=a.format == "hf")
+    _refuse_existing(a.output, a.force, a.checkpoint, folder=a.format == "hf")
     r = export_checkpoint(a.checkpoint, a.output, format=a.format, type=a.type, threads=a.threads)
     size = f", {r['bytes'] / 2**20:.1f} MiB" if "bytes" in r else ""
     print(f"{r['path']}: step {r['step']} exported as {r['format']}{size}")
@@ -376,7 +394,7 @@ def _add_file_parsers(sub):
 
 def _cmd_quantize(a):
     from .quantize import quantize_model
-    _refuse_existing(a.output, a.force)
+    _refuse_existing(a.output, a.force, a.input)
     pure = True if a.pure else (False if a.mixed else None)
     r = quantize_model(a.input, a.output, a.type, pure=pure, threads=a.threads,
                        allow_requantize=a.allow_requantize)

@@ -156,6 +156,33 @@ def test_cli_export_refuses_to_replace_the_users_files(ckpt, tmp_path):
     assert main(["export", path, str(empty), "--format", "hf"]) == 0     # an empty folder is fine
 
 
+
+def test_cli_output_never_overwrites_the_input(ckpt, tmp_path):
+    """--force replaces the user's older output, never the input being read (a checkpoint's
+    model.safetensors, a file inside an input folder), and a folder / file mix-up or a missing
+    parent folder is a one-line error naming it, not a raw errno with a temporary's name."""
+    path, _ = ckpt
+    weights = os.path.join(path, "model.safetensors")
+    before = open(weights, "rb").read()
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    gg = tmp_path / "x.gguf"
+    gg.write_bytes(b"old")
+    cases = [(["export", path, weights, "--force"], "overwrite the input"),
+             (["export", path, path, "--format", "hf", "--force"], "overwrite the input"),
+             (["convert", str(hf), str(hf / "config.json"), "--force"], "overwrite the input"),
+             (["quantize", str(gg), str(gg), "--type", "Q8_0", "--force"], "overwrite the input"),
+             (["export", path, str(tmp_path), "--force"], "is a folder"),
+             (["export", path, str(gg), "--format", "hf", "--force"], "is a file"),
+             (["export", path, str(tmp_path / "no" / "x.gguf")], "does not exist")]
+    for argv, words in cases:
+        r = subprocess.run([sys.executable, "-m", "slmx", *argv], capture_output=True, text=True)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and words in r.stderr, (argv, r.stderr)
+        assert ".tmp" not in r.stderr, r.stderr
+    assert open(weights, "rb").read() == before and gg.read_bytes() == b"old"
+
+
 def test_cli_export_notes_dropped_mtp_heads_and_type_fallbacks(ckpt, tmp_path):
     """An MTP checkpoint exports without its mtp.* heads (llama.cpp refuses unknown tensors) and
     says so; Q4_K on 64-wide rows says how many tensors fell back to Q5_0 (gguf-py reads the types)."""
