@@ -63,6 +63,25 @@ def test_rmsnorm(simd_level, shape, nthreads):
     close(y, ref_rmsnorm(x, w, 0.5))
 
 
+@pytest.mark.parametrize("mag", [1e19, 3e19, 1e25, 1e36])
+def test_rmsnorm_rows_beyond_float_squares(simd_level, mag):
+    # x^2 (or the sum of a row's squares) beyond float: the row is still x / rms(x) * w, as the
+    # float64 formula gives (a float sum made it zeros; ggml's double sum then float mean does at
+    # a mean square past 3.4e38); ordinary rows of the same call are untouched, inf stays as before
+    C = 640
+    x = rand(3, C, scale=1.0)
+    x[0] *= mag
+    w = rand(C)
+    out = np.empty_like(x)
+    oc.rmsnorm(x, w, 1e-6, out, 1)
+    assert np.all(np.isfinite(out))
+    close(out, ref_rmsnorm(x, w, 1e-6), rtol=1e-5, atol=1e-6)
+    x[2, 5] = np.inf
+    oc.rmsnorm(x, w, 1e-6, out, 1)
+    assert not np.all(np.isfinite(out[2]))
+    close(out[:2], ref_rmsnorm(x[:2], w, 1e-6), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_softmax(simd_level, shape, nthreads):

@@ -17,10 +17,20 @@
 
 /* ================================================================= scalar (portable C) */
 
+/* 1 / rms(x) from a double sum and a double root: for rows whose mean square is beyond float
+ * (|x| >~ 1e19; a float sum overflows there and would make the row zeros). The usual paths below
+ * keep their own float arithmetic and only come here when theirs overflowed (finite input). */
+static float slmx_rms_scale_wide(const float *x, long C, float eps) {
+    double ss = 0.0;
+    for (long i = 0; i < C; i++) ss += (double)x[i] * (double)x[i];
+    return (float)(1.0 / sqrt(ss / (double)C + (double)eps));
+}
+
 static void slmx_rmsnorm_row_scalar(const float *x, const float *w, float *out, long C, float eps) {
     double ss = 0.0;
     for (long i = 0; i < C; i++) ss += (double)x[i] * (double)x[i];
-    float scale = 1.0f / sqrtf((float)(ss / (double)C) + eps);
+    float ms = (float)(ss / (double)C);
+    float scale = isinf(ms) && !isinf(ss) ? slmx_rms_scale_wide(x, C, eps) : 1.0f / sqrtf(ms + eps);
     for (long i = 0; i < C; i++) out[i] = (x[i] * scale) * w[i];
 }
 
@@ -124,7 +134,8 @@ static SLMX_TARGET_AVX512 void slmx_rmsnorm_row_avx512(const float *x, const flo
         s0 = _mm512_fmadd_ps(a, a, s0);
     }
     float ss = slmx_hsum_avx512(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-    __m512 sc = _mm512_set1_ps(1.0f / sqrtf(ss / (float)C + eps));
+    float scale = isinf(ss / (float)C) ? slmx_rms_scale_wide(x, C, eps) : 1.0f / sqrtf(ss / (float)C + eps);
+    __m512 sc = _mm512_set1_ps(scale);
     for (i = 0; i < C; i += 16) {
         __mmask16 m = slmx_tail_mask16(C - i);
         __m512 a = _mm512_maskz_loadu_ps(m, x + i);
@@ -202,7 +213,8 @@ static SLMX_TARGET_AVX2 void slmx_rmsnorm_row_avx2(const float *x, const float *
         s0 = _mm256_fmadd_ps(a, a, s0);
     }
     float ss = slmx_hsum_avx2(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    __m256 sc = _mm256_set1_ps(1.0f / sqrtf(ss / (float)C + eps));
+    float scale = isinf(ss / (float)C) ? slmx_rms_scale_wide(x, C, eps) : 1.0f / sqrtf(ss / (float)C + eps);
+    __m256 sc = _mm256_set1_ps(scale);
     for (i = 0; i < C; i += 8) {
         __m256i m = slmx_tail_mask8(C - i);
         __m256 a = _mm256_maskload_ps(x + i, m), b = _mm256_maskload_ps(w + i, m);
