@@ -415,6 +415,8 @@ def _cmd_serve(a):
         raise ValueError(f"--parallel must be >= 1, got {a.parallel}")
     if a.queue is not None and a.queue < 0:
         raise ValueError(f"--queue must be >= 0, got {a.queue}")
+    if a.chat_template is not None and not os.path.isfile(a.chat_template):
+        raise ValueError(f"--chat-template: no such file: {a.chat_template}")
     api_key = a.api_key or os.environ.get("SLMX_API_KEY") or None
     try:
         from .serve.server import run

@@ -206,3 +206,16 @@ def test_threads_minus_one_is_automatic(capsys):
         assert f"| threads: {auto} |" in err, err
     r = run("generate", "--help")
     assert "0 or -1 (the default): automatic" in " ".join(r.stdout.split())
+
+
+def test_serve_missing_or_unreadable_chat_template(tmp_path, gemma3_path):
+    # a one-line error naming the file, before the model is loaded or the port bound
+    r = run("serve", "-m", gemma3_path, "--port", "0", "--chat-template", str(tmp_path / "nope.jinja"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope.jinja" in lines[0] and "--chat-template" in lines[0], r.stderr
+    from slmx.serve.chat import ChatTemplate
+    bad = tmp_path / "latin1.jinja"
+    bad.write_bytes(b"{{ '\xe9' }}")
+    with pytest.raises(ValueError, match="latin1.jinja"):
+        ChatTemplate.for_model(None, "gemma3", None, str(bad))

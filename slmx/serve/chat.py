@@ -150,8 +150,13 @@ class ChatTemplate:
     def for_model(cls, tokenizer, arch, model_path=None, template_file=None):
         """The template of a model: explicit file, GGUF metadata, tokenizer_config.json, built-in."""
         if template_file:
-            with open(template_file, encoding="utf-8") as f:
-                return cls(f.read(), tokenizer, "file")
+            try:
+                with open(template_file, encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise ValueError(f"chat template file {template_file}: {why}") from None
+            return cls(text, tokenizer, "file")
         if tokenizer.chat_template:
             return cls(tokenizer.chat_template, tokenizer, "gguf")
         t = _from_tokenizer_config(model_path)
