@@ -196,6 +196,28 @@ def test_linear_small_m_alignment(simd_level, M, K):
             check(out, ref, K)
 
 
+@pytest.mark.parametrize("kmax", [64, 96])
+def test_linear_depth_blocks(simd_level, kmax):
+    # linear_f32 with 16 <= M <= 3 MC_ROWS takes depth blocks of up to LINEAR_KC_MAX (forced small
+    # here): K of one block, of exactly two, and of uneven multiples of 16 with a short tail; M at
+    # the edges of the rule (15: the general rule, 16, beyond 3 MC_ROWS: the general rule)
+    mc = gemm.block_sizes()[1]
+    prev = gemm._set_linear_kc_max(kmax)
+    try:
+        for K in (kmax, 2 * kmax, 3 * kmax + 21):
+            for M, N in ((15, 40), (16, 33), (45, 200), (3 * mc + 1, 40)):
+                x, w = rand(M, K), rand(N, K)
+                ref = x.astype(np.float64) @ w.astype(np.float64).T
+                for nt in (1, 2):
+                    out = np.full((M, N), np.nan, np.float32)
+                    gemm.linear_f32(x, w, out, nt)
+                    check(out, ref, K)
+    finally:
+        gemm._set_linear_kc_max(prev)
+    with pytest.raises(ValueError):
+        gemm._set_linear_kc_max(40)
+
+
 @pytest.mark.parametrize("dk", [-1, 0, 1, 2 * 256 + 37])
 def test_depth_blocks_per_call(simd_level, dk):
     # unpacked calls take all of K as one depth block up to 3 KC, beyond that equal blocks of at

@@ -8,6 +8,7 @@ Loop nest (per outer block of at most MC_OUTER rows of A), block sizes from cpu.
               split over the threads (by columns when B is packed on the fly and A's block fits
               half of L2: each thread then packs only its own panels); each task:
         for each group of 8 panels: pack them (kc x 32 each, one panel ~2/3 of L1)
+          (B = W^T: each panel packed alone, right before its tiles)
           for panel: for tile: micro-kernel mr x 32 (+)= A_tile B_panel
 The micro-kernel keeps mr x 32 accumulators in registers (AVX-512: 14 x 2 zmm; AVX2: 6 x 2 ymm
 per 16-column half; scalar: portable C). Tiles of A are balanced (M = 16 gives two 8-row tiles,
@@ -93,6 +94,11 @@ cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 cdef Py_ssize_t KC = 256
 cdef Py_ssize_t MC_ROWS = 336
 cdef Py_ssize_t ALT_MAX_SLICE = 8 * 2097152     # see _next_direction
+# linear_f32 (C = X W^T) with 16 <= M <= 3 MC_ROWS: depth blocks of all of K up to LINEAR_KC_MAX,
+# else equal blocks of at most that (0: the rule of _call_kc). C is then read and written
+# K / kc times instead of K / 512: 512 x 4096 x 4096 at 2 threads 321 -> 344 GFLOP/s,
+# 1 thread (CPU clock) 169 -> 173; 2048 x 2048: 333 -> 336 (see the notes of issue 3).
+cdef Py_ssize_t LINEAR_KC_MAX = 2048
 
 
 cdef inline Py_ssize_t _call_kc(Py_ssize_t K) noexcept nogil:
@@ -104,6 +110,28 @@ cdef inline Py_ssize_t _call_kc(Py_ssize_t K) noexcept nogil:
         return max(K, <Py_ssize_t>1)
     nb = _cdiv(K, 2 * KC)
     return _cdiv(_cdiv(K, nb), 16) * 16
+
+
+cdef inline Py_ssize_t _linear_kc(Py_ssize_t M, Py_ssize_t K) noexcept nogil:
+    """depth of the blocks of linear_f32 (see LINEAR_KC_MAX); M < 16 keeps _call_kc's (its bits)"""
+    cdef Py_ssize_t nb
+    if LINEAR_KC_MAX <= 0 or M < 16 or M > 3 * MC_ROWS:
+        return _call_kc(K)
+    if K <= LINEAR_KC_MAX:
+        return max(K, <Py_ssize_t>1)
+    nb = _cdiv(K, LINEAR_KC_MAX)
+    return _cdiv(_cdiv(K, nb), 16) * 16
+
+
+def _set_linear_kc_max(Py_ssize_t n):
+    """Set LINEAR_KC_MAX (a multiple of 16, or 0 for the general rule; tuning experiments, tests);
+    returns the previous value."""
+    global LINEAR_KC_MAX
+    if n < 0 or n % 16:
+        raise ValueError(f"n must be 0 or a positive multiple of 16, got {n}")
+    prev = LINEAR_KC_MAX
+    LINEAR_KC_MAX = n
+    return prev
 
 
 def _block_sizes(l1, l2):
@@ -178,24 +206,25 @@ cdef inline void _gemm_task(int lvl, Py_ssize_t q, Py_ssize_t n_mg, Py_ssize_t n
     cdef Py_ssize_t mg = q // n_ng, ng = q % n_ng
     cdef Py_ssize_t t0 = (mg * ntiles) // n_mg, t1 = ((mg + 1) * ntiles) // n_mg
     cdef Py_ssize_t p0 = (ng * npan) // n_ng, p1 = ((ng + 1) * npan) // n_ng
-    cdef Py_ssize_t pp, tt, r0, r1, nv, g, g2, ng2
+    cdef Py_ssize_t pp, tt, r0, r1, nv, g, ng2
     cdef const float *bp
     cdef slmx_ukr_t ukr
     for pp in range(p0, p1):
         nv = min(<Py_ssize_t>NR, N - pp * NR)
         if bkind == B_PACKED:
             bp = B + pc * npad + pp * kc * NR
+        elif bkind == B_TRANS:
+            # one panel at a time, right before its tiles: the panel is partly in L1 when they
+            # start and the rows of W are read from memory in short bursts, not 8 panels at once
+            # (2 threads, 512 x 2048 x 2048: 312 -> 353 GFLOP/s; 1 thread: the same)
+            slmx_pack_b_trans(lvl, B + (pp * NR) * ldb + pc, ldb, <int>nv, kc, bbuf)
+            bp = bbuf
         else:
             # pack a group of up to PANEL_GROUP panels when entering it
             g = (pp - p0) % PANEL_GROUP
             if g == 0:
                 ng2 = min(<Py_ssize_t>PANEL_GROUP, p1 - pp)
-                if bkind == B_ROWS:
-                    slmx_pack_b_rows_multi(B + pc * ldb + pp * NR, ldb, min(ng2 * NR, N - pp * NR), kc, bbuf)
-                else:
-                    for g2 in range(ng2):
-                        slmx_pack_b_trans(lvl, B + ((pp + g2) * NR) * ldb + pc, ldb,
-                                          <int>min(<Py_ssize_t>NR, N - (pp + g2) * NR), kc, bbuf + g2 * kc * NR)
+                slmx_pack_b_rows_multi(B + pc * ldb + pp * NR, ldb, min(ng2 * NR, N - pp * NR), kc, bbuf)
             bp = bbuf + g * kc * NR
         for tt in range(t0, t1):
             r0 = (tt * mb) // ntiles
@@ -493,7 +522,7 @@ def linear_f32(x, w, out, int nthreads=1):
     if ws[1] != K:
         raise ValueError(f"w: expected {K} columns to match x {x.shape}, got {w.shape}")
     _check_out(out, M, N, (x, w))
-    gemm_forward(<const float *>_data(x), K, <const float *>_data(w), K, B_TRANS, _call_kc(K), 0, <float *>_data(out),
+    gemm_forward(<const float *>_data(x), K, <const float *>_data(w), K, B_TRANS, _linear_kc(M, K), 0, <float *>_data(out),
                  N, M, N, K, nthreads)
     return out
 
