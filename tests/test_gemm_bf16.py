@@ -13,7 +13,7 @@ from slmx._kernels import gemm
 RNG = np.random.default_rng(11)
 
 # edges in every dimension: M not a multiple of 16/32, K not of 32, N not of 16/32; K beyond
-# one AMX depth block (1024)
+# one AMX depth block (640)
 SHAPES = [(1, 1, 1), (1, 64, 32), (3, 70, 45), (16, 640, 256), (17, 33, 17), (33, 100, 48),
           (64, 1030, 100), (130, 2100, 70)]
 
@@ -107,13 +107,13 @@ def _out(M, N, aligned, skew=1):
 
 # The AMX path's task grid and writers: several groups of panels (N = 1000, 4133: a ragged last
 # panel), 32-row ranges split between threads when N has fewer panels than threads (N = 20),
-# depth blocks with a K tail (K = 2300: 3 blocks of 768 + C reloaded), M = 16 (the smallest
+# depth blocks with a K tail (K = 2300: 4 blocks of 576, the last 572 deep; partial sums in the accumulator), M = 16 (the smallest
 # on tiles), the non-temporal writer (forced by a threshold of 0) into an aligned output and a
 # misaligned one (N % 16 == 0: panels shifted so that all but the first start on a 64-byte
 # boundary; else plain stores); the tile stores into an output 16 bytes off (numpy's alignment
 # of large arrays; N % 16 == 0: shifted panels as for the stream, the columns left of the first
 # and right of the last full panel in one "wrap" panel of 32 or, N = 80, 16 columns); X over 1 MB
-# with few columns (264 x 2100 x 100: depth blocks of 256, the last one 64 deep).
+# with few columns (264 x 2100 x 100: 4 depth blocks of 544, the last one 468 deep).
 TASK_SHAPES = [(48, 200, 1000), (100, 64, 20), (33, 64, 4133), (64, 2300, 96), (16, 32, 4096), (50, 2300, 80),
                (264, 2100, 100)]
 
@@ -131,6 +131,28 @@ def test_linear_bf16_amx_tasks(simd_level, M, K, N, nthreads, writer):
         _check_exact(x, w, out)
     finally:
         gemm._set_bf16_stream_floats(old)
+
+
+# depth blocks forced small (kmax 64: K = 200 in 4 blocks of 64, the last one 8 deep; K = 640 in
+# 10), the partial sums kept in the per-thread accumulator or (without it) in C itself, reloaded:
+# edge rows and columns, the wrap panel of a misaligned output (N = 80, 96), a packed weight
+@pytest.mark.parametrize("M,K,N", [(48, 200, 1000), (33, 200, 80), (64, 640, 96), (100, 200, 20)])
+@pytest.mark.parametrize("cacc", [True, False])
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("packed", [True, False])
+def test_linear_bf16_amx_depth_blocks(simd_level, M, K, N, cacc, aligned, packed):
+    old_kc, old_cacc = gemm._set_bf16_kc(64), gemm._set_bf16_cacc(cacc)
+    try:
+        x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
+        w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
+        out = _out(M, N, aligned, 4)
+        gemm.linear_bf16(x, gemm.pack_weight_bf16(w) if packed else w, out, 2)
+        _check_exact(x, w, out)
+    finally:
+        gemm._set_bf16_kc(*old_kc)
+        gemm._set_bf16_cacc(old_cacc)
+    with pytest.raises(ValueError):
+        gemm._set_bf16_kc(48)
 
 
 def test_linear_bf16_amx_reuses_workspace():

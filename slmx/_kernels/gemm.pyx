@@ -51,7 +51,7 @@ cdef extern from "gemm_simd.h" nogil:
 
 cdef extern from "gemm_bf16_simd.h" nogil:
     int SLMX_BF16_BBUF
-    long slmx_bf16_amx_kc(long K)
+    long slmx_bf16_amx_kc(long K, long kmax)
     long slmx_bf16_amx_ncp(long kc)
     void slmx_f32_to_bf16_n(const float *src, uint16_t *dst, long n)
     void slmx_f32_to_bf16_lvl(int lvl, const float *src, uint16_t *dst, long n)
@@ -64,7 +64,7 @@ cdef extern from "gemm_bf16_simd.h" nogil:
     void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long mb1, uint16_t *Xp)
     void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, const uint16_t *Wp, long N,
                             long m0, long m1, long p0, long p1, long kc, uint16_t *Bp, float *C, long ldc,
-                            int stream, long sh)
+                            int stream, long sh, float *Ca, long ncap)
     void slmx_bf16_pack_weight(const uint16_t *W, long N, long K, long p0, long p1, uint16_t *Wp)
 
 cdef extern from "simd.h" nogil:
@@ -613,13 +613,13 @@ def matmul_packed(a, PackedB packed, out, int nthreads=1):
 # bf16 values travel as uint16 bit patterns (the upper half of a float32).
 
 cdef int _amx_bf16_allowed = 1
+cdef int _bf16_cacc_allowed = 1
 cdef Py_ssize_t _bf16_stream_floats = 16777216   # C of at least this many floats (64 MB) is written
                                                  # with non-temporal stores on the AMX path
-DEF BF16_SMALL_KC_MAX_N = 640          # AMX depth blocks of 256 up to this N (with a large X, see _bf16_amx)
-DEF BF16_SMALL_KC_MIN_XP = 1048576      # ... and X of more bytes than this
 DEF BF16_STATIC_TASKS = 8               # AMX tasks per thread up to which they are split statically
 DEF BF16_CVT_CHUNK = 65536              # elements per task of f32_to_bf16
 DEF BF16_PACKED_MAX_BYTES = 33554432   # a PackedBF16's panels are read directly up to this size
+DEF BF16_CACC_MAX = 2097152        # floats of the per-thread accumulator at most (8 MB)
 DEF BF16_WS_KEEP = 67108864         # a larger workspace is allocated per call, not kept
 # The AMX path's workspace (X packed into tiles + per-thread packed B), grown on demand and kept
 # (a 1 MB allocation per call costs page faults); a concurrent call takes a private buffer.
@@ -651,6 +651,15 @@ def _set_bf16_stream_floats(Py_ssize_t n):
     global _bf16_stream_floats
     old = _bf16_stream_floats
     _bf16_stream_floats = max(0, n)
+    return old
+
+
+def _set_bf16_cacc(bint allowed):
+    """Allow or forbid the AMX path's accumulator of partial sums (tests: without it C itself
+    is reloaded between depth blocks); returns the previous setting"""
+    global _bf16_cacc_allowed
+    old = bool(_bf16_cacc_allowed)
+    _bf16_cacc_allowed = allowed
     return old
 
 
@@ -759,7 +768,7 @@ cdef inline Py_ssize_t _bf16_first_panel(Py_ssize_t u, Py_ssize_t u0) noexcept n
 cdef inline void _bf16_amx_task(Py_ssize_t t, Py_ssize_t nmg, Py_ssize_t nmb, Py_ssize_t ngrp, Py_ssize_t npan,
                                 Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *Xp, const uint16_t *W,
                                 const uint16_t *Wp, Py_ssize_t kc, uint16_t *bp, float *C, int stream,
-                                Py_ssize_t sh) noexcept nogil:
+                                Py_ssize_t sh, float *ca, Py_ssize_t ncap) noexcept nogil:
     """task t of the grid (ngrp groups of panels, of equal numbers of tile columns) x (nmg
     ranges of 32-row blocks)"""
     cdef Py_ssize_t g = t // nmg, mg = t % nmg
@@ -770,11 +779,37 @@ cdef inline void _bf16_amx_task(Py_ssize_t t, Py_ssize_t nmg, Py_ssize_t nmb, Py
     if p0 >= p1:
         return
     slmx_bf16_amx_task(Xp, M, K, W, Wp, N, (mg * nmb) // nmg * 32, min(M, ((mg + 1) * nmb) // nmg * 32),
-                       p0, p1, kc, bp, C, N, stream, sh)
+                       p0, p1, kc, bp, C, N, stream, sh, ca, ncap)
+
+
+# AMX depth blocks of at most this many (a multiple of 32; K beyond it: equal blocks): a B block
+# of 32 x 640 bf16 (40 KB) stays in L1 over the 32-row blocks of X, whose tiles are loaded with
+# the no-reuse hint (tileloaddt1) so that they do not evict it. 2 threads, 512 rows: 4096 x 1024
+# 1646 -> 2572 GFLOP/s (with the accumulator, see linear_bf16); limits 320..512 were no faster
+# with a plain weight (packed in each call), and blocks of 256 for few columns (N <= 640, K >=
+# 2048, once 7-10% faster with whole-K blocks) are now 2-5% slower than 640. Fewer than 64 rows
+# (one block of X: no reuse of B in L1 to win): blocks of up to 2048, 5-10% faster at M = 16.
+cdef Py_ssize_t _bf16_kc_max = 640, _bf16_kc_max_few = 2048
+DEF BF16_FEW_ROWS = 64
+
+
+def _set_bf16_kc(Py_ssize_t kmax, Py_ssize_t kmax_few=-1):
+    """Set the AMX depth-block limits (multiples of 32 in [32, 2048]; tests, tuning): from 64
+    rows of x on, and below (default: the same); returns the old pair"""
+    global _bf16_kc_max, _bf16_kc_max_few
+    if kmax_few < 0:
+        kmax_few = kmax
+    for v in (kmax, kmax_few):
+        if v < 32 or v % 32 or v > 2048:
+            raise ValueError(f"depth block: a multiple of 32 in [32, 2048], got {v}")
+    old = (_bf16_kc_max, _bf16_kc_max_few)
+    _bf16_kc_max, _bf16_kc_max_few = kmax, kmax_few
+    return old
 
 
 cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X, uint16_t *Xp,
-                    const uint16_t *W, const uint16_t *Wp, float *C, uint16_t *bws, int nt) noexcept nogil:
+                    const uint16_t *W, const uint16_t *Wp, float *C, uint16_t *bws, int nt, Py_ssize_t kc,
+                    float *caw, Py_ssize_t ncap) noexcept nogil:
     """C (M, N) = X W^T on AMX tiles. Xp: room for X packed into 16 x 32 tiles (ceil(M / 16) x
     ceil(K / 32) of them); bws: SLMX_BF16_BBUF bf16 per thread; Wp: W packed by
     slmx_bf16_pack_weight, or NULL (each task packs its panels of W).
@@ -793,13 +828,7 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
     cdef Py_ssize_t sh = (((64 - (<uintptr_t>C) % 64) % 64) // 4) if rows64 and N >= 64 else 0   # < 16
     if sh and Wp != NULL:
         Wp = NULL
-    cdef Py_ssize_t kc = slmx_bf16_amx_kc(K), nmb = _cdiv(M, 32)
-    # a packed X beyond half an L2 with few columns: depth blocks of 256 (each block's slice of
-    # X stays in L2 over a group's panels; the next panel packed ahead). 1 thread, CPU clock:
-    # 512 x 2048 x 640 +7%, 512 x 4096 x 640 +10%, 1024 x 2048 x 320 +19%; but 7-14% slower at
-    # N >= 1024 (256..512 x 2048 x 1024..2048), so not there.
-    if N <= BF16_SMALL_KC_MAX_N and K >= 2048 and <size_t>M * K * 2 > BF16_SMALL_KC_MIN_XP:
-        kc = 256
+    cdef Py_ssize_t nmb = _cdiv(M, 32)
     cdef Py_ssize_t npan = (1 + (N - sh) // 32) if sh else _cdiv(N, 32)   # with sh: the wrap panel + full ones
     cdef Py_ssize_t ncp = min(slmx_bf16_amx_ncp(kc), _cdiv(npan, nt))
     cdef Py_ssize_t ngrp, nmg, ntask, t, mb
@@ -808,8 +837,10 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
     nmg = min(nmb, _cdiv(nt, ngrp))
     ntask = ngrp * nmg
     cdef uint16_t *bp
+    cdef float *ca
     with parallel(num_threads=nt):
         bp = bws + omp_get_thread_num() * SLMX_BF16_BBUF
+        ca = (caw + omp_get_thread_num() * ncap) if caw != NULL else NULL
         slmx_bf16_amx_config()
         for mb in prange(_cdiv(M, 16), schedule="static"):
             slmx_bf16_pack_x(X, M, K, mb, mb + 1, Xp)
@@ -817,10 +848,10 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
         # many: handed out one by one
         if ntask <= BF16_STATIC_TASKS * nt:
             for t in prange(ntask, schedule="static"):
-                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh)
+                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh, ca, ncap)
         else:
             for t in prange(ntask, schedule="dynamic"):
-                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh)
+                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh, ca, ncap)
         slmx_bf16_amx_release()
 
 
@@ -928,7 +959,16 @@ def linear_bf16(x, w, out, int nthreads=1):
         return out
     Mp = _cdiv(M, 16) * 16
     Kp = _cdiv(K, 32) * 32
-    cdef size_t nbytes = <size_t>Mp * Kp * 2 + <size_t>nt * SLMX_BF16_BBUF * 2
+    # per-thread accumulator of a task's partial sums over depth blocks (K beyond one block): C
+    # blocks of 32 x 32 as 4 contiguous tiles (tile stores into C's rows 4 KB apart collided in
+    # L1 / L2; 2 threads, 512 x 1024 x 1024: 1846 -> 2244 GFLOP/s, packed weight)
+    cdef Py_ssize_t ncap = 0
+    cdef Py_ssize_t kc = slmx_bf16_amx_kc(K, _bf16_kc_max if M >= BF16_FEW_ROWS else _bf16_kc_max_few)
+    if Kp > kc:
+        ncap = _cdiv(M, 32) * 1024 * (slmx_bf16_amx_ncp(kc) + 1)
+        if ncap > BF16_CACC_MAX or not _bf16_cacc_allowed:
+            ncap = 0
+    cdef size_t nbytes = <size_t>Mp * Kp * 2 + <size_t>nt * SLMX_BF16_BBUF * 2 + <size_t>nt * ncap * 4
     cdef void *raw = NULL
     locked = nbytes <= BF16_WS_KEEP and _bws_lock.acquire(False)
     try:
@@ -941,7 +981,7 @@ def linear_bf16(x, w, out, int nthreads=1):
             xp = <uint16_t *>_aligned(raw)
         bws = xp + Mp * Kp
         with nogil:
-            _bf16_amx(M, N, K, X, xp, W, Wp, C, bws, nt)
+            _bf16_amx(M, N, K, X, xp, W, Wp, C, bws, nt, kc, <float *>(bws + nt * SLMX_BF16_BBUF) if ncap else NULL, ncap)
     finally:
         if locked:
             _bws_lock.release()

@@ -6,15 +6,18 @@
  *
  * AMX (level >= BF16 and the OS granted the tiles): tdpbf16ps on 16 x 16 fp32 C tiles.
  *   A = 16 rows of X x 32 bf16, from a zero-padded copy of X packed tile by tile once per call
- *       (1 KB each, so the tile loads stream through memory);
+ *       (1 KB each, so the tile loads stream through memory), loaded with the no-reuse hint
+ *       (tileloaddt1: the B block stays in L1);
  *   B = 16 pair-rows x 16 columns x 2 bf16 (the "VNNI" layout B[kp][n][j] = W[n][2 kp + j]):
  *       each panel of 32 weight rows is transposed (as 32-bit pairs) into a per-thread buffer
  *       before use (for depth <= 768 while the previous panel's tiles run; W is read in place,
  *       once per call) and reused by every 32-row block of X; or W is packed once
  *       (slmx_bf16_pack_weight). Tasks = groups of panels of equal tile columns.
- *   Tiles: C 2 x 2 (tmm0..3) = 32 rows x 32 columns, held over the whole depth (K <= 2048; else
- *   equal depth blocks <= 1024), A0/A1 = tmm4/5, B0/B1 = tmm6/7. Full C blocks load / store
- *   their tiles at the output; edge blocks go through a 32 x 32 scratch (masked copies); an
+ *   Tiles: C 2 x 2 (tmm0..3) = 32 rows x 32 columns, held over a depth block (all of K up to
+ *   640, else equal blocks <= 640: a B block of 40 KB stays in L1), A0/A1 = tmm4/5, B0/B1 =
+ *   tmm6/7. The partial sums between depth blocks go to a per-thread accumulator (each C block
+ *   as 4 contiguous tiles; or, without one, to C itself, reloaded). Full C blocks store their
+ *   tiles at the output; edge blocks go through a 32 x 32 scratch (masked copies); an
  *   output off a 64-byte boundary gets its panels shifted onto one (no tile row split across
  *   cache lines; the columns left over on both sides share one "wrap" panel); a C far larger
  *   than the caches is written with non-temporal stores.
@@ -40,12 +43,13 @@
 
 #define SLMX_BF16_AHEAD_MAX_KC 768      /* depth blocks up to this pack the next panel during the current one */
 
-/* AMX depth block for K (a multiple of 32): all of K up to 2048 (the C tiles stay in registers
- * over the whole sum), else equal blocks of at most 1024 */
-static inline long slmx_bf16_amx_kc(long K) {
+/* AMX depth block for K (a multiple of 32): all of K up to kmax (the C tiles stay in registers
+ * over the whole sum), else equal blocks of at most kmax (a multiple of 32) */
+static inline long slmx_bf16_amx_kc(long K, long kmax) {
     long Kp = (K + 31) / 32 * 32;
-    if (Kp <= 2048) return Kp;
-    long nb = (Kp + 1023) / 1024;
+    kmax = kmax < 32 ? 32 : kmax / 32 * 32;
+    if (Kp <= kmax) return Kp;
+    long nb = (Kp + kmax - 1) / kmax;
     return (Kp / 32 + nb - 1) / nb * 32;
 }
 
@@ -385,17 +389,26 @@ static SLMX_TARGET_AVX512 void slmx_bf16_packjob_finish(slmx_bf16_packjob_t *j) 
  * a0 + astr), b = the packed B of the panel (2 tiles per step). The 2 x 2 fp32 C tiles stay in
  * tmm0..3 over all nk steps. A full 32 x 32 block loads / stores its tiles at c; an edge block
  * (or stream) goes through a 32 x 32 scratch, copied with masked (or non-temporal) stores.
- * acc = 0 starts from zero, else from the values in C. */
+ * acc = 0 starts from zero, else from the values in C. With an accumulator ca (the block's 4
+ * tiles, 1 KB each, contiguous): cin starts from the sum in ca (not C), cout stores the sum into
+ * ca (C not written). */
 SLMX_ALWAYS_INLINE_G SLMX_TARGET_AMXBF16 void
 slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, float *c, long ldc,
-                    long mv, long nv, int acc, int stream, slmx_bf16_packjob_t *job) {
+                    long mv, long nv, int acc, int stream, slmx_bf16_packjob_t *job, float *ca, int cin, int cout) {
     float sc[32 * 32] __attribute__((aligned(64)));
     const int direct = mv == 32 && nv == 32 && !stream;
     float *t = direct ? c : sc;
     const long ldt = direct ? ldc : 32;
     const int two_m = mv > 16, two_n = nv > 16;
     const uint16_t *a1 = a0 + astr;
-    if (acc) {
+    if (cin) {                 /* the sum so far from the block's accumulator (tile-contiguous) */
+        _tile_loadd(0, ca, 64);
+        if (two_n) _tile_loadd(1, ca + 256, 64);
+        if (two_m) {
+            _tile_loadd(2, ca + 512, 64);
+            if (two_n) _tile_loadd(3, ca + 768, 64);
+        }
+    } else if (acc) {
         if (!direct) {
             __mmask16 k0 = slmx_tail_mask16(nv), k1 = slmx_tail_mask16(nv - 16 > 0 ? nv - 16 : 0);
             for (long i = 0; i < mv; i++) {
@@ -415,11 +428,11 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
     if (two_m && two_n) {
         for (long ks = 0; ks < nk; ks++) {
             if (job && job->u < job->nu) slmx_bf16_packjob_unit(job);
-            _tile_loadd(4, a0 + 512 * ks, 64);
+            _tile_stream_loadd(4, a0 + 512 * ks, 64);
             _tile_loadd(6, b + ks * 1024, 64);
             _tile_loadd(7, b + ks * 1024 + 512, 64);
             _tile_dpbf16ps(0, 4, 6);
-            _tile_loadd(5, a1 + 512 * ks, 64);
+            _tile_stream_loadd(5, a1 + 512 * ks, 64);
             _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
@@ -427,7 +440,7 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
     } else if (two_n) {
         for (long ks = 0; ks < nk; ks++) {
             if (job && job->u < job->nu) slmx_bf16_packjob_unit(job);
-            _tile_loadd(4, a0 + 512 * ks, 64);
+            _tile_stream_loadd(4, a0 + 512 * ks, 64);
             _tile_loadd(6, b + ks * 1024, 64);
             _tile_loadd(7, b + ks * 1024 + 512, 64);
             _tile_dpbf16ps(0, 4, 6);
@@ -436,8 +449,8 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
     } else if (two_m) {
         for (long ks = 0; ks < nk; ks++) {
             if (job && job->u < job->nu) slmx_bf16_packjob_unit(job);
-            _tile_loadd(4, a0 + 512 * ks, 64);
-            _tile_loadd(5, a1 + 512 * ks, 64);
+            _tile_stream_loadd(4, a0 + 512 * ks, 64);
+            _tile_stream_loadd(5, a1 + 512 * ks, 64);
             _tile_loadd(6, b + ks * 1024, 64);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(2, 5, 6);
@@ -445,10 +458,19 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
     } else {
         for (long ks = 0; ks < nk; ks++) {
             if (job && job->u < job->nu) slmx_bf16_packjob_unit(job);
-            _tile_loadd(4, a0 + 512 * ks, 64);
+            _tile_stream_loadd(4, a0 + 512 * ks, 64);
             _tile_loadd(6, b + ks * 1024, 64);
             _tile_dpbf16ps(0, 4, 6);
         }
+    }
+    if (cout) {                /* a partial sum: into the accumulator, C comes later */
+        _tile_stored(0, ca, 64);
+        if (two_n) _tile_stored(1, ca + 256, 64);
+        if (two_m) {
+            _tile_stored(2, ca + 512, 64);
+            if (two_n) _tile_stored(3, ca + 768, 64);
+        }
+        return;
     }
     _tile_stored(0, t, ldt * 4);
     if (two_n) _tile_stored(1, t + 16, ldt * 4);
@@ -475,7 +497,8 @@ slmx_bf16_amx_block(const uint16_t *a0, long astr, long nk, const uint16_t *b, f
  * [0, l1) at c1 (l0 + l1 <= 32; B rows past l0 + l1 zero), through a 32 x 32 scratch */
 static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_block_wrap(const uint16_t *a0, long astr, long nk, const uint16_t *b,
                                                          float *c0, long l0, float *c1, long l1, long ldc, long mv,
-                                                         int acc, slmx_bf16_packjob_t *job) {
+                                                         int acc, slmx_bf16_packjob_t *job, float *ca, int cin,
+                                                         int cout) {
     float sc[32 * 32] __attribute__((aligned(64)));
     __mmask16 k0 = slmx_tail_mask16(l0), k1 = slmx_tail_mask16(l0 - 16 > 0 ? l0 - 16 : 0);
     __mmask16 k2 = slmx_tail_mask16(l1);
@@ -486,7 +509,8 @@ static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_block_wrap(const uint16_t *a0, lon
             _mm512_mask_storeu_ps(sc + 32 * i + l0, k2, _mm512_maskz_loadu_ps(k2, c1 + i * ldc));
         }
     }
-    slmx_bf16_amx_block(a0, astr, nk, b, sc, 32, mv, 32, acc, 0, job);
+    slmx_bf16_amx_block(a0, astr, nk, b, sc, 32, mv, 32, acc, 0, job, ca, cin, cout);
+    if (cout) return;
     for (long i = 0; i < mv; i++) {
         _mm512_mask_storeu_ps(c0 + i * ldc, k0, _mm512_load_ps(sc + 32 * i));
         _mm512_mask_storeu_ps(c0 + i * ldc + 16, k1, _mm512_load_ps(sc + 32 * i + 16));
@@ -497,7 +521,11 @@ static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_block_wrap(const uint16_t *a0, lon
 /* One task of the AMX GEMM: C rows [m0, m1) x the 32-column panels [p0, p1) = X W^T over all of K.
  * Xp: X packed by slmx_bf16_pack_x (all rows, nks = ceil(K / 32) tiles per 16 rows); W (N, K)
  * row-major bf16, read in place; Bp: room for 2 x 32 x kc bf16 (this thread's); or Wp: W packed once
- * by slmx_bf16_pack_weight (then W and Bp are not used); kc: depth block (a multiple of 32).
+ * by slmx_bf16_pack_weight (then W and Bp are not used); kc: depth block (a multiple of 32);
+ * Ca: room for ncap floats (this thread's), the partial sums of a task's C blocks between depth
+ * blocks when they fit (a tile store into C's rows itself, 4 KB apart at N = 1024, 2048, ...,
+ * then a tile load of them collided in L1 / L2: 1 thread, the kernel alone, 32 x 512 deep
+ * blocks, 68% -> 40% of the AMX peak), else C is reloaded (or NULL).
  * Panel by panel: its depth block is packed into Bp (a size that stays in L1; for depth blocks
  * up to SLMX_BF16_AHEAD_MAX_KC packed while the previous panel's tiles run, slmx_bf16_packjob_t)
  * and multiplied by every 32-row block of X (streamed from L2); the C tiles stay in tile registers
@@ -510,13 +538,18 @@ static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_block_wrap(const uint16_t *a0, lon
  * (nmid = (N - sh) / 32; 16 or 32 columns in all), multiplied into a scratch and copied out. */
 static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W,
                                                   const uint16_t *Wp, long N, long m0, long m1, long p0, long p1,
-                                                  long kc, uint16_t *Bp, float *C, long ldc, int stream, long sh) {
+                                                  long kc, uint16_t *Bp, float *C, long ldc, int stream, long sh,
+                                                  float *Ca, long ncap) {
     long Kp = (K + 31) / 32 * 32, nks = Kp / 32;
     long ts = sh ? sh + (N - sh) / 32 * 32 : 0, tl = N - ts;
+    long nmk = (m1 - m0 + 31) / 32;
+    /* more than one depth block: the partial sums go to the accumulator Ca when it holds the task */
+    float *ca0 = Kp > kc && Ca && (p1 - p0) * nmk * 1024 <= ncap ? Ca : NULL;
     slmx_bf16_packjob_t job;
     for (long kb = 0; kb < Kp; kb += kc) {
         long kcb = Kp - kb < kc ? Kp - kb : kc;
-        int acc = kb > 0, st = stream && kb + kcb >= Kp;
+        int acc = kb > 0 && !ca0, st = stream && kb + kcb >= Kp;
+        int cin = ca0 && kb > 0, cout = ca0 && kb + kcb < Kp;
         /* packing ahead: 4-13% faster at depth 640 (1 thread, 512 x 640..1024 x 640..2048), even at
          * 1024, 4-6% slower at 2048 (two 128 KB blocks) */
         int ahead = kcb <= SLMX_BF16_AHEAD_MAX_KC;
@@ -540,14 +573,16 @@ static SLMX_TARGET_AMXBF16 void slmx_bf16_amx_task(const uint16_t *Xp, long M, l
                     jp = &job;
                 }
             }
-            for (long m = m0; m < m1; m += 32) {
+            float *ca = ca0 ? ca0 + (p - p0) * nmk * 1024 : NULL;
+            for (long m = m0; m < m1; m += 32, ca = ca ? ca + 1024 : NULL) {
                 long mv = M - m < 32 ? M - m : 32;
                 const uint16_t *a0 = Xp + ((m / 16) * nks + kb / 32) * 512;
                 if (sh && p == 0)
                     slmx_bf16_amx_block_wrap(a0, nks * 512, kcb / 32, b, C + m * ldc + ts, tl, C + m * ldc, sh, ldc,
-                                             mv, acc, jp);
+                                             mv, acc, jp, ca, cin, cout);
                 else
-                    slmx_bf16_amx_block(a0, nks * 512, kcb / 32, b, C + m * ldc + n0, ldc, mv, n1 - n0, acc, st, jp);
+                    slmx_bf16_amx_block(a0, nks * 512, kcb / 32, b, C + m * ldc + n0, ldc, mv, n1 - n0, acc, st, jp,
+                                        ca, cin, cout);
             }
         }
     }
@@ -567,7 +602,8 @@ static void slmx_bf16_pack_x(const uint16_t *X, long M, long K, long mb0, long m
 }
 static void slmx_bf16_amx_task(const uint16_t *Xp, long M, long K, const uint16_t *W, const uint16_t *Wp, long N,
                                long m0, long m1, long p0, long p1, long kc, uint16_t *Bp, float *C, long ldc,
-                               int stream, long sh) {
+                               int stream, long sh, float *Ca, long ncap) {
+    (void)Ca; (void)ncap;
     (void)sh; (void)Xp; (void)M; (void)K; (void)W; (void)Wp; (void)N; (void)m0; (void)m1; (void)p0; (void)p1; (void)kc; (void)Bp;
     (void)C; (void)ldc; (void)stream;
 }
