@@ -205,7 +205,7 @@ def test_linear_depth_blocks(simd_level, kmax):
     prev = gemm._set_linear_kc_max(kmax)
     try:
         for K in (kmax, 2 * kmax, 3 * kmax + 21):
-            for M, N in ((15, 40), (16, 33), (45, 200), (3 * mc + 1, 40)):
+            for M, N in ((15, 40), (16, 33), (45, 300), (3 * mc + 1, 40)):
                 x, w = rand(M, K), rand(N, K)
                 ref = x.astype(np.float64) @ w.astype(np.float64).T
                 for nt in (1, 2):
@@ -216,6 +216,18 @@ def test_linear_depth_blocks(simd_level, kmax):
         gemm._set_linear_kc_max(prev)
     with pytest.raises(ValueError):
         gemm._set_linear_kc_max(40)
+
+
+@pytest.mark.parametrize("K", [1024, 2500])
+def test_linear_panel_groups(simd_level, K):
+    # X W^T packs W in groups of 4096 / kc panels (here 4 of 32 rows, and a short last group),
+    # each tile of X against a whole group: sums as one panel at a time
+    x, w = rand(20, K), rand(300, K)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    for nt in (1, 2):
+        out = np.full((20, 300), np.nan, np.float32)
+        gemm.linear_f32(x, w, out, nt)
+        check(out, ref, K)
 
 
 @pytest.mark.parametrize("dk", [-1, 0, 1, 2 * 256 + 37])

@@ -8,8 +8,8 @@ Loop nest (per outer block of at most MC_OUTER rows of A), block sizes from cpu.
               split over the threads (by columns when B is packed on the fly and A's block fits
               half of L2: each thread then packs only its own panels); each task:
         for each group of 8 panels: pack them (kc x 32 each, one panel ~2/3 of L1)
-          (B = W^T: each panel packed alone, right before its tiles)
           for panel: for tile: micro-kernel mr x 32 (+)= A_tile B_panel
+          (B = W^T: groups of 4096 / kc panels, 512 KB; for tile: for panel of the group)
 The micro-kernel keeps mr x 32 accumulators in registers (AVX-512: 14 x 2 zmm; AVX2: 6 x 2 ymm
 per 16-column half; scalar: portable C). Tiles of A are balanced (M = 16 gives two 8-row tiles,
 not 14 + 2). Small M (< 8) skips packing: C = A B streams the rows of B once; C = X W^T runs
@@ -75,6 +75,7 @@ cdef extern from "simd.h" nogil:
 DEF NR = 32
 DEF MC_OUTER = 2048       # rows of A packed at once (MC_OUTER x KC floats)
 DEF PANEL_GROUP = 8       # B panels packed together (rows of B read in runs of 8 x 32 floats)
+DEF TRANS_GROUP_DEPTH = 4096  # B = W^T: groups of TRANS_GROUP_DEPTH / kc panels (<= PANEL_GROUP), 512 KB
 DEF SMALL_M = 8           # M below this skips packing
 DEF PAR_MIN_FMA = 1048576 # M*N*K below this runs on one thread
 
@@ -95,10 +96,8 @@ cdef Py_ssize_t KC = 256
 cdef Py_ssize_t MC_ROWS = 336
 cdef Py_ssize_t ALT_MAX_SLICE = 8 * 2097152     # see _next_direction
 # linear_f32 (C = X W^T) with 16 <= M <= 3 MC_ROWS: depth blocks of all of K up to LINEAR_KC_MAX,
-# else equal blocks of at most that (0: the rule of _call_kc). C is then read and written
-# K / kc times instead of K / 512: 512 x 4096 x 4096 at 2 threads 321 -> 344 GFLOP/s,
-# 1 thread (CPU clock) 169 -> 173; 2048 x 2048: 333 -> 336 (see the notes of issue 3).
-cdef Py_ssize_t LINEAR_KC_MAX = 2048
+# else equal blocks of at most that (0: the rule of _call_kc); see TRANS_GROUP_DEPTH.
+cdef Py_ssize_t LINEAR_KC_MAX = 1024
 
 
 cdef inline Py_ssize_t _call_kc(Py_ssize_t K) noexcept nogil:
@@ -206,19 +205,33 @@ cdef inline void _gemm_task(int lvl, Py_ssize_t q, Py_ssize_t n_mg, Py_ssize_t n
     cdef Py_ssize_t mg = q // n_ng, ng = q % n_ng
     cdef Py_ssize_t t0 = (mg * ntiles) // n_mg, t1 = ((mg + 1) * ntiles) // n_mg
     cdef Py_ssize_t p0 = (ng * npan) // n_ng, p1 = ((ng + 1) * npan) // n_ng
-    cdef Py_ssize_t pp, tt, r0, r1, nv, g, ng2
+    cdef Py_ssize_t pp, tt, r0, r1, nv, g, ng2, pg, g1
     cdef const float *bp
     cdef slmx_ukr_t ukr
+    if bkind == B_TRANS:
+        # groups of panels packed together, then each tile of A against all of them: a tile is
+        # read from L2 (or L3) once per group, not once per panel; the group (512 KB) stays in
+        # L2. 2 threads, 512 x 2048 x 2048: 311 -> 370 GFLOP/s (with depth blocks of 1024)
+        ng2 = max(1, min(<Py_ssize_t>PANEL_GROUP, TRANS_GROUP_DEPTH // kc))
+        pg = p0
+        while pg < p1:
+            g1 = min(pg + ng2, p1)
+            for pp in range(pg, g1):
+                slmx_pack_b_trans(lvl, B + (pp * NR) * ldb + pc, ldb, <int>min(<Py_ssize_t>NR, N - pp * NR), kc,
+                                  bbuf + (pp - pg) * kc * NR)
+            for tt in range(t0, t1):
+                r0 = (tt * mb) // ntiles
+                r1 = ((tt + 1) * mb) // ntiles
+                ukr = slmx_gemm_ukr(lvl, <int>(r1 - r0))
+                for pp in range(pg, g1):
+                    ukr(kc, abuf + r0 * kc, bbuf + (pp - pg) * kc * NR, C + (i0 + r0) * ldc + pp * NR, ldc,
+                        <int>min(<Py_ssize_t>NR, N - pp * NR), pc > 0)
+            pg = g1
+        return
     for pp in range(p0, p1):
         nv = min(<Py_ssize_t>NR, N - pp * NR)
         if bkind == B_PACKED:
             bp = B + pc * npad + pp * kc * NR
-        elif bkind == B_TRANS:
-            # one panel at a time, right before its tiles: the panel is partly in L1 when they
-            # start and the rows of W are read from memory in short bursts, not 8 panels at once
-            # (2 threads, 512 x 2048 x 2048: 312 -> 353 GFLOP/s; 1 thread: the same)
-            slmx_pack_b_trans(lvl, B + (pp * NR) * ldb + pc, ldb, <int>nv, kc, bbuf)
-            bp = bbuf
         else:
             # pack a group of up to PANEL_GROUP panels when entering it
             g = (pp - p0) % PANEL_GROUP
