@@ -155,6 +155,29 @@ def test_linear_bf16_amx_depth_blocks(simd_level, M, K, N, cacc, aligned, packed
         gemm._set_bf16_kc(48)
 
 
+# the rows of x split between the threads (each packs and multiplies its own): several groups of
+# panels, a row tail (M = 400, 100), a misaligned output (the wrap panel), depth blocks, a packed
+# weight; by size (mode 1, M = 400: split at 2 threads) and always (mode 2)
+@pytest.mark.parametrize("M,K,N", [(400, 200, 100), (100, 96, 1000), (64, 640, 2048)])
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("nthreads", [2, 3])
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_linear_bf16_amx_row_split(simd_level, M, K, N, mode, nthreads, packed, aligned):
+    old_kc, old_ms = gemm._set_bf16_kc(64), gemm._set_bf16_msplit(mode)
+    try:
+        x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
+        w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
+        out = _out(M, N, aligned, 4)
+        gemm.linear_bf16(x, gemm.pack_weight_bf16(w) if packed else w, out, nthreads)
+        _check_exact(x, w, out)
+    finally:
+        gemm._set_bf16_kc(*old_kc)
+        gemm._set_bf16_msplit(old_ms)
+    with pytest.raises(ValueError):
+        gemm._set_bf16_msplit(3)
+
+
 def test_linear_bf16_amx_reuses_workspace():
     """calls of growing and shrinking size reuse the kept workspace without stale data"""
     for M, K, N in [(64, 640, 96), (512, 96, 64), (32, 2048, 64), (64, 640, 96)]:

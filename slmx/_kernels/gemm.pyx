@@ -53,6 +53,7 @@ cdef extern from "gemm_bf16_simd.h" nogil:
     int SLMX_BF16_BBUF
     long slmx_bf16_amx_kc(long K, long kmax)
     long slmx_bf16_amx_ncp(long kc)
+    int slmx_bf16_pf_on
     void slmx_f32_to_bf16_n(const float *src, uint16_t *dst, long n)
     void slmx_f32_to_bf16_lvl(int lvl, const float *src, uint16_t *dst, long n)
     void slmx_bf16_to_f32_n(const uint16_t *src, float *dst, long n)
@@ -627,6 +628,7 @@ def matmul_packed(a, PackedB packed, out, int nthreads=1):
 
 cdef int _amx_bf16_allowed = 1
 cdef int _bf16_cacc_allowed = 1
+cdef int _bf16_msplit_mode = 1      # 0 never, 1 by size, 2 always (tests)
 cdef Py_ssize_t _bf16_stream_floats = 16777216   # C of at least this many floats (64 MB) is written
                                                  # with non-temporal stores on the AMX path
 DEF BF16_STATIC_TASKS = 8               # AMX tasks per thread up to which they are split statically
@@ -664,6 +666,27 @@ def _set_bf16_stream_floats(Py_ssize_t n):
     global _bf16_stream_floats
     old = _bf16_stream_floats
     _bf16_stream_floats = max(0, n)
+    return old
+
+
+def _set_bf16_prefetch(bint on):
+    """Turn the AMX path's software prefetch of coming B data on or off (tests, tuning);
+    returns the previous setting"""
+    global slmx_bf16_pf_on
+    old = bool(slmx_bf16_pf_on)
+    slmx_bf16_pf_on = on
+    return old
+
+
+def _set_bf16_msplit(int mode):
+    """When the AMX path splits the rows of x between the threads (tests, tuning): 0 never, 1
+    by size (default), 2 always (with at least one 32-row block per thread); returns the
+    previous mode"""
+    global _bf16_msplit_mode
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode: 0, 1 or 2, got {mode}")
+    old = _bf16_msplit_mode
+    _bf16_msplit_mode = mode
     return old
 
 
@@ -781,10 +804,11 @@ cdef inline Py_ssize_t _bf16_first_panel(Py_ssize_t u, Py_ssize_t u0) noexcept n
 cdef inline void _bf16_amx_task(Py_ssize_t t, Py_ssize_t nmg, Py_ssize_t nmb, Py_ssize_t ngrp, Py_ssize_t npan,
                                 Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *Xp, const uint16_t *W,
                                 const uint16_t *Wp, Py_ssize_t kc, uint16_t *bp, float *C, int stream,
-                                Py_ssize_t sh, float *ca, Py_ssize_t ncap) noexcept nogil:
+                                Py_ssize_t sh, float *ca, Py_ssize_t ncap, bint msplit) noexcept nogil:
     """task t of the grid (ngrp groups of panels, of equal numbers of tile columns) x (nmg
-    ranges of 32-row blocks)"""
-    cdef Py_ssize_t g = t // nmg, mg = t % nmg
+    ranges of 32-row blocks); msplit: row range major (a static split gives each thread one)"""
+    cdef Py_ssize_t g = t % ngrp if msplit else t // nmg
+    cdef Py_ssize_t mg = t // ngrp if msplit else t % nmg
     cdef Py_ssize_t u0 = (((N - sh) % 32 + sh) // 16) if sh else 2
     cdef Py_ssize_t units = u0 + 2 * (npan - 1)
     cdef Py_ssize_t p0 = min(npan, _bf16_first_panel((g * units) // ngrp, u0))
@@ -848,23 +872,51 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
     # groups of about ncp panels, a multiple of the threads when there are enough panels
     ngrp = min(npan, nt * _cdiv(npan, nt * ncp))
     nmg = min(nmb, _cdiv(nt, ngrp))
+    # the rows split between the threads (each packs its own rows of X and multiplies them by
+    # every panel: no packed X read across cores, which was the main cost with 2 threads; but
+    # each thread reads all of W, and with a plain W packs all of it). 2 threads, packed W: M =
+    # 512 +7..40% at every K, N; 256 +1..22% up to N = 8 M, 7% slower at 640 x 4096; 128
+    # 15-20% slower. Plain W: M = 512 +10..25% up to N = 1024, 2% slower from 2048; M = 1024
+    # +12..18% up to N = 4096; M = 256 0..19% slower.
+    cdef Py_ssize_t mt = M // nt
+    cdef bint msplit = _bf16_msplit_mode != 0 and nt > 1 and nmb >= nt and (_bf16_msplit_mode == 2 or (
+        (mt >= 128 and N <= 8 * M) if Wp != NULL else (mt >= 192 and (N <= 2 * M or mt >= 512))))
+    if msplit:
+        ncp = slmx_bf16_amx_ncp(kc)
+        ngrp = _cdiv(npan, ncp)
+        nmg = nt
     ntask = ngrp * nmg
+    cdef Py_ssize_t tid, nth, n16 = _cdiv(M, 16), r0, r1
     cdef uint16_t *bp
     cdef float *ca
     with parallel(num_threads=nt):
         bp = bws + omp_get_thread_num() * SLMX_BF16_BBUF
         ca = (caw + omp_get_thread_num() * ncap) if caw != NULL else NULL
         slmx_bf16_amx_config()
-        for mb in prange(_cdiv(M, 16), schedule="static"):
-            slmx_bf16_pack_x(X, M, K, mb, mb + 1, Xp)
-        # few tasks: a static split (2-8% faster with 2 threads at 512 x 640..1024 x 640..1024);
-        # many: handed out one by one
-        if ntask <= BF16_STATIC_TASKS * nt:
+        if msplit:
+            # each thread its own rows (those of its tasks when the team has nt threads); the
+            # barrier keeps any other split correct
+            tid = omp_get_thread_num()
+            nth = omp_get_num_threads()
+            if nth == nmg:
+                r0 = min(n16, 2 * ((tid * nmb) // nmg))
+                r1 = min(n16, 2 * (((tid + 1) * nmb) // nmg))
+            else:
+                r0 = (n16 * tid) // nth
+                r1 = (n16 * (tid + 1)) // nth
+            slmx_bf16_pack_x(X, M, K, r0, r1, Xp)
+            slmx_omp_barrier()
+        else:
+            for mb in prange(_cdiv(M, 16), schedule="static"):
+                slmx_bf16_pack_x(X, M, K, mb, mb + 1, Xp)
+        # few tasks (or the rows split): a static split (2-8% faster with 2 threads at 512 x
+        # 640..1024 x 640..1024); many: handed out one by one
+        if msplit or ntask <= BF16_STATIC_TASKS * nt:
             for t in prange(ntask, schedule="static"):
-                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh, ca, ncap)
+                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh, ca, ncap, msplit)
         else:
             for t in prange(ntask, schedule="dynamic"):
-                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh, ca, ncap)
+                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh, ca, ncap, msplit)
         slmx_bf16_amx_release()
 
 
