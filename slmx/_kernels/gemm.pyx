@@ -629,6 +629,8 @@ def matmul_packed(a, PackedB packed, out, int nthreads=1):
 
 cdef int _amx_bf16_allowed = 1
 cdef int _bf16_cacc_allowed = 1
+cdef int _bf16_xprivate_on = 1
+DEF BF16_XPRIV_MAX = 786432          # bytes of packed X up to which each thread packs its own copy
 cdef int _bf16_msplit_mode = 1      # 0 never, 1 by size, 2 always (tests)
 cdef Py_ssize_t _bf16_stream_floats = 16777216   # C of at least this many floats (64 MB) is written
                                                  # with non-temporal stores on the AMX path
@@ -688,6 +690,15 @@ def _set_bf16_msplit(int mode):
         raise ValueError(f"mode: 0, 1 or 2, got {mode}")
     old = _bf16_msplit_mode
     _bf16_msplit_mode = mode
+    return old
+
+
+def _set_bf16_xprivate(bint on):
+    """Allow or forbid a packed copy of a small X per thread on the AMX path (tests, tuning);
+    returns the previous setting"""
+    global _bf16_xprivate_on
+    old = bool(_bf16_xprivate_on)
+    _bf16_xprivate_on = on
     return old
 
 
@@ -845,11 +856,11 @@ def _set_bf16_kc(Py_ssize_t kmax, Py_ssize_t kmax_few=-1):
     return old
 
 
-cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X, uint16_t *Xp,
+cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X, uint16_t *Xp, int xcopies,
                     const uint16_t *W, const uint16_t *Wp, float *C, uint16_t *bws, int nt, Py_ssize_t kc,
                     float *caw, Py_ssize_t ncap) noexcept nogil:
-    """C (M, N) = X W^T on AMX tiles. Xp: room for X packed into 16 x 32 tiles (ceil(M / 16) x
-    ceil(K / 32) of them); bws: SLMX_BF16_BBUF bf16 per thread; Wp: W packed by
+    """C (M, N) = X W^T on AMX tiles. Xp: room for xcopies of X packed into 16 x 32 tiles
+    (ceil(M / 16) x ceil(K / 32) of them each); bws: SLMX_BF16_BBUF bf16 per thread; Wp: W packed by
     slmx_bf16_pack_weight, or NULL (each task packs its panels of W).
 
     Tasks: groups of ncp 32-column panels (x, when there are fewer groups than threads, ranges
@@ -888,9 +899,16 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
         nmg = nt
     ntask = ngrp * nmg
     cdef Py_ssize_t tid, nth, n16 = _cdiv(M, 16), r0, r1
+    # columns split (a small X, room for a copy per thread): each thread packs all of X into its
+    # own copy, not half of one copy read by both (2 threads, plain W: 128 x 640 x 640 +17%,
+    # 512 x 640 x 2048..4096 +2..9%, 256 x 640..1024 x 640..2048 +4..10%; packed 128 x
+    # 640..2048 x 640..2048 +3..21%; but 4096 x 4096 (X of 4 MB) 9% slower)
+    cdef bint xpriv = _bf16_xprivate_on and not msplit and nt > 1 and xcopies == nt
     cdef uint16_t *bp
     cdef float *ca
+    cdef uint16_t *xpt
     with parallel(num_threads=nt):
+        xpt = Xp
         bp = bws + omp_get_thread_num() * SLMX_BF16_BBUF
         ca = (caw + omp_get_thread_num() * ncap) if caw != NULL else NULL
         slmx_bf16_amx_config()
@@ -907,6 +925,9 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
                 r1 = (n16 * (tid + 1)) // nth
             slmx_bf16_pack_x(X, M, K, r0, r1, Xp)
             slmx_omp_barrier()
+        elif xpriv:
+            xpt = Xp + omp_get_thread_num() * (n16 * 16 * _cdiv(K, 32) * 32)
+            slmx_bf16_pack_x(X, M, K, 0, n16, xpt)
         else:
             for mb in prange(_cdiv(M, 16), schedule="static"):
                 slmx_bf16_pack_x(X, M, K, mb, mb + 1, Xp)
@@ -914,10 +935,10 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
         # 640..1024 x 640..1024); many: handed out one by one
         if msplit or ntask <= BF16_STATIC_TASKS * nt:
             for t in prange(ntask, schedule="static"):
-                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh, ca, ncap, msplit)
+                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, xpt, W, Wp, kc, bp, C, stream, sh, ca, ncap, msplit)
         else:
             for t in prange(ntask, schedule="dynamic"):
-                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, Xp, W, Wp, kc, bp, C, stream, sh, ca, ncap, msplit)
+                _bf16_amx_task(t, nmg, nmb, ngrp, npan, M, N, K, xpt, W, Wp, kc, bp, C, stream, sh, ca, ncap, msplit)
         slmx_bf16_amx_release()
 
 
@@ -1034,7 +1055,9 @@ def linear_bf16(x, w, out, int nthreads=1):
         ncap = _cdiv(M, 32) * 1024 * (slmx_bf16_amx_ncp(kc) + 1)
         if ncap > BF16_CACC_MAX or not _bf16_cacc_allowed:
             ncap = 0
-    cdef size_t nbytes = <size_t>Mp * Kp * 2 + <size_t>nt * SLMX_BF16_BBUF * 2 + <size_t>nt * ncap * 4
+    # a small X: one packed copy per thread (see _bf16_amx)
+    cdef int xcopies = nt if nt > 1 and <size_t>Mp * Kp * 2 <= BF16_XPRIV_MAX else 1
+    cdef size_t nbytes = <size_t>Mp * Kp * 2 * xcopies + <size_t>nt * SLMX_BF16_BBUF * 2 + <size_t>nt * ncap * 4
     cdef void *raw = NULL
     locked = nbytes <= BF16_WS_KEEP and _bws_lock.acquire(False)
     try:
@@ -1045,9 +1068,9 @@ def linear_bf16(x, w, out, int nthreads=1):
             if raw == NULL:
                 raise MemoryError("bf16 gemm workspace")
             xp = <uint16_t *>_aligned(raw)
-        bws = xp + Mp * Kp
+        bws = xp + Mp * Kp * xcopies
         with nogil:
-            _bf16_amx(M, N, K, X, xp, W, Wp, C, bws, nt, kc, <float *>(bws + nt * SLMX_BF16_BBUF) if ncap else NULL, ncap)
+            _bf16_amx(M, N, K, X, xp, xcopies, W, Wp, C, bws, nt, kc, <float *>(bws + nt * SLMX_BF16_BBUF) if ncap else NULL, ncap)
     finally:
         if locked:
             _bws_lock.release()
