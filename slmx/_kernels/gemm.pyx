@@ -630,7 +630,7 @@ def matmul_packed(a, PackedB packed, out, int nthreads=1):
 cdef int _amx_bf16_allowed = 1
 cdef int _bf16_cacc_allowed = 1
 cdef int _bf16_xprivate_on = 1
-DEF BF16_XPRIV_MAX = 786432          # bytes of packed X up to which each thread packs its own copy
+DEF BF16_XPRIV_MAX = 1048576        # bytes of packed X up to which each thread packs its own copy
 cdef int _bf16_msplit_mode = 1      # 0 never, 1 by size, 2 always (tests)
 cdef Py_ssize_t _bf16_stream_floats = 16777216   # C of at least this many floats (64 MB) is written
                                                  # with non-temporal stores on the AMX path
@@ -901,8 +901,9 @@ cdef void _bf16_amx(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const uint16_t *X,
     cdef Py_ssize_t tid, nth, n16 = _cdiv(M, 16), r0, r1
     # columns split (a small X, room for a copy per thread): each thread packs all of X into its
     # own copy, not half of one copy read by both (2 threads, plain W: 128 x 640 x 640 +17%,
-    # 512 x 640 x 2048..4096 +2..9%, 256 x 640..1024 x 640..2048 +4..10%; packed 128 x
-    # 640..2048 x 640..2048 +3..21%; but 4096 x 4096 (X of 4 MB) 9% slower)
+    # 512 x 640 x 2048..4096 +2..9%, 512 x 1024 x 2048..4096 +1..2%, 256 x 640..1024 x
+    # 640..2048 +4..10%; packed 128 x 640..2048 x 640..2048 +3..21%; but 512 x 2048 x 4096
+    # (X of 2 MB) 3% slower, 512 x 4096 x 4096 9%)
     cdef bint xpriv = _bf16_xprivate_on and not msplit and nt > 1 and xcopies == nt
     cdef uint16_t *bp
     cdef float *ca
