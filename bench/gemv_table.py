@@ -1,9 +1,10 @@
 """Quantized GEMV (decode, M = 1) weight-read GB/s per type against this machine's read bandwidth.
 
-    python bench/gemv_table.py                       # Q8_0 Q4_0 Q5_0 Q4_K Q6_K, two matrix sizes
+    python bench/gemv_table.py                       # Q8_0 Q4_0 Q5_0 Q4_K Q6_K, three matrix sizes
     python bench/gemv_table.py --types Q4_K --sizes 8192x4096
 
-For each type and size (N rows x K columns; every size here is far beyond L2), ``slmx.ops.linear``
+For each type and size (N rows x K columns; every size here is far beyond L2: 8192 x 4096 and
+65536 x 2048 fit this machine's L3, 262144 x 2048 (300-570 MB) comes from memory), ``slmx.ops.linear``
 (out = x @ W^T with W in its ggml block layout, x quantized once to 8 bits) alternates with a plain
 read of a buffer of the same byte size (``slmx._kernels.peak.read_bandwidth``, AVX-512 loads split
 over the same threads), both on the wall clock; the table quotes the medians of ``--rounds``
@@ -20,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ben
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--types", nargs="*", default=["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q6_K"])
-    p.add_argument("--sizes", nargs="*", default=["8192x4096", "65536x2048"], help="NxK")
+    p.add_argument("--sizes", nargs="*", default=["8192x4096", "65536x2048", "262144x2048"], help="NxK")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
