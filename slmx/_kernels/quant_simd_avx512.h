@@ -8,7 +8,7 @@
 /* M = 1 bodies (Q8_0, Q4_0, Q5_0, Q6_K/Q5_K): besides the L1 prefetch pf bytes ahead, one into L2
  * SLMX_PF2 x pf ahead. For weights from memory the L1 prefetches alone keep too few lines in flight
  * (2 threads, from DRAM: 262144 x 640 Q8_0 +10%, Q5_0 +37%; 262144 x 2048 Q5_0 +13%, Q6_K +18%; L3-
- * sized weights unchanged; Q4_K's body gained nothing from it and has none). 0: off. */
+ * sized weights unchanged; Q4_K's body gained nothing from it: its one prefetch goes to L2). 0: off. */
 #ifndef SLMX_PF2
 #define SLMX_PF2 4
 #endif
