@@ -27,6 +27,17 @@ def check(out, ref, K):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=tol)
 
 
+def check_linear(x, w, K, ref=None):
+    """linear_f32(x, w) at 1 and 2 threads, into a NaN-filled out, against float64 x @ w.T"""
+    if ref is None:
+        ref = x.astype(np.float64) @ w.astype(np.float64).T
+    for nt in (1, 2):
+        out = np.full((x.shape[0], w.shape[0]), np.nan, np.float32)
+        gemm.linear_f32(x, w, out, nt)
+        check(out, ref, K)
+    return ref
+
+
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_matmul(simd_level, M, K, N, nthreads):
@@ -189,11 +200,7 @@ def test_linear_small_m_alignment(simd_level, M, K):
     for off in range(16):
         start = (base + off) % 16
         w = buf[start:start + N * K].reshape(N, K)
-        ref = x.astype(np.float64) @ w.astype(np.float64).T
-        for nt in (1, 2):
-            out = np.full((M, N), np.nan, np.float32)
-            gemm.linear_f32(x, w, out, nt)
-            check(out, ref, K)
+        check_linear(x, w, K)
 
 
 @pytest.mark.parametrize("kmax", [64, 96])
@@ -206,12 +213,7 @@ def test_linear_depth_blocks(simd_level, kmax):
     try:
         for K in (kmax, 2 * kmax, 3 * kmax + 21):
             for M, N in ((15, 40), (16, 33), (45, 300), (3 * mc + 1, 40)):
-                x, w = rand(M, K), rand(N, K)
-                ref = x.astype(np.float64) @ w.astype(np.float64).T
-                for nt in (1, 2):
-                    out = np.full((M, N), np.nan, np.float32)
-                    gemm.linear_f32(x, w, out, nt)
-                    check(out, ref, K)
+                check_linear(rand(M, K), rand(N, K), K)
     finally:
         gemm._set_linear_kc_max(prev)
     with pytest.raises(ValueError):
@@ -222,12 +224,7 @@ def test_linear_depth_blocks(simd_level, kmax):
 def test_linear_panel_groups(simd_level, K):
     # X W^T packs W in groups of 4096 / kc panels (here 4 of 32 rows, and a short last group),
     # each tile of X against a whole group: sums as one panel at a time
-    x, w = rand(20, K), rand(300, K)
-    ref = x.astype(np.float64) @ w.astype(np.float64).T
-    for nt in (1, 2):
-        out = np.full((20, 300), np.nan, np.float32)
-        gemm.linear_f32(x, w, out, nt)
-        check(out, ref, K)
+    check_linear(rand(20, K), rand(300, K), K)
 
 
 @pytest.mark.parametrize("dk", [-1, 0, 1, 2 * 256 + 37])

@@ -133,6 +133,16 @@ def test_linear_bf16_amx_tasks(simd_level, M, K, N, nthreads, writer):
         gemm._set_bf16_stream_floats(old)
 
 
+def _amx_case(M, K, N, packed, aligned, nthreads):
+    """random bf16 x (M, K), w (N, K): linear_bf16 (w packed or plain, out 64-byte aligned or not)
+    equals the exact products summed in float64"""
+    x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
+    w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
+    out = _out(M, N, aligned, 4)
+    gemm.linear_bf16(x, gemm.pack_weight_bf16(w) if packed else w, out, nthreads)
+    _check_exact(x, w, out)
+
+
 # depth blocks forced small (kmax 64: K = 200 in 4 blocks of 64, the last one 8 deep; K = 640 in
 # 10), the partial sums kept in the per-thread accumulator or (without it) in C itself, reloaded:
 # edge rows and columns, the wrap panel of a misaligned output (N = 80, 96), a packed weight
@@ -143,11 +153,7 @@ def test_linear_bf16_amx_tasks(simd_level, M, K, N, nthreads, writer):
 def test_linear_bf16_amx_depth_blocks(simd_level, M, K, N, cacc, aligned, packed):
     old_kc, old_cacc = gemm._set_bf16_kc(64), gemm._set_bf16_cacc(cacc)
     try:
-        x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
-        w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
-        out = _out(M, N, aligned, 4)
-        gemm.linear_bf16(x, gemm.pack_weight_bf16(w) if packed else w, out, 2)
-        _check_exact(x, w, out)
+        _amx_case(M, K, N, packed, aligned, 2)
     finally:
         gemm._set_bf16_kc(*old_kc)
         gemm._set_bf16_cacc(old_cacc)
@@ -166,11 +172,7 @@ def test_linear_bf16_amx_depth_blocks(simd_level, M, K, N, cacc, aligned, packed
 def test_linear_bf16_amx_row_split(simd_level, M, K, N, mode, nthreads, packed, aligned):
     old_kc, old_ms = gemm._set_bf16_kc(64), gemm._set_bf16_msplit(mode)
     try:
-        x = ops.to_bf16(RNG.standard_normal((M, K)).astype(np.float32))
-        w = ops.to_bf16(RNG.standard_normal((N, K)).astype(np.float32))
-        out = _out(M, N, aligned, 4)
-        gemm.linear_bf16(x, gemm.pack_weight_bf16(w) if packed else w, out, nthreads)
-        _check_exact(x, w, out)
+        _amx_case(M, K, N, packed, aligned, nthreads)
     finally:
         gemm._set_bf16_kc(*old_kc)
         gemm._set_bf16_msplit(old_ms)
